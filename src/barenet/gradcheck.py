@@ -1,0 +1,127 @@
+"""Numerical gradient checking: centred finite differences in float64.
+
+For a scalar function f of an array x, each partial derivative is estimated as
+    df/dx_i ~ (f(x + h e_i) - f(x - h e_i)) / (2h),
+whose error is O(h^2); and compared with the analytic gradient g by the relative error
+    |g_i - n_i| / max(|g_i| + |n_i|, tiny)
+(cs231n's convention), reported as the worst over all checked entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+TOLERANCE = 1e-7  # worst relative error accepted in float64
+
+
+def numerical_gradient(
+    f: Callable[[], float], x: np.ndarray, h: float = 1e-5, max_entries: int | None = None,
+    rng: np.random.Generator | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centred finite differences of f() with respect to x, which f reads and this perturbs.
+
+    Arguments:
+        f: computes the scalar from the current content of x (and other fixed inputs).
+        x: float64 array, modified in place during the check and restored after.
+        max_entries: check only this many entries, drawn at random (all if None).
+    Returns:
+        index: flat indices checked, shape (K,); grad: the estimates there, shape (K,).
+    """
+    if x.dtype != np.float64:
+        raise TypeError(f"gradient checks need float64 arrays, not {x.dtype}")
+    flat = x.reshape(-1)  # a view: writes go to x
+    if max_entries is None or max_entries >= flat.size:
+        index = np.arange(flat.size)
+    else:
+        index = (rng or np.random.default_rng(0)).choice(flat.size, max_entries, replace=False)
+    grad = np.empty(index.size)
+    for k, i in enumerate(index):
+        old = flat[i]
+        flat[i] = old + h
+        f_plus = f()
+        flat[i] = old - h
+        f_minus = f()
+        flat[i] = old
+        grad[k] = (f_plus - f_minus) / (2 * h)
+    return index, grad
+
+
+def relative_error(analytic: np.ndarray, numeric: np.ndarray) -> float:
+    """max_i |a_i - n_i| / max(|a_i| + |n_i|, 1e-12)."""
+    denom = np.maximum(np.abs(analytic) + np.abs(numeric), 1e-12)
+    return float(np.max(np.abs(analytic - numeric) / denom)) if analytic.size else 0.0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    error: float  # worst relative error
+
+    @property
+    def ok(self) -> bool:
+        return self.error < TOLERANCE
+
+
+def check_layer(name: str, layer, x: np.ndarray, rng: np.random.Generator) -> list[CheckResult]:
+    """Check a layer's dx and every param gradient, through f = sum(forward(x) * R), R random,
+    so that dL/dout = R. `layer` and `x` must be float64."""
+    R = rng.standard_normal(layer.forward(x, training=True).shape)
+    layer.forward(x, training=True)
+    dx = layer.backward(R.copy())
+    analytic = {"x": dx, **{k: g.copy() for k, g in layer.grads.items()}}
+
+    def f() -> float:
+        return float((layer.forward(x, training=True) * R).sum())
+
+    results = []
+    for key, arr in [("x", x), *layer.params.items()]:
+        index, numeric = numerical_gradient(f, arr)
+        results.append(
+            CheckResult(f"{name} d{key}", relative_error(analytic[key].reshape(-1)[index], numeric))
+        )
+    return results
+
+
+def check_all(seed: int = 0) -> list[CheckResult]:
+    """Check every layer, every loss and a whole network, on small random float64 inputs."""
+    from .layers import Dense, ReLU
+    from .losses import l2_penalty, softmax_cross_entropy
+    from .model import mlp
+
+    rng = np.random.default_rng(seed)
+    results = []
+    results += check_layer("Dense", Dense(7, 5, rng=rng, dtype=np.float64), rng.standard_normal((4, 7)), rng)
+    # ReLU's derivative jumps at 0: keep inputs away from the kink so differences are smooth.
+    x = rng.uniform(0.1, 1.0, (4, 6)) * rng.choice([-1.0, 1.0], (4, 6))
+    results += check_layer("ReLU", ReLU(), x, rng)
+
+    scores, y = rng.standard_normal((5, 4)) * 3, rng.integers(0, 4, 5)
+    _, dscores = softmax_cross_entropy(scores, y)
+    index, numeric = numerical_gradient(lambda: softmax_cross_entropy(scores, y)[0], scores)
+    results.append(CheckResult("softmax_cross_entropy dscores", relative_error(dscores.reshape(-1)[index], numeric)))
+
+    W = rng.standard_normal((3, 4))
+    _, (dW,) = l2_penalty([W], 0.3)
+    index, numeric = numerical_gradient(lambda: l2_penalty([W], 0.3)[0], W)
+    results.append(CheckResult("l2_penalty dW", relative_error(dW.reshape(-1)[index], numeric)))
+
+    # The whole network: cross-entropy + L2 through Dense-ReLU-Dense-ReLU-Dense.
+    net = mlp([6, 8, 7, 3], rng=rng, dtype=np.float64)
+    xb, yb, lam = rng.standard_normal((5, 6)), rng.integers(0, 3, 5), 0.1
+    decayed = net.decayed()
+
+    def loss() -> float:
+        data, _ = softmax_cross_entropy(net.forward(xb, training=True), yb)
+        weights = [p for n, p, _ in net.parameters() if n in decayed]
+        return data + l2_penalty(weights, lam)[0]
+
+    _, ds = softmax_cross_entropy(net.forward(xb, training=True), yb)
+    net.backward(ds)
+    for name, p, g in net.parameters():
+        analytic = g + lam * p if name in decayed else g.copy()
+        index, numeric = numerical_gradient(loss, p)
+        results.append(CheckResult(f"mlp {name}", relative_error(analytic.reshape(-1)[index], numeric)))
+    return results

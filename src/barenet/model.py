@@ -1,0 +1,118 @@
+"""Sequential: a stack of layers applied in order, with backprop in the reverse order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .backend import array_module
+from .layers import Array, Dense, Layer, ReLU, layer_from_config
+
+
+class Sequential:
+    """A network made of `layers`, applied in order.
+
+    Arguments:
+        layers: the layers; the first one receives inputs of shape (N, D).
+    """
+
+    def __init__(self, layers: Sequence[Layer]) -> None:
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        self.layers = list(layers)
+
+    def forward(self, x: Array, training: bool = False) -> Array:
+        """x: (N, D) inputs -> scores: (N, C) unnormalised class scores."""
+        for layer in self.layers:
+            x = layer.forward(x, training)
+        return x
+
+    def backward(self, dscores: Array) -> None:
+        """Backpropagate dL/dscores (N, C) through every layer, filling each layer's grads.
+
+        No gradient is computed for the network's input: nothing uses it.
+        """
+        dout = dscores
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            dx = self.layers[i].backward(dout, need_dx=i > 0)
+            if i > 0:
+                assert dx is not None
+                dout = dx
+
+    def predict_proba(self, x: Array, batch_size: int = 2000) -> Array:
+        """x: (N, D) -> class probabilities: (N, C), rows sum to 1; computed in batches."""
+        xp = array_module(x)
+        chunks = []
+        for i in range(0, x.shape[0], batch_size):
+            s = self.forward(x[i : i + batch_size])
+            s = s - s.max(axis=1, keepdims=True)
+            e = xp.exp(s)
+            chunks.append(e / e.sum(axis=1, keepdims=True))
+        return xp.concatenate(chunks) if chunks else xp.zeros((0, self.num_classes))
+
+    def predict(self, x: Array, batch_size: int = 2000) -> Array:
+        """x: (N, D) -> predicted classes: (N,), int64."""
+        xp = array_module(x)
+        chunks = [
+            self.forward(x[i : i + batch_size]).argmax(axis=1)
+            for i in range(0, x.shape[0], batch_size)
+        ]
+        return xp.concatenate(chunks) if chunks else xp.zeros(0, dtype=np.int64)
+
+    def parameters(self) -> Iterator[tuple[str, Array, Array]]:
+        """(name, param, grad) for every trainable array, named "layers.<i>.<key>"."""
+        for i, layer in enumerate(self.layers):
+            for key, p in layer.params.items():
+                yield f"layers.{i}.{key}", p, layer.grads[key]
+
+    def decayed(self) -> set[str]:
+        """Names of the params the L2 penalty applies to (weights, not biases)."""
+        return {f"layers.{i}.{k}" for i, layer in enumerate(self.layers) for k in layer.decay}
+
+    @property
+    def num_classes(self) -> int:
+        for layer in reversed(self.layers):
+            if isinstance(layer, Dense):
+                return layer.out_features
+        raise ValueError("the network has no Dense layer to tell its number of classes")
+
+    def num_params(self) -> int:
+        return sum(int(p.size) for _, p, _ in self.parameters())
+
+    def config(self) -> list[dict[str, Any]]:
+        return [layer.config() for layer in self.layers]
+
+    @classmethod
+    def from_config(
+        cls, config: list[dict[str, Any]], *, dtype: Any = np.float32, xp: ModuleType = np
+    ) -> Sequential:
+        """Rebuild a network (parameters zero) from `config()`; ValueError if it is invalid."""
+        if not isinstance(config, list) or not config:
+            raise ValueError("the architecture must be a non-empty list of layers")
+        for c in config:
+            if not isinstance(c, dict):
+                raise ValueError(f"each layer must be a JSON object, not {c!r}")
+        return cls([layer_from_config(c, dtype=dtype, xp=xp) for c in config])
+
+
+def mlp(
+    sizes: Sequence[int],
+    *,
+    rng: np.random.Generator,
+    init: str = "he",
+    dtype: Any = np.float32,
+    xp: ModuleType = np,
+) -> Sequential:
+    """A fully connected ReLU network: sizes (D, H1, ..., C) -> Dense, ReLU, ..., Dense."""
+    if len(sizes) < 2:
+        raise ValueError("an MLP needs at least an input size and an output size")
+    layers: list[Layer] = []
+    for i, (d, h) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(Dense(d, h, rng=rng, init=init, dtype=dtype, xp=xp))
+        if i < len(sizes) - 2:
+            layers.append(ReLU())
+    return Sequential(layers)
