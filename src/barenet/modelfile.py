@@ -1,0 +1,130 @@
+"""Model files: one .npz archive, read without pickle, checked against its own architecture.
+
+Members:
+    architecture.npy   JSON text: {"format": "barenet-model", "version": 1, "layers": [...]}
+    metadata.npy       JSON text: recipe, seed, dataset and its checksums, accuracies, version
+    layers.<i>.<key>.npy  each parameter, e.g. layers.0.W (784, 1024) float32
+
+Loading reads the architecture first, works out every parameter's expected name, shape and
+dtype from it, and compares them with each member's .npy header before reading any data, so a
+wrong, truncated or tampered file is one ModelFileError naming the file and the fault.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_write
+from .errors import ModelFileError
+from .model import Sequential
+
+FORMAT, VERSION = "barenet-model", 1
+MAX_JSON = 1 << 20  # architecture and metadata are small; refuse anything bigger
+
+
+def resolve(path: str | os.PathLike[str]) -> Path:
+    """A model path: the .npz file itself, or a run directory that holds model.npz."""
+    p = Path(path)
+    return p / "model.npz" if p.is_dir() else p
+
+
+def save_model(path: str | os.PathLike[str], model: Sequential, metadata: dict[str, Any]) -> Path:
+    """Write `model` and `metadata` to `path` (a .npz file, or a directory: DIR/model.npz),
+    atomically: an existing file is replaced only once the new one is complete."""
+    path = resolve(path) if Path(path).suffix != ".npz" else Path(path)
+    arrays: dict[str, np.ndarray] = {
+        "architecture": np.array(json.dumps({"format": FORMAT, "version": VERSION, "layers": model.config()})),
+        "metadata": np.array(json.dumps(metadata)),
+    }
+    for name, p, _ in model.parameters():
+        arrays[name] = np.asarray(p)
+    with atomic_write(path) as f:
+        np.savez(f, **arrays)
+    return path
+
+
+def _json_member(z: zipfile.ZipFile, name: str, path: Path) -> Any:
+    info = _member(z, name, path)
+    if info.file_size > MAX_JSON:
+        raise ModelFileError(f"{path}: {name} is {info.file_size} bytes, more than a model file holds")
+    with z.open(info) as f:
+        arr = np.lib.format.read_array(f, allow_pickle=False)
+    if arr.dtype.kind != "U" or arr.shape != ():
+        raise ModelFileError(f"{path}: {name} is not a JSON text")
+    try:
+        return json.loads(str(arr))
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"{path}: {name} is not valid JSON ({e})") from None
+
+
+def _member(z: zipfile.ZipFile, name: str, path: Path) -> zipfile.ZipInfo:
+    try:
+        return z.getinfo(f"{name}.npy")
+    except KeyError:
+        raise ModelFileError(f"{path}: missing array {name!r}") from None
+
+
+def load_model(path: str | os.PathLike[str]) -> tuple[Sequential, dict[str, Any]]:
+    """Read a model file written by `save_model`.
+
+    Returns: the network (float32, NumPy) and its metadata dict.
+    Raises: ModelFileError for anything but a complete, consistent barenet model file.
+    """
+    path = resolve(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    try:
+        with zipfile.ZipFile(path) as z:
+            return _load(z, path)
+    except ModelFileError:
+        raise
+    except (zipfile.BadZipFile, zipfile.LargeZipFile):
+        raise ModelFileError(f"{path}: not a barenet model file (not a valid .npz archive)") from None
+    except (OSError, EOFError, ValueError, KeyError, zlib.error, UnicodeDecodeError, NotImplementedError) as e:
+        raise ModelFileError(f"{path}: corrupt model file ({type(e).__name__}: {e})") from None
+
+
+def _load(z: zipfile.ZipFile, path: Path) -> tuple[Sequential, dict[str, Any]]:
+    arch = _json_member(z, "architecture", path)
+    if not isinstance(arch, dict) or arch.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not a barenet model file (no '{FORMAT}' architecture)")
+    if arch.get("version") != VERSION:
+        raise ModelFileError(f"{path}: model format version {arch.get('version')!r}, this barenet reads {VERSION}")
+    metadata = _json_member(z, "metadata", path)
+    if not isinstance(metadata, dict):
+        raise ModelFileError(f"{path}: metadata is not a JSON object")
+    try:
+        model = Sequential.from_config(arch.get("layers"))  # type: ignore[arg-type]
+    except ValueError as e:
+        raise ModelFileError(f"{path}: invalid architecture ({e})") from None
+
+    expected = {name: p for name, p, _ in model.parameters()}
+    present = {n[:-4] for n in z.namelist() if n.endswith(".npy")} - {"architecture", "metadata"}
+    if present - expected.keys():
+        raise ModelFileError(f"{path}: unexpected arrays {sorted(present - expected.keys())}")
+    for name, target in expected.items():
+        info = _member(z, name, path)
+        with z.open(info) as f:
+            version = np.lib.format.read_magic(f)
+            reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in reader:
+                raise ModelFileError(f"{path}: {name} has an unsupported .npy version {version}")
+            shape, fortran, dtype = reader[version](f)
+            if shape != target.shape or dtype != target.dtype:
+                raise ModelFileError(
+                    f"{path}: array {name} has shape {shape} {dtype}, the architecture needs "
+                    f"{target.shape} {target.dtype}"
+                )
+        with z.open(info) as f:
+            data = np.lib.format.read_array(f, allow_pickle=False)
+        if not np.all(np.isfinite(data)):
+            raise ModelFileError(f"{path}: array {name} holds NaN or infinite values")
+        target[...] = data
+    return model, metadata
