@@ -17,7 +17,7 @@ import numpy as np
 def array_module(x: Any) -> ModuleType:
     """The array module (numpy or cupy) that owns array `x`."""
     if type(x).__module__.split(".")[0] == "cupy":
-        import cupy  # type: ignore[import-not-found]
+        import cupy
 
         return cupy
     return np

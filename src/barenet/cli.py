@@ -66,7 +66,9 @@ def _positive_float(text: str) -> float:
 
 def _dataset_name(text: str) -> str:
     if text not in datasets.DATASETS:
-        raise argparse.ArgumentTypeError(f"unknown dataset {text!r} (choose from {', '.join(datasets.DATASETS)})")
+        raise argparse.ArgumentTypeError(
+            f"unknown dataset {text!r} (choose from {', '.join(datasets.DATASETS)})"
+        )
     return text
 
 
@@ -86,7 +88,11 @@ def _new_run_dir(base: Path) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     recipe = get_recipe(args.recipe)
-    overrides = {k: getattr(args, k) for k in ("epochs", "lr", "batch_size", "seed") if getattr(args, k) is not None}
+    overrides = {
+        k: getattr(args, k)
+        for k in ("epochs", "lr", "batch_size", "seed")
+        if getattr(args, k) is not None
+    }
     recipe = dataclasses.replace(recipe, **overrides)
     recipe.check()
     if args.out is None:
@@ -94,7 +100,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         out = Path(args.out)
         if (out / "model.npz").exists() and not args.overwrite:
-            raise BarenetError(f"{out / 'model.npz'} exists; choose another --out or pass --overwrite")
+            raise BarenetError(
+                f"{out / 'model.npz'} exists; choose another --out or pass --overwrite"
+            )
     dataset = _load_dataset(args.dataset, args.data_dir)
     from .modelfile import save_model
     from .train import fit
@@ -105,8 +113,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         "barenet_version": __version__,
         "recipe": recipe.to_dict(),
         "seed": recipe.seed,
-        "dataset": {"name": dataset.spec.name, "md5": dict(zip(datasets.FILES, dataset.spec.md5)),
-                    "classes": list(dataset.spec.classes)},  # fmt: skip
+        "dataset": {
+            "name": dataset.spec.name,
+            "md5": dict(zip(datasets.FILES, dataset.spec.md5)),
+            "classes": list(dataset.spec.classes),
+        },  # fmt: skip
         "val_accuracy": result.val_accuracy,
         "test_accuracy": result.test_accuracy,
         "train_seconds": result.train_seconds,
@@ -117,7 +128,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         json.dump({"recipe": recipe.to_dict(), **result.history.to_dict()}, f, indent=1)
     print(f"validation accuracy {100 * result.val_accuracy:.2f}%")
     print(f"test accuracy       {100 * result.test_accuracy:.2f}%")
-    print(f"training time       {result.train_seconds:.1f} s ({time.perf_counter() - start:.1f} s in all)")
+    print(
+        f"training time       {result.train_seconds:.1f} s ({time.perf_counter() - start:.1f} s in all)"
+    )
     print(f"model saved to      {path}")
     return 0
 
@@ -129,13 +142,15 @@ def _load_models(paths: Sequence[str]) -> list[tuple[Any, dict[str, Any]]]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    (model, meta), = _load_models([args.model])
+    ((model, meta),) = _load_models([args.model])
     name = args.dataset or meta.get("dataset", {}).get("name", "mnist")
     dataset = _load_dataset(name, args.data_dir)
     from .train import to_inputs
 
     inputs = to_inputs(dataset.test_images)
-    if model.layers[0].config().get("in_features") != inputs.shape[1] or model.num_classes != len(dataset.spec.classes):
+    if model.layers[0].config().get("in_features") != inputs.shape[1] or model.num_classes != len(
+        dataset.spec.classes
+    ):
         raise BarenetError(f"{args.model}: the model's input or output size does not fit {name}")
     predicted = model.predict(inputs)
     y = dataset.test_labels.astype(np.int64)
@@ -147,7 +162,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print("per-class accuracy:")
     for c, label in enumerate(dataset.spec.classes):
         total = confusion[c].sum()
-        print(f"  {c} {label:12s} {100 * confusion[c, c] / max(total, 1):6.2f}%  ({confusion[c, c]}/{total})")
+        print(
+            f"  {c} {label:12s} {100 * confusion[c, c] / max(total, 1):6.2f}%  ({confusion[c, c]}/{total})"
+        )
     print("confusion matrix (rows: true class, columns: predicted class):")
     print("      " + "".join(f"{c:>6d}" for c in range(C)))
     for c in range(C):
@@ -156,7 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    (model, meta), = _load_models([args.model])
+    ((model, meta),) = _load_models([args.model])
     from .images import load_digit
     from .train import to_inputs
 
@@ -180,14 +197,18 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     worst = max(results, key=lambda r: r.error)
     print(f"worst relative error {worst.error:.2e} ({worst.name}); tolerance {TOLERANCE:.0e}")
     if not worst.ok:
-        raise BarenetError(f"gradient check failed: {worst.name} has relative error {worst.error:.2e}")
+        raise BarenetError(
+            f"gradient check failed: {worst.name} has relative error {worst.error:.2e}"
+        )
     return 0
 
 
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     for name in args.names or ["mnist"]:
         spec = datasets.get_spec(name)
-        path = datasets.fetch(spec, sources=datasets.default_sources(spec, args.data_dir), report=_say)
+        path = datasets.fetch(
+            spec, sources=datasets.default_sources(spec, args.data_dir), report=_say
+        )
         print(f"{name}: ready in {path}")
     return 0
 
@@ -198,7 +219,9 @@ def cmd_data_info(args: argparse.Namespace) -> int:
         spec = datasets.get_spec(name)
         states = datasets.check_cache(spec)
         ok = all(s == "ok" for _, s in states)
-        print(f"{name}: {'ready, MD5 checksums hold' if ok else 'not ready (barenet data fetch ' + name + ')'}")
+        print(
+            f"{name}: {'ready, MD5 checksums hold' if ok else 'not ready (barenet data fetch ' + name + ')'}"
+        )
         for (path, state), md5 in zip(states, spec.md5):
             print(f"  {path}  {state}  (expected MD5 {md5})")
     return 0
@@ -246,8 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--data-dir", help="a directory holding the four dataset files (.gz or raw)")
     q.set_defaults(func=cmd_data_fetch)
     q = data_sub.add_parser("info", help="where the files are and whether their checksums hold")
-    q.add_argument("names", nargs="*", type=_dataset_name, metavar="DATASET",
-                   help="default: all")
+    q.add_argument("names", nargs="*", type=_dataset_name, metavar="DATASET", help="default: all")
     q.set_defaults(func=cmd_data_info)
     return parser
 

@@ -23,7 +23,10 @@ TOLERANCE = 1e-7  # worst relative error accepted in float64
 
 
 def numerical_gradient(
-    f: Callable[[], float], x: np.ndarray, h: float = 1e-3, max_entries: int | None = None,
+    f: Callable[[], float],
+    x: np.ndarray,
+    h: float = 1e-3,
+    max_entries: int | None = None,
     rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Centred finite differences of f() with respect to x, which f reads and this perturbs.
@@ -91,7 +94,9 @@ def check_layer(name: str, layer, x: np.ndarray, rng: np.random.Generator) -> li
     return results
 
 
-def _away_from_kinks(net, rng: np.random.Generator, shape: tuple[int, int], margin: float = 0.02) -> np.ndarray:
+def _away_from_kinks(
+    net, rng: np.random.Generator, shape: tuple[int, int], margin: float = 0.02
+) -> np.ndarray:
     """An input batch for which no ReLU of `net` sees a pre-activation within `margin` of 0, so
     that the finite differences (steps of at most 2h = 0.002) never cross ReLU's kink, where the
     derivative jumps and no difference quotient can match it."""
@@ -117,7 +122,9 @@ def check_all(seed: int = 0) -> list[CheckResult]:
 
     rng = np.random.default_rng(seed)
     results = []
-    results += check_layer("Dense", Dense(7, 5, rng=rng, dtype=np.float64), rng.standard_normal((4, 7)), rng)
+    results += check_layer(
+        "Dense", Dense(7, 5, rng=rng, dtype=np.float64), rng.standard_normal((4, 7)), rng
+    )
     # ReLU's derivative jumps at 0: keep inputs away from the kink so differences are smooth.
     x = rng.uniform(0.1, 1.0, (4, 6)) * rng.choice([-1.0, 1.0], (4, 6))
     results += check_layer("ReLU", ReLU(), x, rng)
@@ -127,7 +134,11 @@ def check_all(seed: int = 0) -> list[CheckResult]:
     scores, y = rng.standard_normal((5, 4)), rng.integers(0, 4, 5)
     _, dscores = softmax_cross_entropy(scores, y)
     index, numeric = numerical_gradient(lambda: softmax_cross_entropy(scores, y)[0], scores)
-    results.append(CheckResult("softmax_cross_entropy dscores", relative_error(dscores.reshape(-1)[index], numeric)))
+    results.append(
+        CheckResult(
+            "softmax_cross_entropy dscores", relative_error(dscores.reshape(-1)[index], numeric)
+        )
+    )
 
     W = rng.standard_normal((3, 4))
     _, (dW,) = l2_penalty([W], 0.3)
@@ -149,5 +160,7 @@ def check_all(seed: int = 0) -> list[CheckResult]:
     for name, p, g in net.parameters():
         analytic = g + lam * p if name in decayed else g.copy()
         index, numeric = numerical_gradient(loss, p)
-        results.append(CheckResult(f"mlp {name}", relative_error(analytic.reshape(-1)[index], numeric)))
+        results.append(
+            CheckResult(f"mlp {name}", relative_error(analytic.reshape(-1)[index], numeric))
+        )
     return results

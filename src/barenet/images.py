@@ -32,7 +32,9 @@ def load_digit(path: str | os.PathLike[str]) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(f"{path}: image of {img.width}x{img.height} pixels is too large")
+                    raise ImageError(
+                        f"{path}: image of {img.width}x{img.height} pixels is too large"
+                    )
                 if img.size != (28, 28):
                     raise ImageError(
                         f"{path}: image is {img.width}x{img.height}; barenet predict takes 28x28 "

@@ -50,7 +50,7 @@ class Dense:
     Params: W, shape (D, H); b, shape (H,). The L2 penalty applies to W only.
     """
 
-    decay = ("W",)
+    decay: tuple[str, ...] = ("W",)
 
     def __init__(
         self,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .layers import Array
 from .backend import array_module
+from .layers import Array
 
 
 def softmax_cross_entropy(scores: Array, y: Array) -> tuple[float, Array]:

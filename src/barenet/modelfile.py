@@ -40,20 +40,24 @@ def save_model(path: str | os.PathLike[str], model: Sequential, metadata: dict[s
     atomically: an existing file is replaced only once the new one is complete."""
     path = resolve(path) if Path(path).suffix != ".npz" else Path(path)
     arrays: dict[str, np.ndarray] = {
-        "architecture": np.array(json.dumps({"format": FORMAT, "version": VERSION, "layers": model.config()})),
+        "architecture": np.array(
+            json.dumps({"format": FORMAT, "version": VERSION, "layers": model.config()})
+        ),
         "metadata": np.array(json.dumps(metadata)),
     }
     for name, p, _ in model.parameters():
         arrays[name] = np.asarray(p)
     with atomic_write(path) as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]
     return path
 
 
 def _json_member(z: zipfile.ZipFile, name: str, path: Path) -> Any:
     info = _member(z, name, path)
     if info.file_size > MAX_JSON:
-        raise ModelFileError(f"{path}: {name} is {info.file_size} bytes, more than a model file holds")
+        raise ModelFileError(
+            f"{path}: {name} is {info.file_size} bytes, more than a model file holds"
+        )
     with z.open(info) as f:
         arr = np.lib.format.read_array(f, allow_pickle=False)
     if arr.dtype.kind != "U" or arr.shape != ():
@@ -86,8 +90,18 @@ def load_model(path: str | os.PathLike[str]) -> tuple[Sequential, dict[str, Any]
     except ModelFileError:
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile):
-        raise ModelFileError(f"{path}: not a barenet model file (not a valid .npz archive)") from None
-    except (OSError, EOFError, ValueError, KeyError, zlib.error, UnicodeDecodeError, NotImplementedError) as e:
+        raise ModelFileError(
+            f"{path}: not a barenet model file (not a valid .npz archive)"
+        ) from None
+    except (
+        OSError,
+        EOFError,
+        ValueError,
+        KeyError,
+        zlib.error,
+        UnicodeDecodeError,
+        NotImplementedError,
+    ) as e:
         raise ModelFileError(f"{path}: corrupt model file ({type(e).__name__}: {e})") from None
 
 
@@ -96,7 +110,9 @@ def _load(z: zipfile.ZipFile, path: Path) -> tuple[Sequential, dict[str, Any]]:
     if not isinstance(arch, dict) or arch.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a barenet model file (no '{FORMAT}' architecture)")
     if arch.get("version") != VERSION:
-        raise ModelFileError(f"{path}: model format version {arch.get('version')!r}, this barenet reads {VERSION}")
+        raise ModelFileError(
+            f"{path}: model format version {arch.get('version')!r}, this barenet reads {VERSION}"
+        )
     metadata = _json_member(z, "metadata", path)
     if not isinstance(metadata, dict):
         raise ModelFileError(f"{path}: metadata is not a JSON object")
@@ -113,7 +129,10 @@ def _load(z: zipfile.ZipFile, path: Path) -> tuple[Sequential, dict[str, Any]]:
         info = _member(z, name, path)
         with z.open(info) as f:
             version = np.lib.format.read_magic(f)
-            reader = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            reader = {
+                (1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0,
+            }
             if version not in reader:
                 raise ModelFileError(f"{path}: {name} has an unsupported .npy version {version}")
             shape, fortran, dtype = reader[version](f)

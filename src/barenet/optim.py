@@ -11,8 +11,8 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .layers import Array
 from .backend import array_module
+from .layers import Array
 
 
 class SGD:
@@ -112,4 +112,6 @@ class CosineLR:
             return self.lr * t / self.warmup
         span = max(self.epochs - self.warmup, 1e-12)
         progress = min((t - self.warmup) / span, 1.0)
-        return self.final_lr + (self.lr - self.final_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.final_lr + (self.lr - self.final_lr) * 0.5 * (
+            1.0 + math.cos(math.pi * progress)
+        )

@@ -103,24 +103,25 @@ def train(
         loss_sum, correct, lr = 0.0, 0, schedule(epoch)
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False,
                    disable=not progress, unit="batch", mininterval=0.5)  # fmt: skip
-        for i in bar:
-            xb, yb = to_inputs(xs[i * B : (i + 1) * B]), ys[i * B : (i + 1) * B]
-            scores = model.forward(xb, training=True)
-            correct += int((scores.argmax(axis=1) == yb).sum())
-            loss, dscores = softmax_cross_entropy(scores, yb)
-            if not math.isfinite(loss):
-                bar.close()
-                raise TrainingDiverged(
-                    f"training diverged in epoch {epoch + 1}: the loss became {loss}; "
-                    f"try a lower learning rate than {recipe.lr:g} (--lr)"
-                )
-            loss_sum += loss * len(yb)
-            model.backward(dscores)
-            lr = schedule(epoch + i / steps)
-            optimizer.step(lr)
-            if i % 50 == 0:
-                bar.set_postfix(loss=f"{loss_sum / min((i + 1) * B, N):.4f}", refresh=False)
-        bar.close()
+        # Overflow shows up as a non-finite loss, which stops training below with a message
+        # naming the epoch; NumPy's own overflow warnings would only say it less clearly.
+        with bar, np.errstate(over="ignore", invalid="ignore"):
+            for i in bar:
+                xb, yb = to_inputs(xs[i * B : (i + 1) * B]), ys[i * B : (i + 1) * B]
+                scores = model.forward(xb, training=True)
+                correct += int((scores.argmax(axis=1) == yb).sum())
+                loss, dscores = softmax_cross_entropy(scores, yb)
+                if not math.isfinite(loss):
+                    raise TrainingDiverged(
+                        f"training diverged in epoch {epoch + 1}: the loss became {loss}; "
+                        f"try a lower learning rate than {recipe.lr:g} (--lr)"
+                    )
+                loss_sum += loss * len(yb)
+                model.backward(dscores)
+                lr = schedule(epoch + i / steps)
+                optimizer.step(lr)
+                if i % 50 == 0:
+                    bar.set_postfix(loss=f"{loss_sum / min((i + 1) * B, N):.4f}", refresh=False)
         weights = [p for name, p, _ in model.parameters() if name in decayed]
         record = EpochRecord(
             epoch=epoch + 1,
@@ -146,14 +147,18 @@ class Result:
     train_seconds: float
 
 
-def fit(recipe: Recipe, dataset: Dataset, *, progress: bool = True, log: Log | None = None) -> Result:
+def fit(
+    recipe: Recipe, dataset: Dataset, *, progress: bool = True, log: Log | None = None
+) -> Result:
     """Build the recipe's network, train it on the dataset's training split (minus the
     validation split) and measure it on validation and, once at the end, on the test set."""
     recipe.check()
     x_train, y_train, x_val, y_val = dataset.split(recipe.val_size)
     D = int(np.prod(dataset.train_images.shape[1:]))
     C = len(dataset.spec.classes)
-    model = mlp([D, *recipe.hidden, C], rng=np.random.default_rng([recipe.seed, 0]), init=recipe.init)
+    model = mlp(
+        [D, *recipe.hidden, C], rng=np.random.default_rng([recipe.seed, 0]), init=recipe.init
+    )
     start = time.perf_counter()
     history = train(model, recipe, x_train, y_train, x_val, y_val, progress=progress, log=log)
     seconds = time.perf_counter() - start

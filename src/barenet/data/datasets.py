@@ -82,8 +82,18 @@ DATASETS = {
             "8181f5470baa50b63fa0f6fddb340f0a",
             "15d484375f8d13e6eb1aabb0c3f46965",
         ),
-        classes=("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                 "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"),  # fmt: skip
+        classes=(
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ),  # fmt: skip
         mirrors=("https://storage.googleapis.com/tensorflow/tf-keras-datasets/",),
         system_dirs=("/usr/share/datasets/fashion-mnist",),
     ),
@@ -221,6 +231,7 @@ def load(
     magics = (IMAGE_MAGIC, LABEL_MAGIC, IMAGE_MAGIC, LABEL_MAGIC)
     kinds = ("IDX image", "IDX label", "IDX image", "IDX label")
     arrays = [
-        read_idx(directory / f, expect_magic=m, expect_kind=k) for f, m, k in zip(FILES, magics, kinds)
+        read_idx(directory / f, expect_magic=m, expect_kind=k)
+        for f, m, k in zip(FILES, magics, kinds)
     ]
     return Dataset(spec, directory, *arrays)

@@ -102,7 +102,9 @@ def _parse(f: BinaryIO, name: str, expect_magic: int | None, expect_kind: str) -
             f"{name}: not an {expect_kind} file (magic 0x{magic:08X}, expected 0x{expect_magic:08X})"
         )
     if header[:2] != b"\0\0":
-        raise DataError(f"{name}: not an IDX file (magic 0x{magic:08X} does not start with two zero bytes)")
+        raise DataError(
+            f"{name}: not an IDX file (magic 0x{magic:08X} does not start with two zero bytes)"
+        )
     code, ndim = header[2], header[3]
     if code not in TYPE_CODES:
         raise DataError(f"{name}: unknown IDX element type 0x{code:02X}")
@@ -112,10 +114,14 @@ def _parse(f: BinaryIO, name: str, expect_magic: int | None, expect_kind: str) -
     dtype = TYPE_CODES[code]
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize if shape else 0
     if nbytes > MAX_BYTES:
-        raise DataError(f"{name}: IDX sizes {shape} declare {nbytes} bytes, more than the {MAX_BYTES} allowed")
+        raise DataError(
+            f"{name}: IDX sizes {shape} declare {nbytes} bytes, more than the {MAX_BYTES} allowed"
+        )
     body = _read_exact(f, nbytes, name, f"data of shape {shape}")
     if f.read(1):
-        raise DataError(f"{name}: wrong length (extra bytes after the {nbytes} bytes of data of shape {shape})")
+        raise DataError(
+            f"{name}: wrong length (extra bytes after the {nbytes} bytes of data of shape {shape})"
+        )
     return np.frombuffer(body, dtype).astype(dtype.newbyteorder("="), copy=False).reshape(shape)
 
 
@@ -130,7 +136,9 @@ def idx_bytes(array: np.ndarray) -> bytes:
     return magic.to_bytes(4, "big") + sizes + np.ascontiguousarray(array, dtype=dt).tobytes()
 
 
-def write_idx(path: str | os.PathLike[str], array: np.ndarray, *, compress: bool | None = None) -> None:
+def write_idx(
+    path: str | os.PathLike[str], array: np.ndarray, *, compress: bool | None = None
+) -> None:
     """Write `array` as an IDX file, atomically; gzip-compressed if `compress`, or, when None,
     if the name ends in ".gz". The gzip header carries no time stamp, so output is reproducible."""
     path = Path(path)

@@ -118,20 +118,30 @@ class HttpSource:
                         with buf:
                             _copy_bounded(r, buf, url)
                             buf.seek(0)
-                            _decompress_into(buf, dest / name, url)  # type: ignore[arg-type]
+                            _decompress_into(buf, dest / name, url)
                 return
+            except urllib.error.HTTPError as e:
+                errors.append(f"{base}: HTTP {e.code} {e.reason}")
             except (urllib.error.URLError, OSError, ValueError) as e:
-                reason = getattr(e, "reason", None) or e
-                errors.append(f"{base}: {reason}")
+                errors.append(f"{base}: {getattr(e, 'reason', None) or e}")
         raise SourceUnavailable("; ".join(errors) or "no mirrors")
+
+
+def _latin1_encode(text: str, encoding: str) -> bytes:
+    """`_codecs.encode` narrowed to what array pickles use: text -> bytes in Latin-1."""
+    if encoding != "latin1" or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"refusing to encode with {encoding!r}")
+    return text.encode("latin1")
 
 
 class _NumpyArraysOnly(pickle.Unpickler):
     """An unpickler that builds NumPy arrays and nothing else.
 
     A pickle can name any importable callable and call it: a plain pickle.load on downloaded
-    data runs whatever the file says. This one admits only the three names that a pickled
-    ndarray needs; any other global is refused before it is imported.
+    data runs whatever the file says. This one admits only the names that a pickled ndarray
+    needs (protocol 2 as Python 2 wrote it, or as Python 3 writes it, which encodes the raw
+    bytes with `_codecs.encode(text, "latin1")`); any other global is refused before it is
+    imported.
     """
 
     _ALLOWED = {
@@ -139,11 +149,14 @@ class _NumpyArraysOnly(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("_codecs", "encode"),
     }
 
     def find_class(self, module: str, name: str) -> object:
         if (module, name) not in self._ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        if name == "encode":
+            return _latin1_encode
         if name == "_reconstruct":
             core = getattr(np, "_core", None) or np.core  # numpy >= 2 moved numpy.core
             return core.multiarray._reconstruct

@@ -1,0 +1,152 @@
+"""Each CLI command through a subprocess, on the real MNIST, with its error paths."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "barenet", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=600)  # fmt: skip
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess[str], fragment: str) -> None:
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) >= 1 and fragment in lines[-1], p.stderr
+    assert "Traceback" not in p.stderr
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mnist):
+    """One epoch of the seed recipe, trained by `barenet train`."""
+    out = tmp_path_factory.mktemp("run")
+    p = run("train", "--epochs", "1", "--out", str(out), "--no-progress")
+    assert p.returncode == 0, p.stderr
+    return out, p
+
+
+def test_train_writes_model_and_history(trained):
+    out, p = trained
+    assert "test accuracy" in p.stdout and "model saved to" in p.stdout
+    history = json.loads((out / "history.json").read_text())
+    (epoch,) = history["epochs"]
+    assert set(epoch) >= {"train_loss", "val_accuracy", "seconds"} and epoch["val_accuracy"] > 0.95
+    test_acc = float(p.stdout.split("test accuracy")[1].split("%")[0])
+    assert test_acc >= 96.0
+
+
+def test_train_refuses_to_overwrite_a_model(trained):
+    out, _ = trained
+    assert_one_line_error(run("train", "--epochs", "1", "--out", str(out)), "exists")
+
+
+def test_default_run_directories_never_clobber(tmp_path, mnist):
+    for _ in range(2):
+        assert run("train", "--epochs", "1", "--no-progress", cwd=tmp_path).returncode == 0
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["seed-mnist", "seed-mnist-2"]
+
+
+def test_evaluate(trained):
+    out, p = trained
+    e = run("evaluate", str(out))
+    assert e.returncode == 0, e.stderr
+    assert "per-class accuracy" in e.stdout and "confusion matrix" in e.stdout
+    acc = float(e.stdout.split("test accuracy")[1].split("%")[0])
+    assert f"{acc:.2f}" == p.stdout.split("test accuracy")[1].split("%")[0].strip()
+    rows = [line.split() for line in e.stdout.splitlines()[-10:]]
+    assert sum(int(v) for row in rows for v in row[1:]) == 10000
+
+
+def test_predict_real_test_digits(trained, mnist, tmp_path):
+    out, _ = trained
+    paths = []
+    for i in range(5):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(mnist.test_images[i]).save(path)
+        paths.append(str(path))
+    p = run("predict", str(out / "model.npz"), *paths)
+    assert p.returncode == 0, p.stderr
+    predicted = [int(line.split(": ")[1].split()[0]) for line in p.stdout.splitlines()]
+    assert predicted == [int(v) for v in mnist.test_labels[:5]]
+
+
+def test_gradcheck_command():
+    p = run("gradcheck")
+    assert p.returncode == 0, p.stderr
+    assert "worst relative error" in p.stdout
+
+
+def test_data_info_and_fetch(mnist):
+    p = run("data", "info", "mnist")
+    assert p.returncode == 0 and "ready, MD5 checksums hold" in p.stdout
+    p = run("data", "fetch", "mnist")
+    assert p.returncode == 0 and "ready in" in p.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["train", "--lr", "-0.1"], "--lr: must be a positive number"),
+        (["train", "--epochs", "0"], "--epochs: must be at least 1"),
+        (["train", "--epochs", "two"], "expected a whole number"),
+        (["train", "--batch-size", "-5"], "--batch-size: must be at least 1"),
+        (["train", "--dataset", "cifar"], "invalid choice"),
+        (["train", "--recipe", "huge"], "invalid choice"),
+        (["evaluate", "nope.npz"], "no such model file"),
+        (["predict", "nope.npz", "x.png"], "no such model file"),
+        (["data", "fetch", "emnist"], "unknown dataset 'emnist'"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_flags_and_files_one_line(args, fragment):
+    assert_one_line_error(run(*args), fragment)
+
+
+def test_corrupt_model_file(tmp_path):
+    bad = tmp_path / "model.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    assert_one_line_error(run("evaluate", str(bad)), "not a valid .npz archive")
+
+
+def test_bad_images(trained, tmp_path):
+    out, _ = trained
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    assert_one_line_error(run("predict", str(out), str(text)), "not an image file")
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((40, 30), np.uint8)).save(big)
+    assert_one_line_error(run("predict", str(out), str(big)), "image is 30x40")
+    assert_one_line_error(
+        run("predict", str(out), str(tmp_path / "missing.png")), "no such image file"
+    )
+
+
+def test_bad_data_dir_is_reported_but_cache_still_serves(trained, tmp_path):
+    out, _ = trained
+    p = run("evaluate", str(out), "--data-dir", str(tmp_path / "nothing"))
+    assert p.returncode == 0  # the verified cache already holds MNIST
+
+
+def test_missing_data_everywhere_is_one_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("BARENET_DATA", str(tmp_path / "cache"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # fashion-mnist from an empty --data-dir, with the OS copy and downloads out of reach
+    p = subprocess.run([sys.executable, "-c",
+                        "import sys; from barenet.data import datasets as d\n"
+                        "d.DATASETS['fashion-mnist'] = d.DatasetSpec('fashion-mnist', d.DATASETS['fashion-mnist'].md5, ('x',),"
+                        " mirrors=('http://127.0.0.1:9/',), system_dirs=())\n"
+                        "from barenet.cli import main; sys.exit(main(sys.argv[1:]))",
+                        "data", "fetch", "fashion-mnist", "--data-dir", str(empty)],
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert_one_line_error(p, "could not get fashion-mnist")
+    assert "--data-dir" in p.stderr.splitlines()[-1] and "127.0.0.1:9" in p.stderr.splitlines()[-1]
+    assert not any((tmp_path / "cache" / "fashion-mnist").glob("*-ubyte"))

@@ -1,0 +1,55 @@
+import math
+
+import numpy as np
+import pytest
+
+from barenet.gradcheck import TOLERANCE, numerical_gradient, relative_error
+from barenet.losses import l2_penalty, softmax_cross_entropy
+
+
+def test_uniform_scores_give_log_C():
+    loss, d = softmax_cross_entropy(np.zeros((2, 4)), np.array([0, 3]))
+    assert loss == pytest.approx(math.log(4))
+    # p = 1/4 everywhere; minus one at the true class; divided by N = 2
+    np.testing.assert_allclose(d, [[-0.375, 0.125, 0.125, 0.125], [0.125, 0.125, 0.125, -0.375]])
+
+
+def test_hand_computed_case():
+    s = np.array([[1.0, 2.0, 3.0]])
+    loss, d = softmax_cross_entropy(s, np.array([2]))
+    p = np.exp(s) / np.exp(s).sum()  # [0.0900, 0.2447, 0.6652]
+    assert loss == pytest.approx(-math.log(p[0, 2]))
+    assert loss == pytest.approx(0.40760596, abs=1e-8)
+    np.testing.assert_allclose(d, p - [[0, 0, 1]])
+
+
+def test_stable_for_huge_scores():
+    loss, d = softmax_cross_entropy(
+        np.array([[1000.0, -1000.0], [-1000.0, 1000.0]]), np.array([1, 1])
+    )
+    assert math.isfinite(loss) and loss == pytest.approx(1000.0)
+    assert np.all(np.isfinite(d))
+
+
+def test_float32_in_float32_out():
+    _, d = softmax_cross_entropy(np.zeros((3, 5), np.float32), np.array([0, 1, 2]))
+    assert d.dtype == np.float32
+
+
+def test_softmax_cross_entropy_gradient():
+    rng = np.random.default_rng(3)
+    s, y = rng.standard_normal((6, 5)), rng.integers(0, 5, 6)
+    _, d = softmax_cross_entropy(s, y)
+    index, numeric = numerical_gradient(lambda: softmax_cross_entropy(s, y)[0], s)
+    assert relative_error(d.reshape(-1)[index], numeric) < TOLERANCE
+
+
+def test_l2_value_and_gradient():
+    W1, W2 = np.array([[1.0, -2.0]]), np.array([3.0])
+    loss, (g1, g2) = l2_penalty([W1, W2], 0.1)
+    assert loss == pytest.approx(0.5 * 0.1 * (1 + 4 + 9))
+    np.testing.assert_allclose(g1, [[0.1, -0.2]])
+    rng = np.random.default_rng(4)
+    W = rng.standard_normal((3, 3))
+    index, numeric = numerical_gradient(lambda: l2_penalty([W], 0.7)[0], W)
+    assert relative_error(l2_penalty([W], 0.7)[1][0].reshape(-1)[index], numeric) < TOLERANCE

@@ -1,0 +1,84 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from barenet.errors import BarenetError, TrainingDiverged
+from barenet.model import mlp
+from barenet.recipes import RECIPES, Recipe, get_recipe
+from barenet.train import accuracy, to_inputs, train
+
+
+def _toy(n=600, seed=0):
+    """Two blobs of 'images': class 1 is brighter in the top half."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.integers(0, 100, (n, 28, 28))
+    x[y == 1, :14] += 120
+    return x.astype(np.uint8), y.astype(np.uint8)
+
+
+RECIPE = Recipe(
+    name="toy", description="toy", hidden=(16,), epochs=3, batch_size=32, lr=0.05, val_size=100
+)
+
+
+def test_to_inputs():
+    x = to_inputs(np.array([[[0, 255]]], np.uint8))
+    assert x.dtype == np.float32 and x.shape == (1, 2)
+    np.testing.assert_allclose(x, [[0, 1]])
+
+
+def test_training_learns_and_reports():
+    x, y = _toy()
+    net = mlp([784, 16, 2], rng=np.random.default_rng(0))
+    lines = []
+    h = train(net, RECIPE, x[:500], y[:500], x[500:], y[500:], progress=False, log=lines.append)
+    assert len(h.epochs) == 3 and len(lines) == 3 and "val" in lines[0]
+    assert h.epochs[-1].train_loss < h.epochs[0].train_loss
+    assert (
+        h.epochs[-1].val_accuracy > 0.95
+        and accuracy(net, x[500:], y[500:]) == h.epochs[-1].val_accuracy
+    )
+    assert all(e.seconds > 0 for e in h.epochs)
+
+
+def test_same_seed_same_weights():
+    x, y = _toy()
+    weights = []
+    for _ in range(2):
+        net = mlp([784, 16, 2], rng=np.random.default_rng([RECIPE.seed, 0]))
+        train(net, RECIPE, x[:500], y[:500], x[500:], y[500:], progress=False)
+        weights.append([p.copy() for _, p, _ in net.parameters()])
+    for a, b in zip(*weights):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_divergence_stops_with_a_clear_message():
+    x, y = _toy()
+    net = mlp([784, 16, 2], rng=np.random.default_rng(0))
+    wild = dataclasses.replace(RECIPE, lr=1e30, momentum=0.0, nesterov=False)
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"epoch 1: the loss became (nan|inf).*lower learning rate than 1e\+30",
+    ):
+        train(net, wild, x[:500], y[:500], x[500:], y[500:], progress=False)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [("epochs", 0, "epochs"), ("batch_size", 0, "batch size"), ("lr", -0.1, "learning rate"),
+     ("lr", float("nan"), "learning rate"), ("momentum", 1.0, "momentum"), ("l2", -1.0, "l2"),
+     ("schedule", "linear", "schedule"), ("warmup_epochs", 99.0, "warmup"), ("hidden", (0,), "hidden")],
+)  # fmt: skip
+def test_recipe_check(field, value, message):
+    with pytest.raises(BarenetError, match=message):
+        dataclasses.replace(RECIPES["seed"], **{field: value}).check()
+
+
+def test_seed_recipe_is_the_seeds_network():
+    seed = get_recipe("seed")
+    assert seed.hidden == (1024,) and seed.val_size == 5000
+    seed.check()
+    with pytest.raises(BarenetError, match="unknown recipe"):
+        get_recipe("resnet")
