@@ -52,25 +52,32 @@ class SGD:
         self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
         self.decayed = set(decayed)
         self.velocity = {name: array_module(p).zeros_like(p) for name, p, _ in self.parameters}
+        self.scratch = {name: array_module(p).empty_like(p) for name, p, _ in self.parameters}
 
     def step(self, lr: float) -> None:
         """Update every parameter in place. The grads are used as scratch space (the next
-        backward pass overwrites them)."""
-        mu = self.momentum
+        backward pass overwrites them). Every operation writes into an existing buffer: for the
+        seed's 784x1024 weights, allocating temporaries cost as much as the arithmetic."""
+        mu, wd = self.momentum, self.weight_decay
         for name, W, g in self.parameters:
-            if self.weight_decay and name in self.decayed:
-                g += self.weight_decay * W
+            xp, s = array_module(W), self.scratch[name]
+            if wd and name in self.decayed:
+                xp.multiply(W, wd, out=s)
+                g += s  # g <- g + wd W
             if mu == 0.0:
-                W -= lr * g
+                xp.multiply(g, lr, out=s)
+                W -= s
                 continue
             v = self.velocity[name]
             v *= mu
-            v += g
+            v += g  # v <- mu v + g
             if self.nesterov:
-                g += mu * v
-                W -= lr * g
+                xp.multiply(v, mu, out=s)
+                g += s  # g <- g + mu v
+                xp.multiply(g, lr, out=s)
             else:
-                W -= lr * v
+                xp.multiply(v, lr, out=s)
+            W -= s
 
 
 @dataclass(frozen=True)

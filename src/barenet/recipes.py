@@ -24,12 +24,12 @@ class Recipe:
     description: str
     hidden: tuple[int, ...] = (1024,)  # hidden layer sizes: the seed's 784-1024-10
     init: str = "he"  # weight initialisation: "he" suits ReLU
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 0.1  # peak learning rate
+    epochs: int = 4  # validation accuracy plateaus at ~98.5% from 4 epochs on (4, 6, 8 tried)
+    batch_size: int = 128  # 256 was 0.1-0.2 points lower on validation at the same epochs
+    lr: float = 0.2  # peak learning rate; 0.05, 0.1, 0.2 tried, 0.2 best on validation
     momentum: float = 0.9
     nesterov: bool = True
-    l2: float = 1e-4  # lambda of the penalty 0.5 * lambda * sum W^2 (weights only)
+    l2: float = 1e-4  # lambda of 0.5 * lambda * sum W^2 (weights only); 5e-4 was no better
     schedule: str = "cosine"  # "constant", "step" or "cosine"
     warmup_epochs: float = 0.0  # linear warm-up before the cosine decay
     step_epochs: float = 1.0  # "step": multiply the lr by step_gamma every step_epochs
