@@ -1,0 +1,20 @@
+"""End to end on the real MNIST, in process: the beautiful_mnist of this project."""
+
+import dataclasses
+
+import numpy as np
+
+from barenet.modelfile import load_model, save_model
+from barenet.recipes import get_recipe
+from barenet.train import accuracy, fit, to_inputs
+
+
+def test_one_epoch_of_seed_recipe_and_model_file_round_trip(mnist, tmp_path):
+    result = fit(dataclasses.replace(get_recipe("seed"), epochs=1), mnist, progress=False)
+    assert result.test_accuracy >= 0.96
+    assert result.val_accuracy >= 0.96
+    path = save_model(tmp_path / "model.npz", result.model, {"test_accuracy": result.test_accuracy})
+    again, meta = load_model(path)
+    x = to_inputs(mnist.test_images)
+    np.testing.assert_array_equal(result.model.predict_proba(x), again.predict_proba(x))
+    assert accuracy(again, mnist.test_images, mnist.test_labels) == meta["test_accuracy"]
