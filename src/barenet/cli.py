@@ -135,14 +135,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_models(paths: Sequence[str]) -> list[tuple[Any, dict[str, Any]]]:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from .modelfile import load_model
 
-    return [load_model(p) for p in paths]
-
-
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    ((model, meta),) = _load_models([args.model])
+    model, meta = load_model(args.model)
     name = args.dataset or meta.get("dataset", {}).get("name", "mnist")
     dataset = _load_dataset(name, args.data_dir)
     from .train import to_inputs
@@ -173,8 +169,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    ((model, meta),) = _load_models([args.model])
     from .images import load_digit
+    from .modelfile import load_model
+
+    model, meta = load_model(args.model)
     from .train import to_inputs
 
     classes = meta.get("dataset", {}).get("classes") or [str(c) for c in range(model.num_classes)]

@@ -38,7 +38,9 @@ def resolve(path: str | os.PathLike[str]) -> Path:
 def save_model(path: str | os.PathLike[str], model: Sequential, metadata: dict[str, Any]) -> Path:
     """Write `model` and `metadata` to `path` (a .npz file, or a directory: DIR/model.npz),
     atomically: an existing file is replaced only once the new one is complete."""
-    path = resolve(path) if Path(path).suffix != ".npz" else Path(path)
+    path = Path(path)
+    if path.suffix != ".npz":
+        path = path / "model.npz"
     arrays: dict[str, np.ndarray] = {
         "architecture": np.array(
             json.dumps({"format": FORMAT, "version": VERSION, "layers": model.config()})
