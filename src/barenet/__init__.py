@@ -1,7 +1,7 @@
 """barenet: neural networks in plain NumPy, every gradient written by hand."""
 
 from .errors import BarenetError, DataError, ImageError, ModelFileError, TrainingDiverged
-from .layers import Dense, ReLU
+from .layers import Dense, Dropout, Flatten, ReLU
 from .losses import l2_penalty, softmax_cross_entropy
 from .model import Sequential, mlp
 from .optim import SGD, ConstantLR, CosineLR, StepLR
@@ -14,6 +14,8 @@ __all__ = [
     "CosineLR",
     "DataError",
     "Dense",
+    "Dropout",
+    "Flatten",
     "ImageError",
     "ModelFileError",
     "ReLU",

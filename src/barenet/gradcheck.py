@@ -74,15 +74,27 @@ class CheckResult:
         return self.error < TOLERANCE
 
 
-def check_layer(name: str, layer, x: np.ndarray, rng: np.random.Generator) -> list[CheckResult]:
+def check_layer(
+    name: str,
+    layer,
+    x: np.ndarray,
+    rng: np.random.Generator,
+    before_forward: Callable[[], None] | None = None,
+) -> list[CheckResult]:
     """Check a layer's dx and every param gradient, through f = sum(forward(x) * R), R random,
-    so that dL/dout = R. `layer` and `x` must be float64."""
+    so that dL/dout = R. `layer` and `x` must be float64. `before_forward`, if given, runs
+    before every forward pass (a random layer reseeds its generator there, so that every
+    evaluation of f sees the same mask)."""
+    reset = before_forward or (lambda: None)
+    reset()
     R = rng.standard_normal(layer.forward(x, training=True).shape)
+    reset()
     layer.forward(x, training=True)
     dx = layer.backward(R.copy())
     analytic = {"x": dx, **{k: g.copy() for k, g in layer.grads.items()}}
 
     def f() -> float:
+        reset()
         return float((layer.forward(x, training=True) * R).sum())
 
     results = []
@@ -116,7 +128,7 @@ def _away_from_kinks(
 
 def check_all(seed: int = 0) -> list[CheckResult]:
     """Check every layer, every loss and a whole network, on small random float64 inputs."""
-    from .layers import Dense, ReLU
+    from .layers import Dense, Dropout, Flatten, ReLU
     from .losses import l2_penalty, softmax_cross_entropy
     from .model import mlp
 
@@ -128,6 +140,13 @@ def check_all(seed: int = 0) -> list[CheckResult]:
     # ReLU's derivative jumps at 0: keep inputs away from the kink so differences are smooth.
     x = rng.uniform(0.1, 1.0, (4, 6)) * rng.choice([-1.0, 1.0], (4, 6))
     results += check_layer("ReLU", ReLU(), x, rng)
+    dropout = Dropout(0.4)
+
+    def same_mask() -> None:
+        dropout.rng = np.random.default_rng(seed)
+
+    results += check_layer("Dropout", dropout, rng.standard_normal((4, 6)), rng, same_mask)
+    results += check_layer("Flatten", Flatten(), rng.standard_normal((3, 2, 4, 5)), rng)
 
     # Scores of unit scale: a probability near 0 gives a gradient entry so small that float64
     # rounding in the loss would dominate its relative error.

@@ -136,6 +136,76 @@ class ReLU:
         return {"type": "ReLU"}
 
 
+class Dropout:
+    """Inverted dropout (Srivastava et al. 2014): while training, each activation is kept with
+    probability 1 - p and scaled by 1 / (1 - p), so that its expected value is unchanged and
+    inference needs no rescaling: at inference the layer is the identity.
+
+    forward: out = x * mask, mask_ij = [u_ij >= p] / (1 - p), u_ij ~ U[0, 1)
+    backward: dx = dout * mask (the same mask: the gradient flows only through kept units)
+
+    Arguments:
+        p: probability of dropping each activation, in [0, 1).
+        rng: generator of the masks (seeded for reproducible training).
+    """
+
+    decay: tuple[str, ...] = ()
+
+    def __init__(self, p: float = 0.5, *, rng: np.random.Generator | None = None) -> None:
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), not {p}")
+        self.p = p
+        self.rng = rng if rng is not None else np.random.default_rng()
+        self.params: dict[str, Array] = {}
+        self.grads: dict[str, Array] = {}
+        self._mask: Array | None = None
+
+    def forward(self, x: Array, training: bool = False) -> Array:
+        """x: (N, ...) -> out: same shape and dtype."""
+        if not training or self.p == 0.0:
+            self._mask = None
+            return x
+        xp = array_module(x)
+        keep = self.rng.random(x.shape, dtype=np.float32) >= self.p  # drawn on the CPU: seeded
+        self._mask = xp.asarray(keep, dtype=x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
+        return x * self._mask
+
+    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
+        """dout: same shape as out -> dx: same shape."""
+        if not need_dx:
+            return None
+        return dout if self._mask is None else dout * self._mask
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "Dropout", "p": self.p}
+
+
+class Flatten:
+    """Reshape each example to a vector: x (N, d1, d2, ...) -> out (N, d1 * d2 * ...).
+
+    backward reshapes the gradient back: dx = dout.reshape(x.shape). No params.
+    """
+
+    decay: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.params: dict[str, Array] = {}
+        self.grads: dict[str, Array] = {}
+        self._shape: tuple[int, ...] | None = None
+
+    def forward(self, x: Array, training: bool = False) -> Array:
+        self._shape = x.shape
+        return x.reshape(x.shape[0], -1)
+
+    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
+        if self._shape is None:
+            raise RuntimeError("Flatten.backward called without a forward before it")
+        return dout.reshape(self._shape) if need_dx else None
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "Flatten"}
+
+
 def layer_from_config(
     config: dict[str, Any], *, dtype: Any = np.float32, xp: ModuleType = np
 ) -> Layer:
@@ -153,4 +223,11 @@ def layer_from_config(
         return Dense(d, h, init=init, dtype=dtype, xp=xp)
     if kind == "ReLU":
         return ReLU()
+    if kind == "Dropout":
+        p = config.get("p")
+        if not isinstance(p, float | int) or isinstance(p, bool) or not 0 <= p < 1:
+            raise ValueError(f"Dropout p must be a number in [0, 1), not {p!r}")
+        return Dropout(float(p))
+    if kind == "Flatten":
+        return Flatten()
     raise ValueError(f"unknown layer type {kind!r}")
