@@ -4,11 +4,13 @@ from .errors import BarenetError, DataError, ImageError, ModelFileError, Trainin
 from .layers import Dense, Dropout, Flatten, ReLU
 from .losses import l2_penalty, softmax_cross_entropy
 from .model import Sequential, mlp
-from .optim import SGD, ConstantLR, CosineLR, StepLR
+from .optim import SGD, Adam, AdamW, ConstantLR, CosineLR, StepLR
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Adam",
+    "AdamW",
     "BarenetError",
     "ConstantLR",
     "CosineLR",

@@ -80,6 +80,96 @@ class SGD:
             W -= s
 
 
+class Adam:
+    """Adam (Kingma & Ba 2015), with L2 coupled into the gradient, or decoupled as in AdamW.
+
+    At step t = 1, 2, ..., for every parameter W with gradient g:
+        g <- g + weight_decay * W                 (Adam: the L2 penalty's gradient)
+        W <- W * (1 - lr * weight_decay)          (AdamW: decay applied to W directly)
+        m <- beta1 m + (1 - beta1) g              first moment (mean) of the gradient
+        v <- beta2 v + (1 - beta2) g^2            second moment, elementwise
+        W <- W - lr * m_hat / (sqrt(v_hat) + eps),  m_hat = m / (1 - beta1^t),
+                                                    v_hat = v / (1 - beta2^t)
+    The bias corrections undo the zero start of m and v. With decoupled decay (Loshchilov &
+    Hutter 2019), the decay is not rescaled by sqrt(v_hat), so every weight shrinks at the same
+    rate.
+
+    Arguments:
+        parameters: (name, param, grad) triples, as `Sequential.parameters()` yields them.
+        betas: (beta1, beta2), each in [0, 1).
+        eps: added to sqrt(v_hat), keeps the step finite where v is 0.
+        weight_decay: lambda; applied to the params named in `decayed` only.
+        decoupled: False for Adam with L2, True for AdamW.
+    """
+
+    def __init__(
+        self,
+        parameters: Iterable[tuple[str, Array, Array]],
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        decayed: Iterable[str] = (),
+        decoupled: bool = False,
+    ) -> None:
+        if not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"betas must be in [0, 1), not {betas}")
+        if eps <= 0.0 or weight_decay < 0.0:
+            raise ValueError("eps must be > 0 and weight_decay >= 0")
+        self.parameters = list(parameters)
+        self.beta1, self.beta2 = betas
+        self.eps, self.weight_decay, self.decoupled = eps, weight_decay, decoupled
+        self.decayed = set(decayed)
+        self.t = 0
+        self.m = {name: array_module(p).zeros_like(p) for name, p, _ in self.parameters}
+        self.v = {name: array_module(p).zeros_like(p) for name, p, _ in self.parameters}
+        self.scratch = {name: array_module(p).empty_like(p) for name, p, _ in self.parameters}
+
+    def step(self, lr: float) -> None:
+        """Update every parameter in place; the grads are used as scratch space."""
+        self.t += 1
+        b1, b2, wd = self.beta1, self.beta2, self.weight_decay
+        step_size = lr / (1.0 - b1**self.t)  # lr * m_hat / m
+        v_scale = 1.0 / math.sqrt(1.0 - b2**self.t)  # sqrt(v_hat) / sqrt(v)
+        for name, W, g in self.parameters:
+            xp, s, m, v = array_module(W), self.scratch[name], self.m[name], self.v[name]
+            if wd and name in self.decayed:
+                if self.decoupled:
+                    W *= 1.0 - lr * wd
+                else:
+                    xp.multiply(W, wd, out=s)
+                    g += s
+            m *= b1
+            xp.multiply(g, 1.0 - b1, out=s)
+            m += s  # m <- beta1 m + (1 - beta1) g
+            v *= b2
+            xp.multiply(g, g, out=s)
+            s *= 1.0 - b2
+            v += s  # v <- beta2 v + (1 - beta2) g^2
+            xp.sqrt(v, out=s)
+            s *= v_scale
+            s += self.eps  # sqrt(v_hat) + eps
+            xp.divide(m, s, out=s)
+            s *= step_size
+            W -= s
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter 2019); see `Adam`."""
+
+    def __init__(
+        self,
+        parameters: Iterable[tuple[str, Array, Array]],
+        *,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        decayed: Iterable[str] = (),
+    ) -> None:
+        super().__init__(parameters, betas=betas, eps=eps, weight_decay=weight_decay,
+                         decayed=decayed, decoupled=True)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ConstantLR:
     """lr(t) = lr."""
