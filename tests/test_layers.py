@@ -2,7 +2,16 @@ import numpy as np
 import pytest
 
 from barenet.gradcheck import TOLERANCE, check_layer
-from barenet.layers import Dense, Dropout, Flatten, ReLU, layer_from_config
+from barenet.layers import (
+    BatchNorm,
+    Dense,
+    DropConnect,
+    Dropout,
+    Flatten,
+    ReLU,
+    Reshape,
+    layer_from_config,
+)
 
 
 def test_dense_gradients_float64():
@@ -122,3 +131,98 @@ def test_new_layers_config_round_trip():
     ]:
         with pytest.raises(ValueError):
             layer_from_config(bad)
+
+
+def test_batchnorm_gradients_dense_and_image_layouts():
+    rng = np.random.default_rng(5)
+    for shape in ((6, 4), (3, 3, 2, 4)):
+        bn = BatchNorm(4, dtype=np.float64)
+        bn.params["gamma"][...] = rng.uniform(0.5, 2, 4)
+        bn.params["beta"][...] = rng.standard_normal(4)
+        for r in check_layer("BatchNorm", bn, rng.standard_normal(shape), rng):
+            assert r.error < TOLERANCE, r
+
+
+def test_batchnorm_normalises_and_keeps_running_statistics_as_buffers():
+    rng = np.random.default_rng(0)
+    bn = BatchNorm(3, momentum=0.5, dtype=np.float64)
+    assert set(bn.buffers) == {"running_mean", "running_var"} and set(bn.params) == {
+        "gamma",
+        "beta",
+    }
+    x = rng.normal(5.0, 2.0, (400, 3))
+    out = bn.forward(x, training=True)
+    np.testing.assert_allclose(out.mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(out.var(axis=0), 1, rtol=1e-4)
+    np.testing.assert_allclose(bn.buffers["running_mean"], 0.5 * x.mean(axis=0))
+    np.testing.assert_allclose(bn.buffers["running_var"], 0.5 + 0.5 * x.var(axis=0, ddof=1))
+    # Inference: the running statistics, not the batch's; one example is fine.
+    bn.buffers["running_mean"][...] = [1, 2, 3]
+    bn.buffers["running_var"][...] = [4, 4, 4]
+    np.testing.assert_allclose(bn.forward(np.array([[3.0, 2.0, 1.0]])), [[1, 0, -1]], atol=1e-5)
+    with pytest.raises(ValueError, match="at least 2"):
+        bn.forward(np.ones((1, 3)), training=True)
+
+
+def test_dropconnect_masks_weights_per_batch_and_is_mean_network_at_inference():
+    rng = np.random.default_rng(3)
+    layer = DropConnect(6, 4, 0.5, rng=rng, mask_rng=np.random.default_rng(0), dtype=np.float64)
+    x = rng.standard_normal((5, 6))
+    dense_out = x @ layer.params["W"] + layer.params["b"]
+    np.testing.assert_allclose(layer.forward(x), dense_out)  # inference: the mean weights
+    out = layer.forward(x, training=True)
+    mask = layer._mask
+    assert mask is not None and mask.shape == (6, 4)
+    assert set(np.unique(mask)) <= {0.0, 2.0}
+    np.testing.assert_allclose(out, x @ (layer.params["W"] * mask) + layer.params["b"])
+
+    def same_mask():
+        layer.rng = np.random.default_rng(7)
+
+    for r in check_layer("DropConnect", layer, x, rng, same_mask):
+        assert r.error < TOLERANCE, r
+
+
+def test_reshape_round_trip_and_size_check():
+    layer = Reshape((4, 5, 1))
+    x = np.arange(40.0).reshape(2, 20)
+    out = layer.forward(x)
+    assert out.shape == (2, 4, 5, 1)
+    back = layer.backward(out)
+    assert back is not None
+    np.testing.assert_array_equal(back, x)
+    with pytest.raises(ValueError, match="cannot give"):
+        layer.forward(np.ones((2, 21)))
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        Dense(3, 2, init="glorot"),
+        DropConnect(3, 2, 0.25),
+        ReLU(),
+        Dropout(0.3),
+        Flatten(),
+        Reshape((2, 3)),
+        BatchNorm(7, momentum=0.2, eps=1e-3),
+    ],  # fmt: skip
+)
+def test_layer_configs_round_trip(layer):
+    assert layer_from_config(layer.config()).config() == layer.config()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"type": "Dense", "in_features": 0, "out_features": 2},
+        {"type": "DropConnect", "in_features": 2, "out_features": 2, "p": 1.0},
+        {"type": "BatchNorm", "num_features": 3, "momentum": 2, "eps": 1e-5},
+        {"type": "Reshape", "shape": [0, 3]},
+        {"type": "Reshape", "shape": "28x28"},
+        {"type": "Dropout", "p": "half"},
+        {"type": "Magic"},
+    ],  # fmt: skip
+)
+def test_bad_layer_configs_are_value_errors(config):
+    with pytest.raises(ValueError):
+        layer_from_config(config)

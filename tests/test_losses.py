@@ -53,3 +53,16 @@ def test_l2_value_and_gradient():
     W = rng.standard_normal((3, 3))
     index, numeric = numerical_gradient(lambda: l2_penalty([W], 0.7)[0], W)
     assert relative_error(l2_penalty([W], 0.7)[1][0].reshape(-1)[index], numeric) < TOLERANCE
+
+
+def test_label_smoothing_value_and_gradient():
+    rng = np.random.default_rng(4)
+    s, y = rng.standard_normal((5, 4)), rng.integers(0, 4, 5)
+    loss, d = softmax_cross_entropy(s, y, 0.2)
+    p = np.exp(s) / np.exp(s).sum(axis=1, keepdims=True)
+    q = np.full((5, 4), 0.05)
+    q[np.arange(5), y] += 0.8
+    assert loss == pytest.approx(-(q * np.log(p)).sum(axis=1).mean(), rel=1e-12)
+    np.testing.assert_allclose(d, (p - q) / 5, atol=1e-15)
+    index, numeric = numerical_gradient(lambda: softmax_cross_entropy(s, y, 0.2)[0], s)
+    assert relative_error(d.reshape(-1)[index], numeric) < 1e-7

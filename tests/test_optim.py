@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from barenet.optim import SGD, Adam, AdamW, ConstantLR, CosineLR, StepLR
+from barenet.optim import SGD, Adam, AdamW, ConstantLR, CosineLR, OneCycleLR, StepLR, max_norm_
 
 
 def _one_param(value, grad):
@@ -104,3 +104,38 @@ def test_adam_rejects_bad_settings():
         Adam(params, betas=(1.0, 0.999))
     with pytest.raises(ValueError):
         Adam(params, eps=0.0)
+
+
+def test_one_cycle_rises_then_anneals():
+    s = OneCycleLR(1.0, epochs=10, pct_start=0.3, div=25, final_div=1e4)
+    assert s(0) == pytest.approx(1 / 25)
+    assert s(3) == pytest.approx(1.0)
+    assert s(10) == pytest.approx(1e-4)
+    values = [s(t / 10) for t in range(101)]
+    peak = values.index(max(values))
+    assert all(a <= b for a, b in zip(values[:peak], values[1 : peak + 1]))
+    assert all(a >= b for a, b in zip(values[peak:], values[peak + 1 :]))
+
+
+def test_max_norm_rescales_only_long_unit_vectors():
+    W = np.array([[3.0, 0.1], [4.0, 0.2]])  # unit norms 5 and ~0.22
+    max_norm_(W, 2.0)
+    np.testing.assert_allclose(np.linalg.norm(W, axis=0), [2.0, np.hypot(0.1, 0.2)])
+    np.testing.assert_allclose(W[:, 0], [1.2, 1.6])
+    F = np.ones((3, 3, 2, 4))  # conv filters: one norm per output channel over (k, k, C)
+    max_norm_(F, 1.0)
+    np.testing.assert_allclose(np.sqrt((F**2).sum(axis=(0, 1, 2))), 1.0)
+
+
+def test_optimiser_state_round_trips():
+    rng = np.random.default_rng(0)
+    for make in (lambda ps: SGD(ps, momentum=0.9), lambda ps: Adam(ps)):
+        W, g = rng.standard_normal((3, 2)), rng.standard_normal((3, 2))
+        opt = make([("W", W, g)])
+        opt.step(0.1)
+        W2, g2 = W.copy(), g.copy()
+        twin = make([("W", W2, g2)])
+        twin.load_state({k: np.array(v) for k, v in opt.state().items()})
+        opt.step(0.1)
+        twin.step(0.1)
+        np.testing.assert_array_equal(W, W2)

@@ -7,6 +7,7 @@ Every user error ends in one line on stderr, `barenet: error: ...`, and a non-ze
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import json
 import sys
@@ -21,7 +22,7 @@ from . import __version__
 from .atomic import atomic_write
 from .data import datasets
 from .errors import BarenetError
-from .recipes import RECIPES, get_recipe
+from .recipes import RECIPES, Recipe, get_recipe
 
 
 def _say(line: str) -> None:
@@ -86,75 +87,144 @@ def _new_run_dir(base: Path) -> Path:
     return candidate
 
 
+def _write_history(directory: Path, recipe: dict[str, Any], history: Any) -> None:
+    """history.json (recipe + epochs) and history.csv (one row per epoch), atomically."""
+    epochs = history.to_dict()["epochs"]
+    with atomic_write(directory / "history.json", "w") as f:
+        json.dump({"recipe": recipe, "epochs": epochs}, f, indent=1)
+    with atomic_write(directory / "history.csv", "w") as f:
+        writer = csv.DictWriter(f, fieldnames=list(epochs[0]) if epochs else ["epoch"])
+        writer.writeheader()
+        writer.writerows(epochs)
+
+
+def _dataset_metadata(dataset: datasets.Dataset) -> dict[str, Any]:
+    return {
+        "name": dataset.spec.name,
+        "md5": dict(zip(datasets.FILES, dataset.spec.md5)),
+        "classes": list(dataset.spec.classes),
+    }
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
-    recipe = get_recipe(args.recipe)
     overrides = {
         k: getattr(args, k)
-        for k in ("epochs", "lr", "batch_size", "seed")
+        for k in ("epochs", "lr", "batch_size", "seed", "members")
         if getattr(args, k) is not None
     }
-    recipe = dataclasses.replace(recipe, **overrides)
-    recipe.check()
-    if args.out is None:
-        out = _new_run_dir(Path("runs") / f"{recipe.name}-{args.dataset}")
-    else:
-        out = Path(args.out)
-        if (out / "model.npz").exists() and not args.overwrite:
+    if args.resume is not None:
+        given = [f"--{k.replace('_', '-')}" for k in ("recipe", "dataset", "out", *overrides)
+                 if getattr(args, k) is not None]  # fmt: skip
+        if given:
             raise BarenetError(
-                f"{out / 'model.npz'} exists; choose another --out or pass --overwrite"
+                f"--resume continues a run as it was started; drop {', '.join(given)}"
             )
-    dataset = _load_dataset(args.dataset, args.data_dir)
-    from .modelfile import save_model
-    from .train import fit
+        out = Path(args.resume)
+        try:
+            run = json.loads((out / "run.json").read_text())
+            recipe, dataset_name = Recipe.from_dict(run["recipe"]), run["dataset"]
+        except FileNotFoundError:
+            raise BarenetError(f"{out}: not a run directory (no run.json)") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise BarenetError(f"{out / 'run.json'}: not a valid run description ({e})") from None
+        dataset_name = _dataset_name(dataset_name)
+    else:
+        recipe = dataclasses.replace(get_recipe(args.recipe or "seed"), **overrides)
+        recipe.check()
+        dataset_name = args.dataset or "mnist"
+        if args.out is None:
+            out = _new_run_dir(Path("runs") / f"{recipe.name}-{dataset_name}")
+        else:
+            out = Path(args.out)
+            taken = [p for p in ("model.npz", "run.json") if (out / p).exists()]
+            if taken and not args.overwrite:
+                raise BarenetError(
+                    f"{out / taken[0]} exists; choose another --out, pass --overwrite, "
+                    f"or continue it with --resume {out}"
+                )
+    dataset = _load_dataset(dataset_name, args.data_dir)
+    from .ensemble import average_proba
+    from .modelfile import load_model, save_model
+    from .train import fit, to_inputs
 
-    _say(f"training recipe '{recipe.name}' on {args.dataset}: {recipe.description}")
-    result = fit(recipe, dataset, progress=not args.no_progress, log=_say)
-    metadata: dict[str, Any] = {
-        "barenet_version": __version__,
-        "recipe": recipe.to_dict(),
-        "seed": recipe.seed,
-        "dataset": {
-            "name": dataset.spec.name,
-            "md5": dict(zip(datasets.FILES, dataset.spec.md5)),
-            "classes": list(dataset.spec.classes),
-        },  # fmt: skip
-        "val_accuracy": result.val_accuracy,
-        "test_accuracy": result.test_accuracy,
-        "train_seconds": result.train_seconds,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    path = save_model(out / "model.npz", result.model, metadata)
-    with atomic_write(out / "history.json", "w") as f:
-        json.dump({"recipe": recipe.to_dict(), **result.history.to_dict()}, f, indent=1)
-    print(f"validation accuracy {100 * result.val_accuracy:.2f}%")
-    print(f"test accuracy       {100 * result.test_accuracy:.2f}%")
-    print(
-        f"training time       {result.train_seconds:.1f} s ({time.perf_counter() - start:.1f} s in all)"
-    )
-    print(f"model saved to      {path}")
+    if args.resume is None:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_write(out / "run.json", "w") as f:
+            json.dump({"recipe": recipe.to_dict(), "dataset": dataset_name}, f, indent=1)
+    _say(f"training recipe '{recipe.name}' on {dataset_name}: {recipe.description}")
+    _say(f"run directory {out} (continue an interrupted run with: barenet train --resume {out})")
+    models, paths, train_seconds = [], [], 0.0
+    for k in range(recipe.members):
+        where = out if recipe.members == 1 else out / f"member-{k + 1}"
+        seed = recipe.seed + k
+        if args.resume is not None and (where / "model.npz").exists():
+            _say(f"member {k + 1}/{recipe.members} already trained: {where / 'model.npz'}")
+            models.append(load_model(where / "model.npz")[0])
+            paths.append(where / "model.npz")
+            continue
+        if recipe.members > 1:
+            _say(f"member {k + 1}/{recipe.members} (seed {seed})")
+        where.mkdir(parents=True, exist_ok=True)
+        checkpoint = where / "checkpoint.npz"
+        result = fit(recipe, dataset, seed=seed, progress=not args.no_progress, log=_say,
+                     checkpoint=checkpoint, resume=args.resume is not None)  # fmt: skip
+        train_seconds += result.train_seconds
+        metadata: dict[str, Any] = {
+            "barenet_version": __version__,
+            "recipe": recipe.to_dict(),
+            "seed": seed,
+            "dataset": _dataset_metadata(dataset),
+            "val_accuracy": result.val_accuracy,
+            "test_accuracy": result.test_accuracy,
+            "train_seconds": sum(e.seconds for e in result.history.epochs),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        paths.append(save_model(where / "model.npz", result.model, metadata))
+        _write_history(where, recipe.to_dict(), result.history)
+        checkpoint.unlink(missing_ok=True)  # the model is saved: nothing left to resume
+        models.append(result.model)
+        if recipe.members > 1:
+            _say(f"member {k + 1}: validation {100 * result.val_accuracy:.2f}%, "
+                 f"test {100 * result.test_accuracy:.2f}%")  # fmt: skip
+    _, _, x_val, y_val = dataset.split(recipe.val_size)
+    val = float(np.mean(average_proba(models, to_inputs(x_val)).argmax(axis=1) == y_val))
+    test = float(np.mean(average_proba(models, to_inputs(dataset.test_images)).argmax(axis=1)
+                         == dataset.test_labels))  # fmt: skip
+    if recipe.members > 1:
+        with atomic_write(out / "ensemble.json", "w") as f:
+            json.dump({"members": [str(p.relative_to(out)) for p in paths],
+                       "val_accuracy": val, "test_accuracy": test}, f, indent=1)  # fmt: skip
+    what = f"ensemble of {len(models)} " if len(models) > 1 else ""
+    print(f"{what}validation accuracy {100 * val:.2f}%")
+    print(f"{what}test accuracy       {100 * test:.2f}%")
+    print(f"training time       {train_seconds:.1f} s ({time.perf_counter() - start:.1f} s in all)")
+    print(f"model saved to      {paths[0] if len(paths) == 1 else out}")
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .modelfile import load_model
+def _check_fits(models: Sequence[Any], inputs: int, classes: int | None, what: str) -> None:
+    for m in models:
+        if m.input_size != inputs or (classes is not None and m.num_classes != classes):
+            raise BarenetError(f"the model's input or output size does not fit {what}")
 
-    model, meta = load_model(args.model)
-    name = args.dataset or meta.get("dataset", {}).get("name", "mnist")
-    dataset = _load_dataset(name, args.data_dir)
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .ensemble import average_proba, load_ensemble
     from .train import to_inputs
 
+    models, metas = load_ensemble(args.models)
+    name = args.dataset or (metas[0].get("dataset") or {}).get("name", "mnist")
+    dataset = _load_dataset(name, args.data_dir)
     inputs = to_inputs(dataset.test_images)
-    if model.layers[0].config().get("in_features") != inputs.shape[1] or model.num_classes != len(
-        dataset.spec.classes
-    ):
-        raise BarenetError(f"{args.model}: the model's input or output size does not fit {name}")
-    predicted = model.predict(inputs)
-    y = dataset.test_labels.astype(np.int64)
     C = len(dataset.spec.classes)
+    _check_fits(models, inputs.shape[1], C, name)
+    predicted = average_proba(models, inputs).argmax(axis=1)
+    y = dataset.test_labels.astype(np.int64)
     confusion = np.zeros((C, C), dtype=np.int64)
     np.add.at(confusion, (y, predicted), 1)
-    print(f"{name} test set: {len(y)} images")
+    what = f", an ensemble of {len(models)} models" if len(models) > 1 else ""
+    print(f"{name} test set: {len(y)} images{what}")
     print(f"test accuracy {100 * float(np.mean(predicted == y)):.2f}%")
     print("per-class accuracy:")
     for c, label in enumerate(dataset.spec.classes):
@@ -170,21 +240,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .ensemble import average_proba, load_ensemble
     from .images import load_digit
-    from .modelfile import load_model
-
-    model, meta = load_model(args.model)
     from .train import to_inputs
 
-    classes = meta.get("dataset", {}).get("classes") or [str(c) for c in range(model.num_classes)]
-    images = np.stack([load_digit(p) for p in args.images])  # (K, 28, 28) uint8
-    if model.layers[0].config().get("in_features") != 28 * 28:
-        raise BarenetError(f"{args.model}: the model does not take 28x28 images")
-    probs = model.predict_proba(to_inputs(images))
-    for path, p in zip(args.images, probs):
+    # Model paths (.npz files, run directories) come first, then the images.
+    split = next((i for i, a in enumerate(args.paths) if not _is_model_path(a)), len(args.paths))
+    model_paths, image_paths = args.paths[:split], args.paths[split:]
+    if not model_paths:
+        raise BarenetError(f"{args.paths[0]}: not a model file (.npz) or run directory")
+    if not image_paths:
+        raise BarenetError("no image to classify: give one or more image files after the model")
+    models, metas = load_ensemble(model_paths)
+    classes = (metas[0].get("dataset") or {}).get("classes") or [
+        str(c) for c in range(models[0].num_classes)
+    ]
+    images = np.stack([load_digit(p) for p in image_paths])  # (K, 28, 28) uint8
+    _check_fits(models, 28 * 28, None, "28x28 images")
+    probs = average_proba(models, to_inputs(images))
+    for path, p in zip(image_paths, probs):
         c = int(p.argmax())
         print(f"{path}: {classes[c]} ({100 * p[c]:.1f}%)")
     return 0
+
+
+def _is_model_path(text: str) -> bool:
+    p = Path(text)
+    return p.suffix == ".npz" or p.is_dir()
 
 
 def cmd_gradcheck(args: argparse.Namespace) -> int:
@@ -233,12 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
     data_names = list(datasets.DATASETS)
 
     p = sub.add_parser("train", help="train a recipe and save the model")
-    p.add_argument("--recipe", default="seed", choices=list(RECIPES), help="default: seed")
-    p.add_argument("--dataset", default="mnist", choices=data_names, help="default: mnist")
+    p.add_argument("--recipe", choices=list(RECIPES), help="default: seed")
+    p.add_argument("--dataset", choices=data_names, help="default: mnist")
     p.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs")
     p.add_argument("--lr", type=_positive_float, help="override the recipe's peak learning rate")
     p.add_argument("--batch-size", type=_positive_int, help="override the recipe's batch size")
     p.add_argument("--seed", type=_seed, help="override the recipe's seed")
+    p.add_argument(
+        "--members",
+        type=_positive_int,
+        help="train an ensemble of this many networks (seeds seed, seed+1, ...)",
+    )
+    p.add_argument("--resume", metavar="RUN_DIR",
+                   help="continue an interrupted run from its last checkpoint")  # fmt: skip
     p.add_argument("--out", help="run directory (default: a new runs/<recipe>-<dataset>[-N])")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     p.add_argument("--data-dir", help="a directory holding the four dataset files (.gz or raw)")
@@ -246,14 +335,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
-    p.add_argument("model", help="a model.npz file or a run directory")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="model.npz files or run directories; several are averaged as an "
+                   "ensemble")  # fmt: skip
     p.add_argument("--dataset", choices=data_names, help="default: the model's own")
     p.add_argument("--data-dir", help="a directory holding the four dataset files (.gz or raw)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify 28x28 greyscale digit images")
-    p.add_argument("model", help="a model.npz file or a run directory")
-    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, ...), 28x28")
+    p.add_argument("paths", nargs="+", metavar="MODEL... IMAGE",
+                   help="one or more models (.npz files or run directories; several are "
+                   "averaged), then image files (PNG, JPEG, ...), 28x28")  # fmt: skip
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("gradcheck", help="check every gradient against finite differences")

@@ -128,9 +128,10 @@ def _away_from_kinks(
 
 def check_all(seed: int = 0) -> list[CheckResult]:
     """Check every layer, every loss and a whole network, on small random float64 inputs."""
-    from .layers import Dense, Dropout, Flatten, ReLU
+    from .conv import Conv2D, MaxPool2D
+    from .layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, ReLU, Reshape
     from .losses import l2_penalty, softmax_cross_entropy
-    from .model import mlp
+    from .model import Sequential, mlp
 
     rng = np.random.default_rng(seed)
     results = []
@@ -147,6 +148,30 @@ def check_all(seed: int = 0) -> list[CheckResult]:
 
     results += check_layer("Dropout", dropout, rng.standard_normal((4, 6)), rng, same_mask)
     results += check_layer("Flatten", Flatten(), rng.standard_normal((3, 2, 4, 5)), rng)
+    results += check_layer("Reshape", Reshape((4, 5, 1)), rng.standard_normal((3, 20)), rng)
+    dropconnect = DropConnect(7, 5, 0.4, rng=rng, dtype=np.float64)
+
+    def same_weight_mask() -> None:
+        dropconnect.rng = np.random.default_rng(seed)
+
+    results += check_layer(
+        "DropConnect", dropconnect, rng.standard_normal((4, 7)), rng, same_weight_mask
+    )
+    for name, shape in (("BatchNorm (N, D)", (6, 5)), ("BatchNorm (N, H, W, C)", (3, 4, 4, 5))):
+        bn = BatchNorm(5, dtype=np.float64)
+        bn.params["gamma"][...] = rng.uniform(0.5, 2.0, 5)
+        bn.params["beta"][...] = rng.standard_normal(5)
+        results += check_layer(name, bn, rng.standard_normal(shape), rng)
+    for k, stride, pad in ((3, 1, 1), (3, 2, 0), (5, 1, 2)):
+        conv = Conv2D(3, 4, k, stride=stride, padding=pad, rng=rng, dtype=np.float64)
+        conv.params["b"][...] = rng.standard_normal(4)
+        x = rng.standard_normal((2, 7, 6, 3))
+        results += check_layer(f"Conv2D k{k} s{stride} p{pad}", conv, x, rng)
+    # Max-pooling's derivative jumps where two inputs of a window tie: distinct values 0.1 apart
+    # keep every finite difference on one side.
+    for k, stride in ((2, 2), (3, 1)):
+        x = rng.permutation(2 * 6 * 6 * 3).reshape(2, 6, 6, 3) / 10.0
+        results += check_layer(f"MaxPool2D k{k} s{stride}", MaxPool2D(k, stride), x, rng)
 
     # Scores of unit scale: a probability near 0 gives a gradient entry so small that float64
     # rounding in the loss would dominate its relative error.
@@ -181,5 +206,28 @@ def check_all(seed: int = 0) -> list[CheckResult]:
         index, numeric = numerical_gradient(loss, p)
         results.append(
             CheckResult(f"mlp {name}", relative_error(analytic.reshape(-1)[index], numeric))
+        )
+
+    # A small convolutional network, end to end, with label smoothing:
+    # Reshape-Conv2D-MaxPool2D-Flatten-Dense. No ReLU (its kinks are checked above) and no
+    # BatchNorm: BatchNorm removes any constant shift of its input, so the convolution's bias
+    # would get a true gradient of exactly 0, whose relative error is meaningless.
+    cnn = Sequential([
+        Reshape((6, 6, 1)),
+        Conv2D(1, 3, 3, padding=1, rng=rng, dtype=np.float64),
+        MaxPool2D(2),
+        Flatten(),
+        Dense(27, 4, rng=rng, dtype=np.float64),
+    ])  # fmt: skip
+    xc, yc = rng.standard_normal((4, 36)), rng.integers(0, 4, 4)
+    _, ds = softmax_cross_entropy(cnn.forward(xc, training=True), yc, 0.1)
+    cnn.backward(ds)
+    for name, p, g in cnn.parameters():
+        analytic = g.copy()
+        index, numeric = numerical_gradient(
+            lambda: softmax_cross_entropy(cnn.forward(xc, training=True), yc, 0.1)[0], p
+        )
+        results.append(
+            CheckResult(f"cnn {name}", relative_error(analytic.reshape(-1)[index], numeric))
         )
     return results

@@ -12,15 +12,20 @@ from .backend import array_module
 from .layers import Array
 
 
-def softmax_cross_entropy(scores: Array, y: Array) -> tuple[float, Array]:
+def softmax_cross_entropy(
+    scores: Array, y: Array, label_smoothing: float = 0.0
+) -> tuple[float, Array]:
     """Mean cross-entropy of the softmax of `scores` against integer labels `y`.
 
     Arguments:
         scores: unnormalised class scores (logits), shape (N, C), float.
         y: true classes, shape (N,), integers in [0, C).
+        label_smoothing: eps in [0, 1): the target is q = (1 - eps) onehot(y) + eps / C
+            (Szegedy et al. 2016), which stops the scores from growing without bound.
     Returns:
-        loss: L = -(1/N) sum_n log p[n, y_n], where p = softmax(scores) row by row.
-        dscores: dL/dscores = (p - onehot(y)) / N, shape (N, C), same dtype as scores.
+        loss: L = -(1/N) sum_n sum_c q[n, c] log p[n, c], where p = softmax(scores) row by row
+            (with eps = 0: -(1/N) sum_n log p[n, y_n]).
+        dscores: dL/dscores = (p - q) / N, shape (N, C), same dtype as scores.
 
     Numerically stable: log p = s - max(s) - log sum exp(s - max(s)) never overflows, and
     the loss is read from log p rather than from log(p), which would be -inf for p == 0.
@@ -31,11 +36,20 @@ def softmax_cross_entropy(scores: Array, y: Array) -> tuple[float, Array]:
     exp = xp.exp(shifted)
     sum_exp = exp.sum(axis=1, keepdims=True)  # (N, 1), >= 1
     rows = xp.arange(N)
-    log_p_true = shifted[rows, y] - xp.log(sum_exp[:, 0])  # (N,)
+    log_sum = xp.log(sum_exp[:, 0])  # (N,)
+    log_p_true = shifted[rows, y] - log_sum  # (N,)
+    eps = label_smoothing
     loss = -float(log_p_true.mean())
+    if eps:
+        # sum_c q_c log p_c = (1 - eps) log p_y + (eps / C) sum_c log p_c
+        C = scores.shape[1]
+        mean_log_p = (shifted.sum(axis=1) - C * log_sum) / C  # (N,)
+        loss = (1 - eps) * loss - eps * float(mean_log_p.mean())
     dscores = exp
     dscores /= sum_exp  # p, reusing the exp buffer
-    dscores[rows, y] -= 1  # p - onehot(y)
+    if eps:
+        dscores -= eps / scores.shape[1]
+    dscores[rows, y] -= 1 - eps  # p - q
     dscores /= N
     return loss, dscores
 

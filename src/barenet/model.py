@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import Any
@@ -25,7 +26,10 @@ class Sequential:
         self.layers = list(layers)
 
     def forward(self, x: Array, training: bool = False) -> Array:
-        """x: (N, D) inputs -> scores: (N, C) unnormalised class scores."""
+        """x: (N, D) inputs -> scores: (N, C) unnormalised class scores.
+
+        training=True: Dropout and DropConnect draw masks, BatchNorm uses (and updates) batch
+        statistics, and every layer keeps what its backward pass needs."""
         for layer in self.layers:
             x = layer.forward(x, training)
         return x
@@ -69,6 +73,13 @@ class Sequential:
             for key, p in layer.params.items():
                 yield f"layers.{i}.{key}", p, layer.grads[key]
 
+    def buffers(self) -> Iterator[tuple[str, Array]]:
+        """(name, buffer) for every non-trainable saved array (BatchNorm's running statistics),
+        named "layers.<i>.<key>" like the parameters."""
+        for i, layer in enumerate(self.layers):
+            for key, b in layer.buffers.items():
+                yield f"layers.{i}.{key}", b
+
     def decayed(self) -> set[str]:
         """Names of the params the L2 penalty applies to (weights, not biases)."""
         return {f"layers.{i}.{k}" for i, layer in enumerate(self.layers) for k in layer.decay}
@@ -76,9 +87,22 @@ class Sequential:
     @property
     def num_classes(self) -> int:
         for layer in reversed(self.layers):
-            if isinstance(layer, Dense):
+            if isinstance(layer, Dense):  # DropConnect included
                 return layer.out_features
         raise ValueError("the network has no Dense layer to tell its number of classes")
+
+    @property
+    def input_size(self) -> int:
+        """D, the length of each flat input row the network reads."""
+        for layer in self.layers:
+            config = layer.config()
+            if "in_features" in config:
+                return int(config["in_features"])
+            if config["type"] == "Reshape":
+                return math.prod(config["shape"])
+            if config["type"] not in ("Dropout", "Flatten"):
+                break
+        raise ValueError("the network's first layers do not tell its input size")
 
     def num_params(self) -> int:
         return sum(int(p.size) for _, p, _ in self.parameters())

@@ -3,7 +3,8 @@
 Members:
     architecture.npy   JSON text: {"format": "barenet-model", "version": 1, "layers": [...]}
     metadata.npy       JSON text: recipe, seed, dataset and its checksums, accuracies, version
-    layers.<i>.<key>.npy  each parameter, e.g. layers.0.W (784, 1024) float32
+    layers.<i>.<key>.npy  each parameter, e.g. layers.0.W (784, 1024) float32, and each buffer,
+                       e.g. layers.1.running_mean (32,) float32
 
 Loading reads the architecture first, works out every parameter's expected name, shape and
 dtype from it, and compares them with each member's .npy header before reading any data, so a
@@ -35,6 +36,23 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     return p / "model.npz" if p.is_dir() else p
 
 
+def resolve_all(path: str | os.PathLike[str]) -> list[Path]:
+    """Every model file `path` names: the .npz file itself; a run directory's model.npz; or,
+    for an ensemble's run directory, each member-<k>/model.npz in member order."""
+    p = Path(path)
+    if not p.is_dir() or (p / "model.npz").exists():
+        return [resolve(p)]
+    members = sorted(p.glob("member-*/model.npz"), key=lambda m: _member_number(m.parent.name))
+    if not members:
+        raise ModelFileError(f"{p}: no model.npz in this directory, and no member-*/model.npz")
+    return members
+
+
+def _member_number(name: str) -> int:
+    tail = name.rpartition("-")[2]
+    return int(tail) if tail.isdigit() else 1 << 30
+
+
 def save_model(path: str | os.PathLike[str], model: Sequential, metadata: dict[str, Any]) -> Path:
     """Write `model` and `metadata` to `path` (a .npz file, or a directory: DIR/model.npz),
     atomically: an existing file is replaced only once the new one is complete."""
@@ -47,11 +65,16 @@ def save_model(path: str | os.PathLike[str], model: Sequential, metadata: dict[s
         ),
         "metadata": np.array(json.dumps(metadata)),
     }
-    for name, p, _ in model.parameters():
+    for name, p in model_arrays(model).items():
         arrays[name] = np.asarray(p)
     with atomic_write(path) as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
     return path
+
+
+def model_arrays(model: Sequential) -> dict[str, Any]:
+    """Every array a model file holds for `model`: its parameters and its buffers, by name."""
+    return {**{name: p for name, p, _ in model.parameters()}, **dict(model.buffers())}
 
 
 def _json_member(z: zipfile.ZipFile, name: str, path: Path) -> Any:
@@ -123,7 +146,7 @@ def _load(z: zipfile.ZipFile, path: Path) -> tuple[Sequential, dict[str, Any]]:
     except ValueError as e:
         raise ModelFileError(f"{path}: invalid architecture ({e})") from None
 
-    expected = {name: p for name, p, _ in model.parameters()}
+    expected = model_arrays(model)
     present = {n[:-4] for n in z.namelist() if n.endswith(".npy")} - {"architecture", "metadata"}
     if present - expected.keys():
         raise ModelFileError(f"{path}: unexpected arrays {sorted(present - expected.keys())}")

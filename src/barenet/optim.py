@@ -11,8 +11,31 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
+
 from .backend import array_module
 from .layers import Array
+
+
+def _load_into(buffers: dict[str, Array], prefix: str, state: dict[str, Array]) -> None:
+    for name, buf in buffers.items():
+        src = state[f"{prefix}.{name}"]
+        if src.shape != buf.shape:
+            raise ValueError(f"optimiser state {prefix}.{name} has shape {src.shape}, "
+                             f"not {buf.shape}")  # fmt: skip
+        buf[...] = src
+
+
+def max_norm_(W: Array, c: float) -> None:
+    """Max-norm constraint (Srivastava et al. 2014), in place: rescale every unit's incoming
+    weight vector whose L2 norm exceeds c back onto the ball of radius c.
+
+    W: (D, H) dense weights, or (k, k, C, F) convolution filters; the units are the last axis,
+    so the norm of unit j is ||W[..., j]|| over all other axes. Applied after each step.
+    """
+    xp = array_module(W)
+    norms = xp.sqrt((W * W).reshape(-1, W.shape[-1]).sum(axis=0))  # (H,)
+    W *= xp.minimum(1.0, c / xp.maximum(norms, 1e-12)).astype(W.dtype)
 
 
 class SGD:
@@ -53,6 +76,14 @@ class SGD:
         self.decayed = set(decayed)
         self.velocity = {name: array_module(p).zeros_like(p) for name, p, _ in self.parameters}
         self.scratch = {name: array_module(p).empty_like(p) for name, p, _ in self.parameters}
+
+    def state(self) -> dict[str, Array]:
+        """Everything the next steps depend on, for a checkpoint: "velocity.<param name>"."""
+        return {f"velocity.{name}": v for name, v in self.velocity.items()}
+
+    def load_state(self, state: dict[str, Array]) -> None:
+        """Restore `state()`'s arrays (copied into the optimiser's own buffers)."""
+        _load_into(self.velocity, "velocity", state)
 
     def step(self, lr: float) -> None:
         """Update every parameter in place. The grads are used as scratch space (the next
@@ -124,6 +155,20 @@ class Adam:
         self.m = {name: array_module(p).zeros_like(p) for name, p, _ in self.parameters}
         self.v = {name: array_module(p).zeros_like(p) for name, p, _ in self.parameters}
         self.scratch = {name: array_module(p).empty_like(p) for name, p, _ in self.parameters}
+
+    def state(self) -> dict[str, Array]:
+        """Everything the next steps depend on, for a checkpoint: m, v and the step count t."""
+        return {
+            **{f"m.{name}": m for name, m in self.m.items()},
+            **{f"v.{name}": v for name, v in self.v.items()},
+            "t": np.array(self.t, dtype=np.int64),
+        }
+
+    def load_state(self, state: dict[str, Array]) -> None:
+        """Restore `state()`'s arrays (copied into the optimiser's own buffers)."""
+        _load_into(self.m, "m", state)
+        _load_into(self.v, "v", state)
+        self.t = int(state["t"])
 
     def step(self, lr: float) -> None:
         """Update every parameter in place; the grads are used as scratch space."""
@@ -212,3 +257,28 @@ class CosineLR:
         return self.final_lr + (self.lr - self.final_lr) * 0.5 * (
             1.0 + math.cos(math.pi * progress)
         )
+
+
+@dataclass(frozen=True)
+class OneCycleLR:
+    """The one-cycle policy (Smith & Topin 2019): the lr rises from lr / div to its peak `lr`
+    over the first `pct_start` of training, then anneals to lr / final_div, both halves on a
+    cosine curve (as PyTorch's OneCycleLR):
+        t <= T p:  lr(t) = lo + (lr - lo) * (1 - cos(pi t / (T p))) / 2,      lo = lr / div
+        t >  T p:  lr(t) = end + (lr - end) * (1 + cos(pi (t - T p) / (T (1 - p)))) / 2,
+                   end = lr / final_div
+    """
+
+    lr: float
+    epochs: float
+    pct_start: float = 0.25
+    div: float = 25.0
+    final_div: float = 1e4
+
+    def __call__(self, t: float) -> float:
+        rise = self.epochs * self.pct_start
+        lo, end = self.lr / self.div, self.lr / self.final_div
+        if t <= rise:
+            return lo + (self.lr - lo) * 0.5 * (1.0 - math.cos(math.pi * t / rise))
+        progress = min((t - rise) / max(self.epochs - rise, 1e-12), 1.0)
+        return end + (self.lr - end) * 0.5 * (1.0 + math.cos(math.pi * progress))

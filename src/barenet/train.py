@@ -1,7 +1,8 @@
 """The training loop: seeded, reproducible minibatch training with a validation split.
 
-Same seed, same data, same thread count -> the same weights: the initial weights and every
-epoch's shuffle come from generators derived from `recipe.seed` alone.
+Same seed, same data, same thread count -> the same weights: the initial weights, every epoch's
+shuffle, every dropout mask and every augmentation come from generators derived from the seed
+alone, and a checkpoint saves their states, so a resumed run continues bit for bit.
 """
 
 from __future__ import annotations
@@ -10,17 +11,21 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from .augment import augment
+from .checkpoint import load_checkpoint, restore_model, save_checkpoint
 from .data.datasets import Dataset
-from .errors import TrainingDiverged
+from .errors import ModelFileError, TrainingDiverged
+from .layers import DropConnect, Dropout
 from .losses import l2_penalty, softmax_cross_entropy
-from .model import Sequential, mlp
-from .optim import SGD
-from .recipes import Recipe
+from .model import Sequential
+from .optim import SGD, Adam, max_norm_
+from .recipes import Recipe, build_model
 
 Log = Callable[[str], None]
 
@@ -38,6 +43,7 @@ class EpochRecord:
     val_accuracy: float
     lr: float  # learning rate at the epoch's last step
     seconds: float  # wall time of the epoch, its validation included
+    augment_seconds: float = 0.0  # of which augmenting the batches
 
 
 @dataclass
@@ -56,6 +62,25 @@ def accuracy(model: Sequential, images: np.ndarray, labels: np.ndarray) -> float
     return float(np.mean(predicted == labels))
 
 
+def make_optimizer(recipe: Recipe, model: Sequential) -> SGD | Adam:
+    """The recipe's optimiser over every parameter of `model` (L2 on its decayed ones)."""
+    params, decayed = model.parameters(), model.decayed()
+    if recipe.optimizer == "sgd":
+        return SGD(params, momentum=recipe.momentum, nesterov=recipe.nesterov and
+                   recipe.momentum > 0, weight_decay=recipe.l2, decayed=decayed)  # fmt: skip
+    return Adam(params, weight_decay=recipe.l2, decayed=decayed,
+                decoupled=recipe.optimizer == "adamw")  # fmt: skip
+
+
+def random_layers(model: Sequential) -> dict[str, np.random.Generator]:
+    """The generators of the model's random layers (Dropout, DropConnect), by layer name."""
+    return {
+        f"layers.{i}": layer.rng
+        for i, layer in enumerate(model.layers)
+        if isinstance(layer, Dropout | DropConnect)
+    }
+
+
 def train(
     model: Sequential,
     recipe: Recipe,
@@ -64,53 +89,83 @@ def train(
     x_val: np.ndarray,
     y_val: np.ndarray,
     *,
+    seed: int | None = None,
     progress: bool = True,
     log: Log | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> History:
-    """Train `model` in place with minibatch SGD as `recipe` says.
+    """Train `model` in place as `recipe` says.
 
     Arguments:
-        x_train: (N, 28, 28) uint8 images; y_train: (N,) integer labels. Likewise x_val, y_val.
+        x_train: (N, H, W) uint8 images; y_train: (N,) integer labels. Likewise x_val, y_val.
+        seed: seeds the shuffling and augmentation (default: recipe.seed); the model's random
+            layers carry their own generators (recipes.build_model seeds them).
         progress: show a progress bar with the running loss (on stderr).
         log: receives one line per epoch (loss, validation accuracy, seconds).
+        checkpoint: a file to write, atomically, at the end of every epoch.
+        resume: continue from `checkpoint` if it exists (model, optimiser, generators, epoch).
     Returns:
-        the per-epoch history.
+        the per-epoch history (of the whole run, when resumed).
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
     """
     recipe.check()
     say = log or (lambda _: None)
+    seed = recipe.seed if seed is None else seed
     N, B = len(x_train), recipe.batch_size
     steps = math.ceil(N / B)
-    shuffle_rng = np.random.default_rng([recipe.seed, 1])
-    decayed = model.decayed()
-    optimizer = SGD(
-        model.parameters(),
-        momentum=recipe.momentum,
-        nesterov=recipe.nesterov and recipe.momentum > 0,
-        weight_decay=recipe.l2,
-        decayed=decayed,
-    )
+    rngs = {
+        "shuffle": np.random.default_rng([seed, 1]),
+        "augment": np.random.default_rng([seed, 3]),
+        **random_layers(model),
+    }
+    optimizer = make_optimizer(recipe, model)
     schedule = recipe.lr_schedule()
-    history = History()
-    for epoch in range(recipe.epochs):
+    history, first = History(), 0
+    if resume and checkpoint is not None and checkpoint.exists():
+        state = load_checkpoint(checkpoint)
+        restore_model(model, state.model, checkpoint)
+        try:
+            optimizer.load_state(state.optimizer)
+            for name, g in rngs.items():
+                g.bit_generator.state = state.rngs[name]
+        except (KeyError, ValueError, TypeError) as e:
+            raise ModelFileError(f"{checkpoint}: the checkpoint does not fit the recipe "
+                                 f"({type(e).__name__}: {e})") from None  # fmt: skip
+        history = History([EpochRecord(**e) for e in state.history["epochs"]])
+        first = state.epoch
+        say(f"resuming from {checkpoint} after epoch {first}/{recipe.epochs}")
+    constrained = [p for name, p, _ in model.parameters() if name in model.decayed()]
+    decayed = model.decayed()
+    aug = recipe.augment if recipe.augment.active else None
+    image_shape = x_train.shape[1:]
+    for epoch in range(first, recipe.epochs):
         start = time.perf_counter()
         # One gather per epoch into a contiguous shuffled copy (uint8: a quarter of the float
         # size), so every batch below is a view, converted to float32 in one pass.
-        order = shuffle_rng.permutation(N)
-        xs = x_train.reshape(N, -1)[order]  # (N, 784) uint8
+        order = rngs["shuffle"].permutation(N)
+        xs = x_train.reshape(N, -1)[order]  # (N, H*W) uint8
         ys = y_train[order].astype(np.int64)
-        loss_sum, correct, lr = 0.0, 0, schedule(epoch)
+        loss_sum, correct, lr, augment_seconds = 0.0, 0, schedule(epoch), 0.0
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False,
                    disable=not progress, unit="batch", mininterval=0.5)  # fmt: skip
         # Overflow shows up as a non-finite loss, which stops training below with a message
         # naming the epoch; NumPy's own overflow warnings would only say it less clearly.
         with bar, np.errstate(over="ignore", invalid="ignore"):
             for i in bar:
-                xb, yb = to_inputs(xs[i * B : (i + 1) * B]), ys[i * B : (i + 1) * B]
+                yb = ys[i * B : (i + 1) * B]
+                if aug is None:
+                    xb = to_inputs(xs[i * B : (i + 1) * B])
+                else:
+                    t0 = time.perf_counter()
+                    batch = xs[i * B : (i + 1) * B].reshape(-1, *image_shape)
+                    xb = augment(batch, rngs["augment"], aug).reshape(len(yb), -1)
+                    xb *= np.float32(1 / 255)
+                    augment_seconds += time.perf_counter() - t0
                 scores = model.forward(xb, training=True)
                 correct += int((scores.argmax(axis=1) == yb).sum())
-                loss, dscores = softmax_cross_entropy(scores, yb)
+                loss, dscores = softmax_cross_entropy(scores, yb, recipe.label_smoothing)
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         f"training diverged in epoch {epoch + 1}: the loss became {loss}; "
@@ -120,9 +175,13 @@ def train(
                 model.backward(dscores)
                 lr = schedule(epoch + i / steps)
                 optimizer.step(lr)
+                if recipe.max_norm:
+                    for W in constrained:
+                        max_norm_(W, recipe.max_norm)
                 if i % 50 == 0:
                     bar.set_postfix(loss=f"{loss_sum / min((i + 1) * B, N):.4f}", refresh=False)
         weights = [p for name, p, _ in model.parameters() if name in decayed]
+        seconds = time.perf_counter() - start
         record = EpochRecord(
             epoch=epoch + 1,
             train_loss=loss_sum / N + l2_penalty(weights, recipe.l2)[0],
@@ -130,11 +189,17 @@ def train(
             val_accuracy=accuracy(model, x_val, y_val),
             lr=lr,
             seconds=time.perf_counter() - start,
+            augment_seconds=augment_seconds,
         )
         history.epochs.append(record)
+        extra = f"  (augmentation {100 * augment_seconds / seconds:.0f}%)" if aug else ""
         say(f"epoch {record.epoch}/{recipe.epochs}  loss {record.train_loss:.4f}  "
             f"train {100 * record.train_accuracy:.2f}%  val {100 * record.val_accuracy:.2f}%  "
-            f"{record.seconds:.2f} s")  # fmt: skip
+            f"{record.seconds:.2f} s{extra}")  # fmt: skip
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, epoch=epoch + 1, recipe=recipe.to_dict(), rngs=rngs,
+                            history=history.to_dict(), model=model,
+                            optimizer_state=optimizer.state())  # fmt: skip
     return history
 
 
@@ -144,23 +209,29 @@ class Result:
     history: History
     val_accuracy: float
     test_accuracy: float
-    train_seconds: float
+    train_seconds: float  # of this process: a resumed run counts its own part only
 
 
 def fit(
-    recipe: Recipe, dataset: Dataset, *, progress: bool = True, log: Log | None = None
+    recipe: Recipe,
+    dataset: Dataset,
+    *,
+    seed: int | None = None,
+    progress: bool = True,
+    log: Log | None = None,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> Result:
     """Build the recipe's network, train it on the dataset's training split (minus the
-    validation split) and measure it on validation and, once at the end, on the test set."""
+    validation split) and measure it on validation and, once at the end, on the test set.
+    `seed` overrides recipe.seed (ensemble members); see `train` for the others."""
     recipe.check()
     x_train, y_train, x_val, y_val = dataset.split(recipe.val_size)
-    D = int(np.prod(dataset.train_images.shape[1:]))
-    C = len(dataset.spec.classes)
-    model = mlp(
-        [D, *recipe.hidden, C], rng=np.random.default_rng([recipe.seed, 0]), init=recipe.init
-    )
+    H, W = dataset.train_images.shape[1:]
+    model = build_model(recipe, (H, W), len(dataset.spec.classes), seed=seed)
     start = time.perf_counter()
-    history = train(model, recipe, x_train, y_train, x_val, y_val, progress=progress, log=log)
+    history = train(model, recipe, x_train, y_train, x_val, y_val, seed=seed, progress=progress,
+                    log=log, checkpoint=checkpoint, resume=resume)  # fmt: skip
     seconds = time.perf_counter() - start
     return Result(
         model=model,

@@ -1,0 +1,110 @@
+"""Data augmentation on the fly: random affine maps and elastic distortions of digit images.
+
+Every image of a batch gets its own random transform, and the whole batch is resampled at once:
+    1. a random affine map (rotation, scale, shift) about the image centre gives, for every
+       output pixel, the point of the input image it shows;
+    2. elastic distortion (Simard et al. 2003) adds a random, smooth displacement to that point:
+       a field of uniform(-1, 1) values per pixel and axis, smoothed by a Gaussian of width
+       sigma and scaled by alpha. The Gaussian is separable, so smoothing the (N, 28, 28)
+       fields is two batched products with a (28, 28) Gaussian matrix: G f G^T;
+    3. bilinear interpolation reads the input at those points (zero outside the image).
+All of it is NumPy arithmetic over the whole batch: a handful of array passes, no Python loop
+over images. `benchmarks/augment.py` measures its cost against the training step.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Ranges of the random transforms; each is drawn uniformly, per image."""
+
+    rotate: float = 0.0  # degrees: angle in [-rotate, rotate]
+    scale: float = 0.0  # relative: zoom in [1 - scale, 1 + scale]
+    shift: float = 0.0  # pixels: translation in [-shift, shift] along each axis
+    elastic_alpha: float = 0.0  # strength of the elastic displacement, pixels (0: none)
+    elastic_sigma: float = 4.0  # smoothness of the elastic field, pixels (Simard et al.: 4)
+
+    @property
+    def active(self) -> bool:
+        return any((self.rotate, self.scale, self.shift, self.elastic_alpha))
+
+    def check(self) -> None:
+        for name in ("rotate", "scale", "shift", "elastic_alpha", "elastic_sigma"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"augmentation {name} must be a number >= 0, not {v!r}")
+        if self.scale >= 1:
+            raise ValueError(f"augmentation scale must be below 1, not {self.scale}")
+        if self.elastic_alpha and self.elastic_sigma <= 0:
+            raise ValueError("elastic distortion needs elastic_sigma > 0")
+
+
+@lru_cache(maxsize=8)
+def _gaussian_matrix(size: int, sigma: float) -> np.ndarray:
+    """G (size, size), G[i, j] = k(i - j): smoothing a vector v with a Gaussian kernel k of
+    width sigma, zero beyond the edges, is G v. The kernel sums to 1 over all integers."""
+    d = np.arange(size)[:, None] - np.arange(size)[None, :]
+    radius = int(4 * sigma + 0.5)
+    k = np.exp(-0.5 * (d / sigma) ** 2)
+    k[np.abs(d) > radius] = 0.0
+    k /= np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2).sum()
+    return k.astype(np.float32)
+
+
+def augment(images: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
+    """Randomly transform a batch of images.
+
+    Arguments:
+        images: (N, H, W) uint8 (0..255) or float, dark background.
+        rng: the generator of the transforms (seeded: the same draws give the same batch).
+        aug: the ranges of the transforms.
+    Returns:
+        (N, H, W) float32 images in the input's scale (0..255 for uint8 input).
+    """
+    N, H, W = images.shape
+    f32 = np.float32
+    # Output pixel coordinates relative to the image centre: (H, W) each.
+    cy, cx = (H - 1) / 2, (W - 1) / 2
+    yy, xx = np.meshgrid(np.arange(H, dtype=f32) - f32(cy), np.arange(W, dtype=f32) - f32(cx),
+                         indexing="ij")  # fmt: skip
+    # Inverse affine map per image: the source of output point p is R(-angle) p / zoom - shift.
+    angle = np.deg2rad(np.asarray(rng.uniform(-aug.rotate, aug.rotate, N), dtype=f32))
+    zoom = np.asarray(rng.uniform(1 - aug.scale, 1 + aug.scale, N), dtype=f32)
+    shift = rng.uniform(-aug.shift, aug.shift, (N, 2)).astype(f32)
+    cos, sin = (np.cos(angle) / zoom)[:, None, None], (np.sin(angle) / zoom)[:, None, None]
+    src_y = cos * yy - sin * xx + f32(cy) - shift[:, 0, None, None]  # (N, H, W)
+    src_x = sin * yy + cos * xx + f32(cx) - shift[:, 1, None, None]
+    if aug.elastic_alpha:
+        G = _gaussian_matrix(H, float(aug.elastic_sigma))
+        Gw = G if W == H else _gaussian_matrix(W, float(aug.elastic_sigma))
+        fields = rng.uniform(-1, 1, (2, N, H, W)).astype(f32)
+        smooth = G @ fields @ Gw.T  # (2, N, H, W): Gaussian along H, then along W
+        src_y += f32(aug.elastic_alpha) * smooth[0]
+        src_x += f32(aug.elastic_alpha) * smooth[1]
+    return _bilinear(images, src_y, src_x)
+
+
+def _bilinear(images: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Read images (N, H, W) at real coordinates y, x (N, H', W'), bilinearly, zero outside."""
+    N, H, W = images.shape
+    padded = np.zeros((N, H + 2, W + 2), dtype=np.float32)  # a border of zeros all round
+    padded[:, 1:-1, 1:-1] = images
+    # In padded coordinates, clipped into the zero border: far-away points read zeros.
+    y = np.clip(y + 1, 0, H + 1 - 1e-3)
+    x = np.clip(x + 1, 0, W + 1 - 1e-3)
+    y0, x0 = np.floor(y), np.floor(x)
+    wy, wx = y - y0, x - x0  # weights of the lower-right neighbours
+    base = (np.arange(N) * ((H + 2) * (W + 2)))[:, None, None] + (
+        y0.astype(np.intp) * (W + 2) + x0.astype(np.intp)
+    )
+    flat = padded.reshape(-1)
+    top = flat[base] * (1 - wx) + flat[base + 1] * wx
+    bottom = flat[base + (W + 2)] * (1 - wx) + flat[base + (W + 3)] * wx
+    return top * (1 - wy) + bottom * wy

@@ -1,0 +1,115 @@
+"""Training checkpoints: everything needed to continue a run exactly where an epoch ended.
+
+One .npz archive, written atomically at the end of every epoch (a crash mid-write leaves the
+previous checkpoint whole), read without pickle:
+    state.npy          JSON text: {"format": "barenet-checkpoint", "version": 1, "epoch": e,
+                       "recipe": {...}, "rngs": {name: generator state}, "history": {...}}
+    model.<name>.npy   every parameter and buffer of the network (modelfile.model_arrays)
+    optim.<name>.npy   the optimiser's state (velocities, or Adam's moments and step count)
+Continuing from it with the same code, data and thread count gives bit-for-bit the weights of
+a run that was never interrupted: the random generators resume mid-stream, so the next epoch
+shuffles, masks and augments exactly as it would have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .atomic import atomic_write
+from .errors import ModelFileError
+from .model import Sequential
+from .modelfile import model_arrays
+
+FORMAT, VERSION = "barenet-checkpoint", 1
+
+
+@dataclass
+class Checkpoint:
+    epoch: int  # epochs completed
+    recipe: dict[str, Any]
+    rngs: dict[str, Any]  # generator name -> np.random.Generator.bit_generator.state
+    history: dict[str, Any]
+    model: dict[str, np.ndarray]
+    optimizer: dict[str, np.ndarray]
+
+
+def save_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    epoch: int,
+    recipe: dict[str, Any],
+    rngs: dict[str, np.random.Generator],
+    history: dict[str, Any],
+    model: Sequential,
+    optimizer_state: dict[str, Any],
+) -> None:
+    state = {
+        "format": FORMAT,
+        "version": VERSION,
+        "epoch": epoch,
+        "recipe": recipe,
+        "rngs": {name: g.bit_generator.state for name, g in rngs.items()},
+        "history": history,
+    }
+    arrays = {"state": np.array(json.dumps(state))}
+    arrays.update({f"model.{k}": np.asarray(v) for k, v in model_arrays(model).items()})
+    arrays.update({f"optim.{k}": np.asarray(v) for k, v in optimizer_state.items()})
+    with atomic_write(Path(path)) as f:
+        np.savez(f, **arrays)  # type: ignore[arg-type]
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
+    """Read a checkpoint; ModelFileError if it is missing, corrupt or not a checkpoint."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            state = json.loads(str(z["state"]))
+            if not isinstance(state, dict) or state.get("format") != FORMAT:
+                raise ModelFileError(f"{path}: not a barenet checkpoint")
+            if state.get("version") != VERSION:
+                raise ModelFileError(f"{path}: checkpoint version {state.get('version')!r}, "
+                                     f"this barenet reads {VERSION}")  # fmt: skip
+            model = {k[6:]: z[k] for k in z.files if k.startswith("model.")}
+            optim = {k[6:]: z[k] for k in z.files if k.startswith("optim.")}
+        return Checkpoint(
+            epoch=int(state["epoch"]),
+            recipe=state["recipe"],
+            rngs=state["rngs"],
+            history=state["history"],
+            model=model,
+            optimizer=optim,
+        )
+    except ModelFileError:
+        raise
+    except FileNotFoundError:
+        raise ModelFileError(f"{path}: no such checkpoint") from None
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        TypeError,
+        EOFError,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as e:
+        raise ModelFileError(f"{path}: corrupt checkpoint ({type(e).__name__}: {e})") from None
+
+
+def restore_model(model: Sequential, arrays: dict[str, np.ndarray], path: Path) -> None:
+    """Copy a checkpoint's arrays into `model`, whose architecture must match them exactly."""
+    target = model_arrays(model)
+    if set(target) != set(arrays):
+        raise ModelFileError(f"{path}: the checkpoint does not fit the recipe's network")
+    for name, dst in target.items():
+        if arrays[name].shape != dst.shape:
+            raise ModelFileError(f"{path}: {name} has shape {arrays[name].shape}, "
+                                 f"the network needs {dst.shape}")  # fmt: skip
+        dst[...] = arrays[name]

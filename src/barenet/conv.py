@@ -1,0 +1,237 @@
+"""Convolution and max-pooling layers, with matrix products doing the work (im2col).
+
+Images travel through the network channels-last: x has shape (N, H, W, C). In that layout the
+patches of a convolution unfold into a matrix whose rows are contiguous (kh, kw, C) blocks, the
+product with the (kh*kw*C, F) weight matrix is one GEMM, and its (N*OH*OW, F) result already is
+the (N, OH, OW, F) output: no transpose anywhere, forward or backward.
+
+Output size, for input size H, kernel k, stride s, padding p: OH = (H + 2p - k) // s + 1.
+
+Derivations in docs/backprop.md ("Conv2D", "MaxPool2D"); gradients are checked in float64 by
+tests/test_conv.py and `barenet gradcheck`.
+"""
+
+from __future__ import annotations
+
+import math
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from .backend import array_module
+from .layers import Array
+
+
+def _windows(x: Array, kh: int, kw: int, stride: int) -> Array:
+    """A strided view of every (kh, kw) window of x (N, H, W, C): shape (N, OH, OW, kh, kw, C).
+
+    Nothing is copied: neighbouring windows share memory, so never write into the view.
+    """
+    xp = array_module(x)
+    N, H, W, C = x.shape
+    OH, OW = (H - kh) // stride + 1, (W - kw) // stride + 1
+    sN, sH, sW, sC = x.strides
+    return xp.lib.stride_tricks.as_strided(
+        x, (N, OH, OW, kh, kw, C), (sN, stride * sH, stride * sW, sH, sW, sC), writeable=False
+    )
+
+
+def _scatter_windows(dwin: Array, shape: tuple[int, ...], stride: int) -> Array:
+    """The adjoint of `_windows`: add every window's gradient back onto the input it came from.
+
+    dwin: (N, OH, OW, kh, kw, C) -> dx: `shape` = (N, H, W, C). One strided add per kernel
+    offset (i, j): dx[:, i + s*oh, j + s*ow, :] += dwin[:, oh, ow, i, j, :], vectorised over
+    (N, OH, OW, C); overlapping windows (stride < kernel) add up, as the chain rule requires.
+    """
+    xp = array_module(dwin)
+    N, OH, OW, kh, kw, C = dwin.shape
+    dx = xp.zeros(shape, dtype=dwin.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            dx[:, i : i + stride * (OH - 1) + 1 : stride, j : j + stride * (OW - 1) + 1 : stride, :] += dwin[:, :, :, i, j, :]  # fmt: skip
+    return dx
+
+
+class Conv2D:
+    """2-D convolution (cross-correlation, as in every deep-learning library), channels-last.
+
+    out[n, oh, ow, f] = b[f] + sum_{i, j, c} xpad[n, s*oh + i, s*ow + j, c] W[i, j, c, f]
+
+    Computed as one matrix product: the patches of the zero-padded input are unfolded into
+    cols (N*OH*OW, kh*kw*C) ("im2col"), and out = cols W.reshape(kh*kw*C, F) + b.
+
+    Arguments:
+        in_channels: C; out_channels: F.
+        kernel_size: k (square k x k kernels).
+        stride: s >= 1; padding: p >= 0 zeros on each side of H and W.
+        rng: generator for the initial weights; None leaves them zero (for loading saved ones).
+        init: "he" (std sqrt(2 / fan_in), fan_in = k*k*C) or "glorot" (std sqrt(2 / (fan_in +
+            fan_out)), fan_out = k*k*F).
+        dtype: float32 for training, float64 for gradient checks.
+
+    Params: W, shape (k, k, C, F); b, shape (F,). The L2 penalty applies to W only.
+    """
+
+    decay: tuple[str, ...] = ("W",)
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        rng: np.random.Generator | None = None,
+        init: str = "he",
+        dtype: Any = np.float32,
+        xp: ModuleType = np,
+    ) -> None:
+        if init not in ("he", "glorot"):
+            raise ValueError(f"unknown init {init!r}: expected 'he' or 'glorot'")
+        if kernel_size < 1 or stride < 1 or padding < 0:
+            raise ValueError("kernel_size and stride must be >= 1 and padding >= 0")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.stride, self.padding, self.init = kernel_size, stride, padding, init
+        k = kernel_size
+        W = np.zeros((k, k, in_channels, out_channels), dtype=dtype)
+        if rng is not None:
+            fan_in, fan_out = k * k * in_channels, k * k * out_channels
+            fan = fan_in if init == "he" else (fan_in + fan_out) / 2
+            W[...] = rng.standard_normal(W.shape) * math.sqrt(2.0 / fan)
+        self.params = {"W": xp.asarray(W), "b": xp.zeros(out_channels, dtype=dtype)}
+        self.grads = {k_: xp.zeros_like(v) for k_, v in self.params.items()}
+        self.buffers: dict[str, Array] = {}
+        self._cols: Array | None = None
+        self._x_shape: tuple[int, ...] = ()
+
+    def output_shape(self, H: int, W: int) -> tuple[int, int]:
+        k, s, p = self.kernel_size, self.stride, self.padding
+        return (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+
+    def forward(self, x: Array, training: bool = False) -> Array:
+        """x: (N, H, W, C) -> out: (N, OH, OW, F), same dtype as W."""
+        xp = array_module(x)
+        N, H, W_, C = x.shape
+        if C != self.in_channels:
+            raise ValueError(f"Conv2D expects {self.in_channels} input channels, got {C}")
+        k, p, F = self.kernel_size, self.padding, self.out_channels
+        OH, OW = self.output_shape(H, W_)
+        if OH < 1 or OW < 1:
+            raise ValueError(f"Conv2D: a {k}x{k} kernel does not fit a {H}x{W_} input")
+        xpad = xp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
+        cols = _windows(xpad, k, k, self.stride).reshape(N * OH * OW, k * k * C)  # the copy
+        out = cols @ self.params["W"].reshape(k * k * C, F)  # (N*OH*OW, F)
+        out += self.params["b"]
+        self._cols = cols if training else None
+        self._x_shape = x.shape
+        return out.reshape(N, OH, OW, F)
+
+    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
+        """dout: (N, OH, OW, F) -> dx: (N, H, W, C). Fills grads W: (k, k, C, F) and b: (F,).
+
+        With dout2 = dout.reshape(N*OH*OW, F): dW = cols^T dout2, db = sum of dout2's rows,
+        dcols = dout2 W^T, and dx is dcols folded back onto the padded input ("col2im"),
+        then cropped (docs/backprop.md, "Conv2D").
+        """
+        cols = self._cols
+        if cols is None:
+            raise RuntimeError("Conv2D.backward called without a forward(training=True) before it")
+        xp = array_module(dout)
+        k, p, F = self.kernel_size, self.padding, self.out_channels
+        N, OH, OW, _ = dout.shape
+        dout2 = dout.reshape(N * OH * OW, F)
+        W2 = self.params["W"].reshape(-1, F)  # (k*k*C, F), a view
+        xp.matmul(cols.T, dout2, out=self.grads["W"].reshape(-1, F))
+        dout2.sum(axis=0, out=self.grads["b"])
+        if not need_dx:
+            return None
+        _, H, W_, C = self._x_shape
+        dcols = (dout2 @ W2.T).reshape(N, OH, OW, k, k, C)
+        dxpad = _scatter_windows(dcols, (N, H + 2 * p, W_ + 2 * p, C), self.stride)
+        return dxpad[:, p : p + H, p : p + W_, :] if p else dxpad
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "type": "Conv2D",
+            "in_channels": self.in_channels,
+            "out_channels": self.out_channels,
+            "kernel_size": self.kernel_size,
+            "stride": self.stride,
+            "padding": self.padding,
+            "init": self.init,
+        }
+
+
+class MaxPool2D:
+    """Max pooling over k x k windows with stride s (default s = k), channels-last; no params.
+
+    out[n, oh, ow, c] = max_{i, j < k} x[n, s*oh + i, s*ow + j, c]
+
+    The gradient goes to the one input that was the maximum of its window (the first one in
+    (i, j) order, if several tie): dx[n, s*oh + i*, s*ow + j*, c] += dout[n, oh, ow, c]
+    (docs/backprop.md, "MaxPool2D").
+
+    Both passes loop over the k*k window offsets, each a strided view of x of the output's
+    shape: no window is copied, and every operation is one vectorised pass over (N, OH, OW, C).
+    """
+
+    decay: tuple[str, ...] = ()
+
+    def __init__(self, kernel_size: int = 2, stride: int | None = None) -> None:
+        if kernel_size < 1 or (stride is not None and stride < 1):
+            raise ValueError("kernel_size and stride must be >= 1")
+        self.kernel_size = kernel_size
+        self.stride = kernel_size if stride is None else stride
+        self.params: dict[str, Array] = {}
+        self.grads: dict[str, Array] = {}
+        self.buffers: dict[str, Array] = {}
+        self._x: Array | None = None
+        self._out: Array | None = None
+
+    def _offsets(self, x: Array, OH: int, OW: int) -> list[tuple[slice, slice]]:
+        """For each window offset (i, j): the slices of x that it picks, shape (N, OH, OW, C)."""
+        k, s = self.kernel_size, self.stride
+        return [
+            (slice(i, i + s * (OH - 1) + 1, s), slice(j, j + s * (OW - 1) + 1, s))
+            for i in range(k)
+            for j in range(k)
+        ]
+
+    def forward(self, x: Array, training: bool = False) -> Array:
+        """x: (N, H, W, C) -> out: (N, OH, OW, C), OH = (H - k) // s + 1."""
+        xp = array_module(x)
+        k, s = self.kernel_size, self.stride
+        N, H, W, C = x.shape
+        if H < k or W < k:
+            raise ValueError(f"MaxPool2D: a {k}x{k} window does not fit a {H}x{W} input")
+        OH, OW = (H - k) // s + 1, (W - k) // s + 1
+        (rows, cols), *rest = self._offsets(x, OH, OW)
+        out = x[:, rows, cols, :].copy()
+        for rows, cols in rest:
+            xp.maximum(out, x[:, rows, cols, :], out=out)
+        self._x, self._out = (x, out) if training else (None, None)
+        return out
+
+    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
+        """dout: (N, OH, OW, C) -> dx: (N, H, W, C)."""
+        x, out = self._x, self._out
+        if x is None or out is None:
+            raise RuntimeError(
+                "MaxPool2D.backward called without a forward(training=True) before it"
+            )
+        if not need_dx:
+            return None
+        xp = array_module(dout)
+        dx = xp.zeros(x.shape, dtype=dout.dtype)
+        unrouted = xp.ones(out.shape, dtype=bool)  # windows whose maximum is not yet found
+        for rows, cols in self._offsets(x, *out.shape[1:3]):
+            hit = x[:, rows, cols, :] == out
+            hit &= unrouted  # the first maximum of each window takes the whole gradient
+            unrouted &= ~hit
+            dx[:, rows, cols, :] += dout * hit
+        return dx
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "MaxPool2D", "kernel_size": self.kernel_size, "stride": self.stride}

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+from barenet.augment import Augment, _gaussian_matrix, augment
+
+
+def digits(n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    images = np.zeros((n, 28, 28), np.uint8)
+    images[:, 8:20, 10:18] = rng.integers(100, 256, (n, 12, 8))
+    return images
+
+
+def test_no_transform_is_the_identity():
+    x = digits()
+    out = augment(x, np.random.default_rng(0), Augment())
+    assert out.dtype == np.float32 and out.shape == x.shape
+    np.testing.assert_array_equal(out, x)
+    assert not Augment().active and Augment(shift=1).active
+
+
+def test_whole_pixel_shift_moves_the_image():
+    x = digits(4)
+    # Read the drawn shifts back from a generator with the same seed.
+    aug = Augment(shift=3.0)
+    out = augment(x, np.random.default_rng(1), aug)
+    shifts = np.random.default_rng(1)
+    shifts.uniform(0, 0, 4), shifts.uniform(1, 1, 4)  # the angle and zoom draws come first
+    dy, dx = shifts.uniform(-3, 3, (4, 2)).T
+    ys, xs = np.indices((28, 28))
+
+    def centre(image):
+        w = image.astype(float)
+        return (w * ys).sum() / w.sum(), (w * xs).sum() / w.sum()
+
+    for n in range(4):
+        # the centre of mass moves by the drawn shift (no ink crosses the border)
+        (cy0, cx0), (cy1, cx1) = centre(x[n]), centre(out[n])
+        assert cy1 - cy0 == pytest.approx(dy[n], abs=0.05)
+        assert cx1 - cx0 == pytest.approx(dx[n], abs=0.05)
+
+
+def test_seeded_and_every_image_gets_its_own_transform():
+    x = np.repeat(digits(1), 8, axis=0)
+    aug = Augment(rotate=15, scale=0.15, shift=2, elastic_alpha=34, elastic_sigma=4)
+    a = augment(x, np.random.default_rng(5), aug)
+    b = augment(x, np.random.default_rng(5), aug)
+    np.testing.assert_array_equal(a, b)
+    assert len({a[i].tobytes() for i in range(8)}) == 8
+    assert a.min() >= 0 and a.max() <= 255
+    # a rotation moves ink without creating any: the total stays within a few percent
+    c = augment(x, np.random.default_rng(5), Augment(rotate=15))
+    assert c.sum() / x.astype(float).sum() == pytest.approx(1.0, rel=0.03)
+
+
+def test_rotation_by_180_degrees_flips_the_image():
+    x = digits(2)
+    out = augment(x, np.random.default_rng(0), Augment(rotate=180))
+    # the drawn angles are uniform in [-180, 180]; check against the draw itself
+    angle = np.random.default_rng(0).uniform(-180, 180, 2)
+    for n in range(2):
+        if abs(abs(angle[n]) - 180) < 1:
+            np.testing.assert_allclose(out[n], x[n, ::-1, ::-1], atol=5)
+
+
+def test_gaussian_matrix_smooths_like_the_kernel():
+    G = _gaussian_matrix(28, 4.0)
+    v = np.zeros(28, np.float32)
+    v[14] = 1
+    smoothed = G @ v
+    assert smoothed.argmax() == 14 and smoothed.sum() == pytest.approx(
+        1.0, abs=1e-3
+    )  # tails cut by the edge
+    np.testing.assert_allclose(smoothed[10], smoothed[18])
+
+
+@pytest.mark.parametrize("field,value", [("rotate", -1.0), ("scale", 1.0), ("shift", float("nan"))])
+def test_bad_ranges_are_rejected(field, value):
+    with pytest.raises(ValueError, match=field):
+        Augment(**{field: value}).check()

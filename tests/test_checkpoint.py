@@ -1,0 +1,149 @@
+"""Checkpoints: a resumed run ends with exactly the weights of an uninterrupted one."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from barenet.augment import Augment
+from barenet.checkpoint import load_checkpoint
+from barenet.errors import ModelFileError
+from barenet.modelfile import load_model, model_arrays
+from barenet.recipes import Recipe, build_model
+from barenet.train import train
+
+
+def _toy(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.integers(0, 60, (n, 28, 28))
+    for c in range(3):
+        x[y == c, 9 * c : 9 * c + 9] += 150
+    return x.astype(np.uint8), y.astype(np.uint8)
+
+
+# Every source of randomness at once: dropout, DropConnect, augmentation, BatchNorm buffers,
+# Adam's moments and its step count.
+RECIPE = Recipe(
+    name="toy", description="toy", arch="cnn", conv=(4,), kernel_size=3, batchnorm=True,
+    hidden=(8,), dropout=0.3, dropconnect=0.2, optimizer="adam", lr=0.01, epochs=3,
+    batch_size=32, val_size=50, augment=Augment(rotate=10, shift=1, elastic_alpha=8),
+    schedule="onecycle", max_norm=2.0, label_smoothing=0.1,
+)  # fmt: skip
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resumed_training_is_bit_for_bit_the_uninterrupted_one(tmp_path):
+    x, y = _toy()
+    args = (x[:350], y[:350], x[350:], y[350:])
+    straight = build_model(RECIPE, (28, 28), 3)
+    train(straight, RECIPE, *args, progress=False)
+
+    def stop_in_epoch_2(line: str) -> None:  # called at the end of each epoch, before its save
+        if line.startswith("epoch 2/"):
+            raise Interrupt
+
+    ckpt = tmp_path / "checkpoint.npz"
+    with pytest.raises(Interrupt):
+        train(build_model(RECIPE, (28, 28), 3), RECIPE, *args, progress=False, checkpoint=ckpt,
+              log=stop_in_epoch_2)  # fmt: skip
+    assert load_checkpoint(ckpt).epoch == 1
+    resumed = build_model(RECIPE, (28, 28), 3)
+    lines: list[str] = []
+    history = train(resumed, RECIPE, *args, progress=False, checkpoint=ckpt, resume=True,
+                    log=lines.append)  # fmt: skip
+    assert "resuming" in lines[0] and len(history.epochs) == 3 and len(lines) == 3
+    assert load_checkpoint(ckpt).epoch == 3
+    for name, a in model_arrays(straight).items():
+        np.testing.assert_array_equal(model_arrays(resumed)[name], a, err_msg=name)
+
+
+def test_resume_rejects_a_checkpoint_of_another_network(tmp_path):
+    x, y = _toy()
+    ckpt = tmp_path / "c.npz"
+    small = dataclasses.replace(RECIPE, epochs=1)
+    train(build_model(small, (28, 28), 3), small, x[:350], y[:350], x[350:], y[350:],
+          progress=False, checkpoint=ckpt)  # fmt: skip
+    other = dataclasses.replace(RECIPE, hidden=(9,))
+    with pytest.raises(ModelFileError, match="the network needs"):
+        train(build_model(other, (28, 28), 3), other, x[:350], y[:350], x[350:], y[350:],
+              progress=False, checkpoint=ckpt, resume=True)  # fmt: skip
+    ckpt.write_bytes(b"not a zip")
+    with pytest.raises(ModelFileError, match="corrupt checkpoint"):
+        load_checkpoint(ckpt)
+
+
+def _barenet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "barenet", *args], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path, mnist):
+    flags = ["train", "--epochs", "3", "--batch-size", "256", "--no-progress"]
+    straight = _barenet(*flags, "--out", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+
+    killed_dir = tmp_path / "killed"
+    run = subprocess.Popen([sys.executable, "-m", "barenet", *flags, "--out", str(killed_dir)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (killed_dir / "checkpoint.npz").exists():  # epoch 1 done
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    time.sleep(0.8)  # well into epoch 2 (an epoch takes seconds)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    assert run.returncode == -signal.SIGKILL
+    assert not (killed_dir / "model.npz").exists()
+    assert load_checkpoint(killed_dir / "checkpoint.npz").epoch in (1, 2)
+
+    resumed = _barenet("train", "--resume", str(killed_dir), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    assert not (killed_dir / "checkpoint.npz").exists()  # done: nothing left to resume
+    a, _ = load_model(tmp_path / "straight")
+    b, meta = load_model(killed_dir)
+    assert meta["seed"] == 0
+    for (name, p, _), (_, q, _) in zip(a.parameters(), b.parameters()):
+        np.testing.assert_array_equal(p, q, err_msg=name)
+
+
+def test_resume_errors_are_one_line(tmp_path):
+    p = _barenet("train", "--resume", str(tmp_path))
+    assert p.returncode == 1 and "not a run directory" in p.stderr and "Traceback" not in p.stderr
+    p = _barenet("train", "--resume", str(tmp_path), "--epochs", "2")
+    assert p.returncode == 1 and "drop --epochs" in p.stderr
+    (tmp_path / "run.json").write_text('{"recipe": {"name": 3}}')
+    p = _barenet("train", "--resume", str(tmp_path))
+    assert p.returncode == 1 and "not a valid run description" in p.stderr
+
+
+def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
+    """A crash while writing leaves the previous checkpoint whole."""
+    x, y = _toy()
+    ckpt = tmp_path / "c.npz"
+    one = dataclasses.replace(RECIPE, epochs=1)
+    train(build_model(one, (28, 28), 3), one, x[:350], y[:350], x[350:], y[350:],
+          progress=False, checkpoint=ckpt)  # fmt: skip
+    before = ckpt.read_bytes()
+
+    def crash(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(OSError):
+        train(build_model(one, (28, 28), 3), one, x[:350], y[:350], x[350:], y[350:],
+              progress=False, checkpoint=ckpt)  # fmt: skip
+    assert ckpt.read_bytes() == before
+    assert [p.name for p in Path(tmp_path).iterdir()] == ["c.npz"]

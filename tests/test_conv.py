@@ -1,0 +1,87 @@
+import numpy as np
+import pytest
+
+from barenet.conv import Conv2D, MaxPool2D
+from barenet.gradcheck import TOLERANCE, check_layer
+from barenet.layers import layer_from_config
+
+
+def naive_conv(x, W, b, stride, pad):
+    """The definition, one output at a time: x (N, H, W, C), W (k, k, C, F)."""
+    N, H, W_, C = x.shape
+    k, F = W.shape[0], W.shape[3]
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    OH, OW = (H + 2 * pad - k) // stride + 1, (W_ + 2 * pad - k) // stride + 1
+    out = np.zeros((N, OH, OW, F))
+    for n in range(N):
+        for i in range(OH):
+            for j in range(OW):
+                patch = xp[n, i * stride : i * stride + k, j * stride : j * stride + k, :]
+                out[n, i, j] = np.tensordot(patch, W, axes=3) + b
+    return out
+
+
+@pytest.mark.parametrize("k,stride,pad", [(1, 1, 0), (3, 1, 1), (3, 2, 0), (5, 1, 2), (2, 3, 1)])
+def test_conv_matches_definition_and_gradients(k, stride, pad):
+    rng = np.random.default_rng(k * 10 + stride)
+    conv = Conv2D(3, 4, k, stride=stride, padding=pad, rng=rng, dtype=np.float64)
+    conv.params["b"][...] = rng.standard_normal(4)
+    x = rng.standard_normal((2, 8, 7, 3))
+    out = conv.forward(x)
+    np.testing.assert_allclose(out, naive_conv(x, conv.params["W"], conv.params["b"], stride, pad),
+                               rtol=1e-12, atol=1e-12)  # fmt: skip
+    assert out.shape[1:3] == conv.output_shape(8, 7)
+    for r in check_layer("Conv2D", conv, x, rng):
+        assert r.error < TOLERANCE, r
+
+
+def test_conv_float32_skips_input_gradient_and_checks_channels():
+    conv = Conv2D(2, 3, 3, padding=1, rng=np.random.default_rng(0))
+    x = np.ones((2, 5, 5, 2), np.float32)
+    out = conv.forward(x, training=True)
+    assert out.dtype == np.float32 and out.shape == (2, 5, 5, 3)
+    assert conv.backward(np.ones_like(out), need_dx=False) is None
+    np.testing.assert_array_equal(conv.grads["b"], [50, 50, 50])
+    with pytest.raises(ValueError, match="input channels"):
+        conv.forward(np.ones((1, 5, 5, 3), np.float32))
+    with pytest.raises(ValueError, match="does not fit"):
+        Conv2D(2, 3, 7).forward(np.ones((1, 5, 5, 2), np.float32))
+
+
+def test_conv_he_init_scale():
+    W = Conv2D(16, 64, 5, rng=np.random.default_rng(0)).params["W"]
+    assert W.shape == (5, 5, 16, 64)
+    assert W.std() == pytest.approx(np.sqrt(2 / (5 * 5 * 16)), rel=0.03)
+
+
+@pytest.mark.parametrize("k,stride", [(2, 2), (3, 1), (3, 2), (2, 1)])
+def test_maxpool_forward_and_gradient(k, stride):
+    rng = np.random.default_rng(k + stride)
+    x = rng.permutation(2 * 7 * 6 * 3).reshape(2, 7, 6, 3) / 10.0  # distinct: no ties
+    pool = MaxPool2D(k, stride)
+    out = pool.forward(x)
+    OH, OW = (7 - k) // stride + 1, (6 - k) // stride + 1
+    expected = np.array([[[[x[n, i * stride : i * stride + k, j * stride : j * stride + k, c].max()
+                            for c in range(3)] for j in range(OW)] for i in range(OH)]
+                         for n in range(2)])  # fmt: skip
+    np.testing.assert_array_equal(out, expected)
+    for r in check_layer("MaxPool2D", MaxPool2D(k, stride), x, rng):
+        assert r.error < TOLERANCE, r
+
+
+def test_maxpool_routes_a_tie_to_one_input():
+    pool = MaxPool2D(2)
+    pool.forward(np.full((1, 2, 2, 1), 3.0), training=True)
+    dx = pool.backward(np.array([[[[5.0]]]]))
+    assert dx is not None
+    np.testing.assert_array_equal(dx[0, :, :, 0], [[5, 0], [0, 0]])
+
+
+def test_conv_and_pool_configs_round_trip():
+    for layer in (Conv2D(3, 8, 5, stride=2, padding=1, init="glorot"), MaxPool2D(3, 2)):
+        rebuilt = layer_from_config(layer.config())
+        assert rebuilt.config() == layer.config()
+    with pytest.raises(ValueError, match="kernel_size"):
+        layer_from_config({**Conv2D(1, 1, 3).config(), "kernel_size": 0})
+    with pytest.raises(ValueError, match="stride"):
+        layer_from_config({"type": "MaxPool2D", "kernel_size": 2, "stride": True})

@@ -1,0 +1,75 @@
+"""Ensembles: averaged probabilities, member discovery, and the CLI over several models."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from barenet.ensemble import average_proba, load_ensemble
+from barenet.errors import BarenetError, ModelFileError
+from barenet.model import mlp
+from barenet.modelfile import resolve_all, save_model
+from barenet.recipes import Recipe
+from barenet.train import to_inputs, train
+
+META = {"dataset": {"name": "mnist", "classes": [str(c) for c in range(10)]}}
+
+
+def _net(seed, hidden=8):
+    return mlp([784, hidden, 10], rng=np.random.default_rng(seed))
+
+
+def test_average_proba_is_the_mean_of_the_members():
+    nets = [_net(s) for s in range(3)]
+    x = np.random.default_rng(9).random((5, 784), dtype=np.float32)
+    expected = np.mean([n.predict_proba(x) for n in nets], axis=0)
+    np.testing.assert_allclose(average_proba(nets, x), expected, rtol=1e-6)
+    np.testing.assert_allclose(average_proba(nets, x).sum(axis=1), 1, rtol=1e-6)
+
+
+def test_resolve_all_finds_members_in_order(tmp_path):
+    for k in (1, 2, 10):
+        save_model(tmp_path / f"member-{k}" / "model.npz", _net(k), META)
+    assert [p.parent.name for p in resolve_all(tmp_path)] == ["member-1", "member-2", "member-10"]
+    assert resolve_all(tmp_path / "member-2") == [tmp_path / "member-2" / "model.npz"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFileError, match="no model.npz"):
+        resolve_all(tmp_path / "empty")
+
+
+def test_members_must_agree(tmp_path):
+    save_model(tmp_path / "a.npz", _net(0), META)
+    save_model(tmp_path / "b.npz", mlp([100, 8, 10], rng=np.random.default_rng(1)), META)
+    save_model(tmp_path / "c.npz", _net(2), {"dataset": {"name": "fashion-mnist"}})
+    with pytest.raises(BarenetError, match="input or output size"):
+        load_ensemble([tmp_path / "a.npz", tmp_path / "b.npz"])
+    with pytest.raises(BarenetError, match="trained on fashion-mnist"):
+        load_ensemble([tmp_path / "a.npz", tmp_path / "c.npz"])
+
+
+def test_cli_evaluates_and_predicts_with_an_ensemble(tmp_path, mnist):
+    # Three small nets trained briefly are enough to see the ensemble mechanics end to end.
+    recipe = Recipe(name="t", description="t", hidden=(32,), epochs=1, batch_size=256)
+    x, y = mnist.train_images[:6000], mnist.train_labels[:6000]
+    paths = []
+    for seed in range(3):
+        net = mlp([784, 32, 10], rng=np.random.default_rng(seed))
+        train(net, recipe, x[:5000], y[:5000], x[5000:], y[5000:], seed=seed, progress=False)
+        paths.append(save_model(tmp_path / f"member-{seed + 1}" / "model.npz", net, META))
+    models, _ = load_ensemble([tmp_path])
+    expected = average_proba(models, to_inputs(mnist.test_images)).argmax(axis=1)
+    accuracy = 100 * float(np.mean(expected == mnist.test_labels))
+    p = subprocess.run([sys.executable, "-m", "barenet", "evaluate", str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "an ensemble of 3 models" in p.stdout and f"test accuracy {accuracy:.2f}%" in p.stdout
+    image = tmp_path / "digit.png"
+    Image.fromarray(mnist.test_images[0]).save(image)
+    p = subprocess.run([sys.executable, "-m", "barenet", "predict", *map(str, paths), str(image)],
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"{image}: {mnist.test_labels[0]} (")

@@ -1,0 +1,66 @@
+import dataclasses
+
+import numpy as np
+import pytest
+
+from barenet.conv import Conv2D, MaxPool2D
+from barenet.errors import BarenetError
+from barenet.layers import BatchNorm, DropConnect, Dropout, Reshape
+from barenet.recipes import RECIPES, Recipe, build_model
+
+
+@pytest.mark.parametrize("name", list(RECIPES))
+def test_every_recipe_builds_a_network_that_runs(name):
+    recipe = RECIPES[name]
+    recipe.check()
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    model = build_model(recipe, (28, 28), 10)
+    x = np.random.default_rng(0).random((4, 784), dtype=np.float32)
+    scores = model.forward(x, training=True)
+    assert scores.shape == (4, 10) and scores.dtype == np.float32
+    assert model.input_size == 784 and model.num_classes == 10
+
+
+def test_cnn_recipe_architecture():
+    model = build_model(RECIPES["cnn"], (28, 28), 10)
+    kinds = [type(layer) for layer in model.layers]
+    assert kinds[0] is Reshape and kinds.count(Conv2D) == 2 and kinds.count(MaxPool2D) == 2
+    assert kinds.count(BatchNorm) == 3
+    assert model.layers[kinds.index(Conv2D)].params["W"].shape == (3, 3, 1, 32)
+    assert RECIPES["cnn-ensemble"].members == 5
+
+
+def test_random_layers_get_their_own_seeded_generators():
+    recipe = dataclasses.replace(RECIPES["mlp"], dropconnect=0.3)
+    a, b = build_model(recipe, (28, 28), 10), build_model(recipe, (28, 28), 10)
+    random = [layer for layer in a.layers if isinstance(layer, Dropout | DropConnect)]
+    assert len(random) >= 4
+    assert len({layer.rng.random() for layer in random}) == len(random)  # distinct streams
+    for la, lb in zip(a.layers, b.layers):
+        for k in la.params:
+            np.testing.assert_array_equal(la.params[k], lb.params[k])
+    other = build_model(recipe, (28, 28), 10, seed=1)
+    assert not np.array_equal(other.layers[1].params["W"], a.layers[1].params["W"])
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"arch": "rnn"}, "architecture"),
+        ({"arch": "cnn", "conv": ()}, "convolution block"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"optimizer": "lbfgs"}, "optimizer"),
+        ({"schedule": "linear"}, "schedule"),
+        ({"members": 0}, "members"),
+        ({"max_norm": -1.0}, "max norm"),
+        ({"label_smoothing": 1.5}, "label smoothing"),
+    ],  # fmt: skip
+)
+def test_check_names_the_bad_field(change, message):
+    with pytest.raises(BarenetError, match=message):
+        dataclasses.replace(RECIPES["seed"], **change).check()
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(BarenetError, match="unknown fields"):
+        Recipe.from_dict({**RECIPES["seed"].to_dict(), "magic": 1})
