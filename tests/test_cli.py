@@ -76,6 +76,21 @@ def test_predict_real_test_digits(trained, mnist, tmp_path):
     assert p.returncode == 0, p.stderr
     predicted = [int(line.split(": ")[1].split()[0]) for line in p.stdout.splitlines()]
     assert predicted == [int(v) for v in mnist.test_labels[:5]]
+    assert p.stdout.count("%") == 15  # the top 3 of each
+
+
+def test_predict_with_the_packaged_model_shows_what_it_saw(mnist, tmp_path):
+    photo = tmp_path / "seven.jpg"
+    big = Image.fromarray(255 - mnist.test_images[0]).resize((300, 300))  # dark on light
+    big.convert("RGB").save(photo)
+    p = run("predict", str(photo), "--show", str(tmp_path / "seen"))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith(f"{photo}: 7  (7 ")
+    seen = np.asarray(Image.open(tmp_path / "seen" / "seven-28x28.png"))
+    assert seen.shape == (28, 28) and seen.max() == 255 and seen[0, 0] == 0
+    p = run("predict", str(photo), "--min-confidence", "1")
+    assert p.returncode == 0 and "not sure" in p.stdout
+    assert_one_line_error(run("predict", str(photo), "--min-confidence", "2"), "between 0 and 1")
 
 
 def test_gradcheck_command():
@@ -121,9 +136,9 @@ def test_bad_images(trained, tmp_path):
     text = tmp_path / "notes.png"
     text.write_text("not an image")
     assert_one_line_error(run("predict", str(out), str(text)), "not an image file")
-    big = tmp_path / "big.png"
-    Image.fromarray(np.zeros((40, 30), np.uint8)).save(big)
-    assert_one_line_error(run("predict", str(out), str(big)), "image is 30x40")
+    blank = tmp_path / "blank.png"
+    Image.fromarray(np.zeros((40, 30), np.uint8)).save(blank)
+    assert_one_line_error(run("predict", str(out), str(blank)), "blank.png: the image is blank")
     assert_one_line_error(
         run("predict", str(out), str(tmp_path / "missing.png")), "no such image file"
     )

@@ -22,6 +22,7 @@ from . import __version__
 from .atomic import atomic_write
 from .data import datasets
 from .errors import BarenetError
+from .modelfile import default_model_path
 from .recipes import RECIPES, Recipe, get_recipe
 
 
@@ -63,6 +64,16 @@ def _positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
     if not (value > 0 and np.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, not {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, not {text}")
     return value
 
 
@@ -247,20 +258,29 @@ def cmd_predict(args: argparse.Namespace) -> int:
     # Model paths (.npz files, run directories) come first, then the images.
     split = next((i for i, a in enumerate(args.paths) if not _is_model_path(a)), len(args.paths))
     model_paths, image_paths = args.paths[:split], args.paths[split:]
-    if not model_paths:
-        raise BarenetError(f"{args.paths[0]}: not a model file (.npz) or run directory")
     if not image_paths:
         raise BarenetError("no image to classify: give one or more image files after the model")
-    models, metas = load_ensemble(model_paths)
+    models, metas = load_ensemble(model_paths or [default_model_path()])
     classes = (metas[0].get("dataset") or {}).get("classes") or [
         str(c) for c in range(models[0].num_classes)
     ]
     images = np.stack([load_digit(p) for p in image_paths])  # (K, 28, 28) uint8
     _check_fits(models, 28 * 28, None, "28x28 images")
     probs = average_proba(models, to_inputs(images))
-    for path, p in zip(image_paths, probs):
-        c = int(p.argmax())
-        print(f"{path}: {classes[c]} ({100 * p[c]:.1f}%)")
+    if args.show is not None:
+        from PIL import Image
+
+        show = Path(args.show)
+        show.mkdir(parents=True, exist_ok=True)
+    for path, image, p in zip(image_paths, images, probs):
+        top = np.argsort(-p)[:3]
+        guesses = ", ".join(f"{classes[c]} {100 * p[c]:.1f}%" for c in top)
+        verdict = classes[top[0]] if p[top[0]] >= args.min_confidence else "not sure"
+        print(f"{path}: {verdict}  ({guesses})")
+        if args.show is not None:
+            seen = show / f"{Path(path).stem}-28x28.png"
+            with atomic_write(seen) as f:
+                Image.fromarray(image).save(f, format="PNG")
     return 0
 
 
@@ -343,9 +363,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify 28x28 greyscale digit images")
-    p.add_argument("paths", nargs="+", metavar="MODEL... IMAGE",
-                   help="one or more models (.npz files or run directories; several are "
-                   "averaged), then image files (PNG, JPEG, ...), 28x28")  # fmt: skip
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="[MODEL...] IMAGE",
+        help="models (.npz files or run directories; several are averaged; default: "
+        "the model that ships with barenet), then photos or scans of one digit each "
+        "(PNG, JPEG, ...; any size, dark ink on light paper or the reverse)",
+    )
+    p.add_argument(
+        "--min-confidence",
+        type=_probability,
+        default=0.5,
+        metavar="P",
+        help="below this probability, say 'not sure' (default: 0.5)",
+    )
+    p.add_argument("--show", metavar="DIR",
+                   help="write the 28x28 image the network saw for each input to DIR")  # fmt: skip
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("gradcheck", help="check every gradient against finite differences")

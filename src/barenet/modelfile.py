@@ -36,6 +36,15 @@ def resolve(path: str | os.PathLike[str]) -> Path:
     return p / "model.npz" if p.is_dir() else p
 
 
+def default_model_path() -> Path:
+    """The trained model that ships inside the package (barenet/models/default.npz), used by
+    `barenet predict` and `barenet serve` when no model is given."""
+    path = Path(__file__).parent / "models" / "default.npz"
+    if not path.is_file():
+        raise ModelFileError(f"{path}: the packaged default model is missing; give a model")
+    return path
+
+
 def resolve_all(path: str | os.PathLike[str]) -> list[Path]:
     """Every model file `path` names: the .npz file itself; a run directory's model.npz; or,
     for an ensemble's run directory, each member-<k>/model.npz in member order."""
