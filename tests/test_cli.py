@@ -165,3 +165,15 @@ def test_missing_data_everywhere_is_one_error(tmp_path, monkeypatch):
     assert_one_line_error(p, "could not get fashion-mnist")
     assert "--data-dir" in p.stderr.splitlines()[-1] and "127.0.0.1:9" in p.stderr.splitlines()[-1]
     assert not any((tmp_path / "cache" / "fashion-mnist").glob("*-ubyte"))
+
+
+def test_plot_writes_the_four_pictures(trained, tmp_path):
+    out, _ = trained
+    p = run("plot", str(out), "--out", str(tmp_path / "pics"))
+    assert p.returncode == 0, p.stderr
+    for name in ("curves", "confusion", "mistakes", "weights"):
+        with Image.open(tmp_path / "pics" / f"{name}.png") as img:
+            assert img.format == "PNG" and img.width > 300 and img.height > 200
+    rows = (out / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,train_loss,train_accuracy,val_accuracy") and len(rows) == 2
+    assert_one_line_error(run("plot", str(tmp_path / "nothing")), "no such model file")

@@ -1,4 +1,4 @@
-"""The `barenet` command line: train, evaluate, predict, gradcheck, data.
+"""The `barenet` command line: train, evaluate, predict, plot, gradcheck, data.
 
 Every user error ends in one line on stderr, `barenet: error: ...`, and a non-zero exit status
 (1 for errors found while running, 2 for bad flags), never a traceback.
@@ -289,6 +289,48 @@ def _is_model_path(text: str) -> bool:
     return p.suffix == ".npz" or p.is_dir()
 
 
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .ensemble import average_proba, load_ensemble
+    from .modelfile import resolve_all
+    from .plots import plot_confusion, plot_curves, plot_first_layer, plot_mistakes
+    from .train import to_inputs
+
+    source = Path(args.model)
+    files = resolve_all(source)
+    models, metas = load_ensemble([source])
+    out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    histories = []
+    for file in files:
+        try:
+            histories.append(json.loads((file.parent / "history.json").read_text()))
+        except FileNotFoundError:
+            pass
+        except ValueError as e:
+            raise BarenetError(f"{file.parent / 'history.json'}: not valid JSON ({e})") from None
+    if histories:
+        written.append(plot_curves(histories, out / "curves.png"))
+    else:
+        _say(f"no history.json next to {files[0]}: no training curves")
+    name = args.dataset or (metas[0].get("dataset") or {}).get("name", "mnist")
+    dataset = _load_dataset(name, args.data_dir)
+    inputs = to_inputs(dataset.test_images)
+    C = len(dataset.spec.classes)
+    _check_fits(models, inputs.shape[1], C, name)
+    proba = average_proba(models, inputs)
+    y = dataset.test_labels.astype(np.int64)
+    confusion = np.zeros((C, C), dtype=np.int64)
+    np.add.at(confusion, (y, proba.argmax(axis=1)), 1)
+    classes = list(dataset.spec.classes)
+    written.append(plot_confusion(confusion, classes, out / "confusion.png"))
+    written.append(plot_mistakes(dataset.test_images, y, proba, classes, out / "mistakes.png"))
+    written.append(plot_first_layer(models[0], dataset.test_images.shape[1:], out / "weights.png"))
+    for path in written:
+        print(path)
+    return 0
+
+
 def cmd_gradcheck(args: argparse.Namespace) -> int:
     from .gradcheck import TOLERANCE, check_all
 
@@ -381,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", metavar="DIR",
                    help="write the 28x28 image the network saw for each input to DIR")  # fmt: skip
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("plot", help="training curves, confusion matrix, mistakes, weights (PNG)")
+    p.add_argument("model", help="a run directory (with history.json) or a model.npz file")
+    p.add_argument("--out", help="where to write the PNG files (default: <run dir>/plots)")
+    p.add_argument("--dataset", choices=data_names, help="default: the model's own")
+    p.add_argument("--data-dir", help="a directory holding the four dataset files (.gz or raw)")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("gradcheck", help="check every gradient against finite differences")
     p.add_argument("--seed", type=_seed, default=0)
