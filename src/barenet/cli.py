@@ -67,6 +67,13 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _port(text: str) -> int:
+    value = _whole_number(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in 1..65535, not {value}")
+    return value
+
+
 def _probability(text: str) -> float:
     try:
         value = float(text)
@@ -331,6 +338,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .ensemble import load_ensemble
+    from .serve import serve
+
+    models, metas = load_ensemble(args.models or [default_model_path()])
+    classes = (metas[0].get("dataset") or {}).get("classes") or [
+        str(c) for c in range(models[0].num_classes)
+    ]
+    _say(f"barenet: serving on http://{args.host}:{args.port}/ (Ctrl-C stops)")
+    serve(models, [str(c) for c in classes], args.host, args.port, args.min_confidence)
+    return 0
+
+
 def cmd_gradcheck(args: argparse.Namespace) -> int:
     from .gradcheck import TOLERANCE, check_all
 
@@ -430,6 +450,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=data_names, help="default: the model's own")
     p.add_argument("--data-dir", help="a directory holding the four dataset files (.gz or raw)")
     p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser("serve", help="a local web page: draw a digit, see the network read it")
+    p.add_argument(
+        "models",
+        nargs="*",
+        metavar="MODEL",
+        help="model.npz files or run directories (default: the packaged model)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="default: 127.0.0.1 (this machine only)")
+    p.add_argument("--port", type=_port, default=8000, help="default: 8000")
+    p.add_argument(
+        "--min-confidence",
+        type=_probability,
+        default=0.5,
+        metavar="P",
+        help="below this probability the page says 'not sure' (default: 0.5)",
+    )
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("gradcheck", help="check every gradient against finite differences")
     p.add_argument("--seed", type=_seed, default=0)

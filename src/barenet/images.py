@@ -25,9 +25,11 @@ Each failure is one ImageError: no file, not an image, a decompression bomb, an 
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
@@ -49,21 +51,32 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     if not path.is_file():
         raise ImageError(f"{path}: no such image file")
     try:
+        with path.open("rb") as f:
+            return decode_image(f)
+    except ImageError as e:
+        raise ImageError(f"{path}: {e}") from None
+
+
+def decode_image(data: bytes | BinaryIO) -> Image.Image:
+    """Decode an image from bytes or a binary file, refusing decompression bombs (more than
+    MAX_PIXELS pixels) before decoding. Raises ImageError for anything but a readable image."""
+    stream = io.BytesIO(data) if isinstance(data, bytes) else data
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(stream) as img:
                 if img.width * img.height > MAX_PIXELS:
-                    raise ImageError(
-                        f"{path}: image of {img.width}x{img.height} pixels is too large"
-                    )
+                    raise ImageError(f"image of {img.width}x{img.height} pixels is too large")
                 img.load()
                 return img.copy()
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file Pillow can read") from None
+        raise ImageError("not an image file Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageError(f"{path}: image is too large (decompression bomb check)") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageError(f"{path}: unreadable image ({e})") from None
+        raise ImageError("image is too large (decompression bomb check)") from None
+    except ImageError:
+        raise
+    except Exception as e:  # Pillow's decoders raise many kinds on hostile input
+        raise ImageError(f"unreadable image ({type(e).__name__}: {e})") from None
 
 
 def load_digit(path: str | os.PathLike[str]) -> np.ndarray:

@@ -1,0 +1,159 @@
+"""`barenet serve`: a local web page to draw a digit and watch the network read it.
+
+Built on Starlette (ASGI) and served by uvicorn. Two routes:
+
+    GET  /              the draw-a-digit page (barenet/web/index.html)
+    POST /api/predict   JSON in, JSON out (docs/web.md):
+        request   {"image": "data:image/png;base64,..."}   a drawing or photo of one digit, or
+                  {"pixels": [[...28 numbers 0-255...] x 28]}  an MNIST-style image as it is
+        response  {"prediction": "7", "probabilities": [10 numbers], "classes": [...],
+                   "confident": true, "seen": [[28 x 28 numbers 0-255]],
+                   "hidden": [{"unit": j, "activation": a, "weights": [[28 x 28]]}, ...]}
+                  ("hidden": the first dense layer's most active units, [] for a CNN)
+        errors    4xx with {"error": "..."}: 413 for a body over MAX_BODY bytes, 400 for
+                  malformed JSON, 422 for a wrong shape, non-image data or a blank image.
+
+The model is read once at start-up; each request runs in a worker thread (NumPy releases the
+GIL in its kernels), so requests are served concurrently.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from .ensemble import average_proba
+from .errors import BarenetError, ImageError
+from .images import decode_image, prepare_digit
+from .layers import Dense, ReLU
+from .model import Sequential
+
+MAX_BODY = 2_000_000  # bytes: a 280x280 canvas PNG is ~10 kB; a phone photo should be resized
+PAGE = Path(__file__).parent / "web" / "index.html"
+TOP_UNITS = 8
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _pixels(payload: dict[str, Any]) -> np.ndarray:
+    """The request's digit as the (28, 28) uint8 image the network will see."""
+    if "pixels" in payload:
+        try:
+            arr = np.asarray(payload["pixels"], dtype=np.float64)
+        except (TypeError, ValueError):
+            raise BadRequest(422, "'pixels' must be 28 rows of 28 numbers") from None
+        if arr.shape != (28, 28):
+            raise BadRequest(422, f"'pixels' must be 28 rows of 28 numbers, not shape {arr.shape}")
+        if not np.all(np.isfinite(arr)) or arr.min() < 0 or arr.max() > 255:
+            raise BadRequest(422, "'pixels' must be numbers from 0 to 255")
+        return np.rint(arr).astype(np.uint8)
+    data = payload.get("image")
+    if not isinstance(data, str):
+        raise BadRequest(422, 'send {"image": "data:image/png;base64,..."} or {"pixels": ...}')
+    encoded = data.split(",", 1)[1] if data.startswith("data:") else data
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise BadRequest(422, "'image' is not valid base64") from None
+    try:
+        return prepare_digit(decode_image(raw))
+    except ImageError as e:
+        raise BadRequest(422, f"'image': {e}") from None
+
+
+def _hidden_units(model: Sequential, x: np.ndarray) -> list[dict[str, Any]]:
+    """The first dense layer's most active units for input x (1, 784), with their weights."""
+    layers = model.layers
+    if not (len(layers) > 1 and isinstance(layers[0], Dense) and isinstance(layers[1], ReLU)):
+        return []
+    first = layers[0]
+    W = first.params["W"]  # (784, H)
+    activation = np.maximum(x @ W + first.params["b"], 0)[0]  # (H,)
+    top = np.argsort(-activation)[:TOP_UNITS]
+    return [
+        {
+            "unit": int(j),
+            "activation": float(activation[j]),
+            "weights": np.round(W[:, j].reshape(28, 28) / (np.abs(W[:, j]).max() or 1), 3).tolist(),
+        }
+        for j in top
+        if activation[j] > 0
+    ]
+
+
+def create_app(
+    models: list[Sequential], classes: list[str], min_confidence: float = 0.5
+) -> Starlette:
+    """The web application for `models` (averaged when several)."""
+    if models[0].input_size != 28 * 28:
+        raise BarenetError("barenet serve needs a model that reads 28x28 images")
+
+    def predict(payload: dict[str, Any]) -> dict[str, Any]:
+        image = _pixels(payload)
+        x = image.reshape(1, -1).astype(np.float32) / np.float32(255)
+        p = average_proba(models, x)[0]
+        c = int(p.argmax())
+        return {
+            "prediction": classes[c],
+            "probabilities": [round(float(v), 6) for v in p],
+            "classes": classes,
+            "confident": bool(p[c] >= min_confidence),
+            "seen": image.tolist(),
+            "hidden": _hidden_units(models[0], x) if len(models) == 1 else [],
+        }
+
+    async def page(request: Request) -> Response:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"))
+
+    async def api_predict(request: Request) -> Response:
+        try:
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
+                raise BadRequest(413, f"request body over {MAX_BODY} bytes")
+            body = bytearray()
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > MAX_BODY:
+                    raise BadRequest(413, f"request body over {MAX_BODY} bytes")
+            try:
+                payload = json.loads(body)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise BadRequest(400, f"malformed JSON ({e})") from None
+            if not isinstance(payload, dict):
+                raise BadRequest(400, "the JSON body must be an object")
+            result = await run_in_threadpool(predict, payload)
+        except BadRequest as e:
+            return JSONResponse({"error": str(e)}, status_code=e.status)
+        return JSONResponse(result)
+
+    return Starlette(
+        routes=[Route("/", page), Route("/api/predict", api_predict, methods=["POST"])]
+    )
+
+
+def serve(models: list[Sequential], classes: list[str], host: str, port: int,
+          min_confidence: float = 0.5) -> None:  # fmt: skip
+    """Run the server until interrupted (Ctrl-C)."""
+    import uvicorn
+
+    if not (0 < port < 65536):
+        raise BarenetError(f"invalid port {port}: must be in 1..65535")
+    if not math.isfinite(min_confidence):
+        raise BarenetError("invalid --min-confidence")
+    app = create_app(models, classes, min_confidence)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

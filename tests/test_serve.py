@@ -1,0 +1,190 @@
+"""`barenet serve`: the JSON endpoint (valid, malformed and hostile requests, concurrency) and
+the draw-a-digit page in a real browser (Debian's chromium driven by Playwright)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import uvicorn
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from starlette.testclient import TestClient
+
+from barenet.ensemble import load_ensemble
+from barenet.modelfile import default_model_path
+from barenet.serve import MAX_BODY, create_app
+
+CLASSES = [str(c) for c in range(10)]
+
+
+@pytest.fixture(scope="module")
+def app():
+    models, _ = load_ensemble([default_model_path()])
+    return create_app(models, CLASSES)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+def png_data_url(image: np.ndarray) -> str:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def test_pixels_and_images_are_classified(client, mnist):
+    r = client.post("/api/predict", json={"pixels": mnist.test_images[0].tolist()})
+    assert r.status_code == 200
+    out = r.json()
+    assert out["prediction"] == "7" and abs(sum(out["probabilities"]) - 1) < 1e-4
+    assert np.array_equal(np.array(out["seen"]), mnist.test_images[0])
+    big = np.asarray(Image.fromarray(255 - mnist.test_images[1]).resize((300, 300)))
+    r = client.post("/api/predict", json={"image": png_data_url(big)})
+    assert r.status_code == 200 and r.json()["prediction"] == "2"
+    assert np.array(r.json()["seen"]).shape == (28, 28)
+
+
+def test_the_page_is_served(client):
+    r = client.get("/")
+    assert r.status_code == 200 and '<canvas id="pad"' in r.text
+
+
+@pytest.mark.parametrize(
+    "body,status,fragment",
+    [
+        (b"{not json", 400, "malformed JSON"),
+        (b"[1, 2]", 400, "must be an object"),
+        (json.dumps({"pixels": [[0] * 28] * 27}).encode(), 422, "shape (27, 28)"),
+        (json.dumps({"pixels": [[300] * 28] * 28}).encode(), 422, "from 0 to 255"),
+        (json.dumps({"pixels": "abc"}).encode(), 422, "28 rows"),
+        (json.dumps({"image": "data:image/png;base64,@@@"}).encode(), 422, "not valid base64"),
+        (
+            json.dumps({"image": base64.b64encode(b"hello there").decode()}).encode(),
+            422,
+            "not an image",
+        ),
+        (json.dumps({"image": png_data_url(np.zeros((50, 50), np.uint8))}).encode(), 422, "blank"),
+        (json.dumps({"other": 1}).encode(), 422, "send"),
+        (b"x" * (MAX_BODY + 1), 413, "over"),
+    ],  # fmt: skip
+)
+def test_bad_requests_get_a_4xx_with_a_message(client, body, status, fragment):
+    r = client.post("/api/predict", content=body, headers={"content-type": "application/json"})
+    assert r.status_code == status and fragment in r.json()["error"]
+
+
+def test_a_decompression_bomb_is_refused(client):
+    buf = io.BytesIO()
+    Image.new("1", (12_000, 12_000)).save(buf, "PNG")
+    assert len(buf.getvalue()) < MAX_BODY
+    r = client.post("/api/predict", json={"image": base64.b64encode(buf.getvalue()).decode()})
+    assert r.status_code == 422 and "too large" in r.json()["error"]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(body=st.one_of(st.binary(max_size=300), st.from_regex(r'\{"(image|pixels)": .{0,40}\}'),
+                      st.builds(lambda b: json.dumps({"image": base64.b64encode(b).decode()}),
+                                st.binary(max_size=200))))  # fmt: skip
+def test_fuzzed_bodies_never_crash_the_server(client, body):
+    data = body.encode() if isinstance(body, str) else body
+    r = client.post("/api/predict", content=data)
+    assert r.status_code in (200, 400, 413, 422), r.text
+    assert ("error" in r.json()) == (r.status_code != 200)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(app):
+    port = _free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def test_concurrent_requests(live_server, mnist):
+    def ask(i: int) -> tuple[int, str]:
+        body = json.dumps({"pixels": mnist.test_images[i].tolist()}).encode()
+        req = urllib.request.Request(f"{live_server}/api/predict", data=body,
+                                     headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())["prediction"]
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(ask, range(48)))
+    assert all(status == 200 for status, _ in results)
+    predicted = np.array([int(p) for _, p in results])
+    assert np.mean(predicted == mnist.test_labels[:48]) >= 0.95
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed "
+                    "(apt-get install chromium chromium-driver; .ci/run does it as root)")  # fmt: skip
+def test_drawing_in_a_real_browser(live_server):
+    from playwright.sync_api import sync_playwright
+
+    # Strokes in the 280x280 pad's coordinates, drawn the way a person draws each digit.
+    digits = {
+        "1": [[(140, 40), (140, 240)]],
+        "7": [[(70, 50), (210, 50)], [(210, 50), (110, 240)]],
+        "0": [
+            [(140 + 60 * np.sin(t), 140 - 90 * np.cos(t)) for t in np.linspace(0, 2 * np.pi, 40)]
+        ],
+    }
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page()
+            page.goto(live_server)
+            box = page.locator("#pad").bounding_box()
+            assert box is not None
+            for label, strokes in digits.items():
+                page.click("#clear")
+                for n, stroke in enumerate(strokes, start=1):
+                    page.mouse.move(box["x"] + stroke[0][0], box["y"] + stroke[0][1])
+                    page.mouse.down()
+                    for x, y in stroke[1:]:
+                        page.mouse.move(box["x"] + x, box["y"] + y, steps=6)
+                    page.mouse.up()
+                    # After each stroke the page asks the server and redraws the bars.
+                    page.wait_for_function(f"document.body.dataset.strokes === '{n}' && "
+                                           "document.body.dataset.busy === '0'")  # fmt: skip
+                said = page.inner_text("#prediction").rstrip("?")
+                values = [float(page.inner_text(f"#value-{c}").rstrip("%")) for c in range(10)]
+                assert said == label, (label, said, values)
+                assert abs(sum(values) - 100) < 1.0 and max(values) == values[int(label)]
+                assert page.locator("#seen").is_visible()
+            page.click("#clear")
+            assert page.inner_text("#prediction") == ""
+        finally:
+            browser.close()
