@@ -40,3 +40,19 @@ def test_backward_fills_every_grad():
     net.backward(np.ones((2, 3), np.float32))
     for _, p, g in net.parameters():
         assert g.shape == p.shape and np.any(g != 0)
+
+
+def test_keras_style_fit_evaluate_predict(mnist):
+    rng = np.random.default_rng(0)
+    net = Sequential([Dense(784, 64, rng=rng), ReLU(), Dense(64, 10, rng=rng)])
+    x, y = mnist.train_images[:6000], mnist.train_labels[:6000]
+    history = net.fit(x[:5000], y[:5000], epochs=5, validation_data=(x[5000:], y[5000:]),
+                      verbose=False)  # fmt: skip
+    assert len(history.epochs) == 5 and history.epochs[-1].val_accuracy > 0.85
+    result = net.evaluate(mnist.test_images[:2000], mnist.test_labels[:2000])
+    assert result["accuracy"] > 0.85 and 0 < result["loss"] < 0.6
+    # float features work as well as uint8 images
+    floats = mnist.test_images[:2000].reshape(2000, -1) / 255.0
+    assert net.evaluate(floats, mnist.test_labels[:2000]) == pytest.approx(result)
+    with pytest.raises(ValueError, match="labels must be"):
+        net.fit(x[:10], np.full(10, 12), epochs=1, verbose=False)

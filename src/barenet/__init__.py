@@ -1,32 +1,55 @@
-"""barenet: neural networks in plain NumPy, every gradient written by hand."""
+"""barenet: neural networks in plain NumPy, every gradient written by hand.
 
+from barenet import Sequential, Dense, ReLU
+net = Sequential([Dense(784, 256, rng=np.random.default_rng(0)), ReLU(), Dense(256, 10, ...)])
+net.fit(x_train, y_train, epochs=5, validation_data=(x_val, y_val))
+net.evaluate(x_test, y_test)    # {"loss": ..., "accuracy": ...}
+net.predict(inputs)             # classes; net.predict_proba(inputs): probabilities
+"""
+
+from .augment import Augment
+from .conv import Conv2D, MaxPool2D
 from .errors import BarenetError, DataError, ImageError, ModelFileError, TrainingDiverged
-from .layers import Dense, Dropout, Flatten, ReLU
+from .layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, ReLU, Reshape
 from .losses import l2_penalty, softmax_cross_entropy
 from .model import Sequential, mlp
-from .optim import SGD, Adam, AdamW, ConstantLR, CosineLR, StepLR
+from .modelfile import load_model, save_model
+from .optim import SGD, Adam, AdamW, ConstantLR, CosineLR, OneCycleLR, StepLR
+from .recipes import RECIPES, Recipe, build_model
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Adam",
     "AdamW",
+    "Augment",
     "BarenetError",
+    "BatchNorm",
     "ConstantLR",
+    "Conv2D",
     "CosineLR",
     "DataError",
     "Dense",
+    "DropConnect",
     "Dropout",
     "Flatten",
     "ImageError",
+    "MaxPool2D",
     "ModelFileError",
+    "OneCycleLR",
+    "RECIPES",
     "ReLU",
+    "Recipe",
+    "Reshape",
     "SGD",
     "Sequential",
     "StepLR",
     "TrainingDiverged",
     "__version__",
+    "build_model",
     "l2_penalty",
+    "load_model",
     "mlp",
+    "save_model",
     "softmax_cross_entropy",
 ]

@@ -67,6 +67,67 @@ class Sequential:
         ]
         return xp.concatenate(chunks) if chunks else xp.zeros(0, dtype=np.int64)
 
+    def fit(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int = 10,
+        batch_size: int = 128,
+        lr: float = 0.1,
+        optimizer: str = "sgd",
+        momentum: float = 0.9,
+        l2: float = 1e-4,
+        schedule: str = "cosine",
+        label_smoothing: float = 0.0,
+        max_norm: float = 0.0,
+        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
+        seed: int = 0,
+        verbose: bool = True,
+    ) -> Any:
+        """Train in place, Keras-style; returns the per-epoch `train.History`.
+
+        Arguments:
+            x: (N, H, W) uint8 images (scaled by 1/255 here), or (N, D) float features.
+            y: (N,) integer class labels in [0, C).
+            optimizer: "sgd" (momentum, Nesterov), "adam" or "adamw"; lr: its peak rate.
+            schedule: "constant", "step", "cosine" or "onecycle" over the epochs.
+            validation_data: (x_val, y_val), measured after each epoch.
+            verbose: a progress bar and one line per epoch on stderr.
+        Raises: ValueError for inconsistent data; BarenetError for impossible settings.
+        """
+        import sys
+
+        from .recipes import Recipe
+        from .train import train
+
+        x, y = np.asarray(x), np.asarray(y)
+        if x.ndim < 2 or y.shape != (len(x),):
+            raise ValueError(f"x must be (N, ...) and y (N,): got {x.shape} and {y.shape}")
+        if y.size and (y.min() < 0 or y.max() >= self.num_classes):
+            raise ValueError(f"labels must be integers in [0, {self.num_classes})")
+        recipe = Recipe(name="fit", description="Sequential.fit", epochs=epochs,
+                        batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
+                        nesterov=momentum > 0, l2=l2, schedule=schedule,
+                        label_smoothing=label_smoothing, max_norm=max_norm, seed=seed)  # fmt: skip
+        x_val, y_val = validation_data if validation_data is not None else (None, None)
+        log = (lambda line: print(line, file=sys.stderr)) if verbose else None
+        return train(self, recipe, x, y.astype(np.int64), x_val, y_val, progress=verbose, log=log)
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """Mean cross-entropy and accuracy on (x, y), with inference behaviour (no dropout,
+        BatchNorm's running statistics). x as in `fit`."""
+        from .losses import softmax_cross_entropy
+        from .train import to_inputs
+
+        inputs, y = to_inputs(np.asarray(x)), np.asarray(y).astype(np.int64)
+        total, correct = 0.0, 0
+        for i in range(0, len(inputs), 2000):
+            scores = self.forward(inputs[i : i + 2000])
+            total += softmax_cross_entropy(scores, y[i : i + 2000])[0] * len(scores)
+            correct += int((scores.argmax(axis=1) == y[i : i + 2000]).sum())
+        return {"loss": total / max(len(inputs), 1), "accuracy": correct / max(len(inputs), 1)}
+
     def parameters(self) -> Iterator[tuple[str, Array, Array]]:
         """(name, param, grad) for every trainable array, named "layers.<i>.<key>"."""
         for i, layer in enumerate(self.layers):

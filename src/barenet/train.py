@@ -31,7 +31,11 @@ Log = Callable[[str], None]
 
 
 def to_inputs(images: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
-    """images: (N, 28, 28) uint8 -> network inputs (N, 784) in [0, 1], `dtype`."""
+    """images: (N, 28, 28) uint8 -> network inputs (N, 784) in [0, 1], `dtype`.
+
+    Any other dtype is taken as features already scaled: (N, ...) -> (N, D) of `dtype`."""
+    if images.dtype != np.uint8:
+        return np.asarray(images.reshape(len(images), -1), dtype=dtype)
     return np.multiply(images.reshape(len(images), -1), dtype(1 / 255), dtype=dtype)
 
 
@@ -86,8 +90,8 @@ def train(
     recipe: Recipe,
     x_train: np.ndarray,
     y_train: np.ndarray,
-    x_val: np.ndarray,
-    y_val: np.ndarray,
+    x_val: np.ndarray | None,
+    y_val: np.ndarray | None,
     *,
     seed: int | None = None,
     progress: bool = True,
@@ -98,7 +102,9 @@ def train(
     """Train `model` in place as `recipe` says.
 
     Arguments:
-        x_train: (N, H, W) uint8 images; y_train: (N,) integer labels. Likewise x_val, y_val.
+        x_train: (N, H, W) uint8 images, or (N, D) float features already scaled;
+            y_train: (N,) integer labels in [0, C). Likewise x_val, y_val (None: no validation,
+            and the history's val_accuracy is NaN). Augmentation needs images.
         seed: seeds the shuffling and augmentation (default: recipe.seed); the model's random
             layers carry their own generators (recipes.build_model seeds them).
         progress: show a progress bar with the running loss (on stderr).
@@ -140,6 +146,8 @@ def train(
     decayed = model.decayed()
     aug = recipe.augment if recipe.augment.active else None
     image_shape = x_train.shape[1:]
+    if aug is not None and (x_train.dtype != np.uint8 or x_train.ndim != 3):
+        raise ValueError("augmentation needs (N, H, W) uint8 images")
     for epoch in range(first, recipe.epochs):
         start = time.perf_counter()
         # One gather per epoch into a contiguous shuffled copy (uint8: a quarter of the float
@@ -186,16 +194,18 @@ def train(
             epoch=epoch + 1,
             train_loss=loss_sum / N + l2_penalty(weights, recipe.l2)[0],
             train_accuracy=correct / N,
-            val_accuracy=accuracy(model, x_val, y_val),
+            val_accuracy=math.nan
+            if x_val is None or y_val is None
+            else accuracy(model, x_val, y_val),
             lr=lr,
             seconds=time.perf_counter() - start,
             augment_seconds=augment_seconds,
         )
         history.epochs.append(record)
         extra = f"  (augmentation {100 * augment_seconds / seconds:.0f}%)" if aug else ""
+        val = "" if x_val is None else f"  val {100 * record.val_accuracy:.2f}%"
         say(f"epoch {record.epoch}/{recipe.epochs}  loss {record.train_loss:.4f}  "
-            f"train {100 * record.train_accuracy:.2f}%  val {100 * record.val_accuracy:.2f}%  "
-            f"{record.seconds:.2f} s{extra}")  # fmt: skip
+            f"train {100 * record.train_accuracy:.2f}%{val}  {record.seconds:.2f} s{extra}")  # fmt: skip
         if checkpoint is not None:
             save_checkpoint(checkpoint, epoch=epoch + 1, recipe=recipe.to_dict(), rngs=rngs,
                             history=history.to_dict(), model=model,
