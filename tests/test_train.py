@@ -82,3 +82,21 @@ def test_seed_recipe_is_the_seeds_network():
     seed.check()
     with pytest.raises(BarenetError, match="unknown recipe"):
         get_recipe("resnet")
+
+
+def test_batchnorm_recalibration_averages_clean_batch_statistics():
+    from barenet.layers import BatchNorm, Dense, Dropout
+    from barenet.model import Sequential
+    from barenet.train import recalibrate_batchnorm
+
+    rng = np.random.default_rng(0)
+    dense = Dense(784, 6, rng=rng)
+    net = Sequential([Dropout(0.5, rng=rng), dense, BatchNorm(6, momentum=0.1)])
+    x = rng.integers(0, 256, (300, 28, 28)).astype(np.uint8)
+    recalibrate_batchnorm(net, x, 100)
+    h = to_inputs(x) @ dense.params["W"]  # dropout is off during recalibration
+    means = [h[i : i + 100].mean(axis=0) for i in range(0, 300, 100)]
+    bn = net.layers[2]
+    np.testing.assert_allclose(bn.buffers["running_mean"], np.mean(means, axis=0), rtol=1e-4,
+                               atol=1e-5)  # fmt: skip
+    assert bn.momentum == 0.1 and net.layers[0].p == 0.5  # settings restored

@@ -21,7 +21,7 @@ from .augment import augment
 from .checkpoint import load_checkpoint, restore_model, save_checkpoint
 from .data.datasets import Dataset
 from .errors import ModelFileError, TrainingDiverged
-from .layers import DropConnect, Dropout
+from .layers import BatchNorm, DropConnect, Dropout
 from .losses import l2_penalty, softmax_cross_entropy
 from .model import Sequential
 from .optim import SGD, Adam, max_norm_
@@ -64,6 +64,40 @@ def accuracy(model: Sequential, images: np.ndarray, labels: np.ndarray) -> float
         [model.predict(to_inputs(images[i : i + 5000])) for i in range(0, len(images), 5000)]
     )
     return float(np.mean(predicted == labels))
+
+
+RECALIBRATION_IMAGES = 10_000
+
+
+def recalibrate_batchnorm(model: Sequential, x: np.ndarray, batch_size: int) -> None:
+    """Set every BatchNorm's running statistics to the mean of its batch statistics over
+    clean (unaugmented) inputs x, in batches of batch_size.
+
+    Training on augmented images leaves running statistics of augmented images, whose
+    distribution differs from the clean images seen at test time (zoomed and distorted digits
+    have different stroke statistics); on the `cnn` recipe that mismatch cost 0.2 points of
+    test accuracy. The weights are untouched, and with momentum 1/k at the k-th batch the
+    running statistics become the plain average over all batches.
+    """
+    norms = [layer for layer in model.layers if isinstance(layer, BatchNorm)]
+    if not norms:
+        return
+    saved = [bn.momentum for bn in norms]
+    masked = [
+        (layer, layer.p) for layer in model.layers if isinstance(layer, Dropout | DropConnect)
+    ]
+    for layer, _ in masked:
+        layer.p = 0.0  # masks would change the statistics of the layers after them
+    try:
+        for k, i in enumerate(range(0, len(x), batch_size), start=1):
+            for bn in norms:
+                bn.momentum = 1.0 / k
+            model.forward(to_inputs(x[i : i + batch_size]), training=True)
+    finally:
+        for bn, m in zip(norms, saved):
+            bn.momentum = m
+        for layer, p in masked:
+            layer.p = p
 
 
 def make_optimizer(recipe: Recipe, model: Sequential) -> SGD | Adam:
@@ -188,6 +222,8 @@ def train(
                         max_norm_(W, recipe.max_norm)
                 if i % 50 == 0:
                     bar.set_postfix(loss=f"{loss_sum / min((i + 1) * B, N):.4f}", refresh=False)
+        if aug is not None:
+            recalibrate_batchnorm(model, x_train[:RECALIBRATION_IMAGES], B)
         weights = [p for name, p, _ in model.parameters() if name in decayed]
         seconds = time.perf_counter() - start
         record = EpochRecord(
