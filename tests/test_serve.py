@@ -188,3 +188,17 @@ def test_drawing_in_a_real_browser(live_server):
             assert page.inner_text("#prediction") == ""
         finally:
             browser.close()
+
+
+def test_dense_models_report_their_most_active_hidden_units(mnist):
+    from barenet.model import mlp
+
+    net = mlp([784, 32, 10], rng=np.random.default_rng(0))
+    with TestClient(create_app([net], CLASSES)) as c:
+        r = c.post("/api/predict", json={"pixels": mnist.test_images[0].tolist()})
+    hidden = r.json()["hidden"]
+    assert r.status_code == 200 and 1 <= len(hidden) <= 8
+    activations = [h["activation"] for h in hidden]
+    assert activations == sorted(activations, reverse=True) and activations[-1] > 0
+    assert np.array(hidden[0]["weights"]).shape == (28, 28)
+    assert np.abs(np.array(hidden[0]["weights"])).max() == pytest.approx(1.0)

@@ -58,6 +58,14 @@ def _gaussian_matrix(size: int, sigma: float) -> np.ndarray:
     return k.astype(np.float32)
 
 
+@lru_cache(maxsize=8)
+def _centred_grid(H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates relative to the image centre: yy, xx, each (H, W) float32."""
+    yy, xx = np.meshgrid(np.arange(H, dtype=np.float32) - np.float32((H - 1) / 2),
+                         np.arange(W, dtype=np.float32) - np.float32((W - 1) / 2), indexing="ij")  # fmt: skip
+    return yy, xx
+
+
 def augment(images: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.ndarray:
     """Randomly transform a batch of images.
 
@@ -72,8 +80,7 @@ def augment(images: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.nd
     f32 = np.float32
     # Output pixel coordinates relative to the image centre: (H, W) each.
     cy, cx = (H - 1) / 2, (W - 1) / 2
-    yy, xx = np.meshgrid(np.arange(H, dtype=f32) - f32(cy), np.arange(W, dtype=f32) - f32(cx),
-                         indexing="ij")  # fmt: skip
+    yy, xx = _centred_grid(H, W)
     # Inverse affine map per image: the source of output point p is R(-angle) p / zoom - shift.
     angle = np.deg2rad(np.asarray(rng.uniform(-aug.rotate, aug.rotate, N), dtype=f32))
     zoom = np.asarray(rng.uniform(1 - aug.scale, 1 + aug.scale, N), dtype=f32)
@@ -101,9 +108,10 @@ def _bilinear(images: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
     x = np.clip(x + 1, 0, W + 1 - 1e-3)
     y0, x0 = np.floor(y), np.floor(x)
     wy, wx = y - y0, x - x0  # weights of the lower-right neighbours
-    base = (np.arange(N) * ((H + 2) * (W + 2)))[:, None, None] + (
-        y0.astype(np.intp) * (W + 2) + x0.astype(np.intp)
-    )
+    base = y0.astype(np.intp)
+    base *= W + 2
+    base += x0.astype(np.intp)
+    base += (np.arange(N) * ((H + 2) * (W + 2)))[:, None, None]
     flat = padded.reshape(-1)
     top = flat[base] * (1 - wx) + flat[base + 1] * wx
     bottom = flat[base + (W + 2)] * (1 - wx) + flat[base + (W + 3)] * wx
