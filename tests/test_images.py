@@ -6,10 +6,13 @@ import io
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageFilter
 
 from barenet.errors import ImageError
-from barenet.images import load_digit, prepare_digit
+from barenet.images import decode_image, load_digit, prepare_digit
 from barenet.modelfile import default_model_path, load_model
 from barenet.train import to_inputs
 
@@ -120,3 +123,32 @@ def test_not_an_image_missing_and_bomb(tmp_path):
     truncated.write_bytes(buf.getvalue()[:200])
     with pytest.raises(ImageError, match=r"cut\.jpg"):
         load_digit(truncated)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.binary(max_size=400))
+def test_fuzzed_bytes_are_an_image_error_or_a_digit(data):
+    try:
+        image = prepare_digit(decode_image(data))
+    except ImageError:
+        return
+    assert image.shape == (28, 28) and image.dtype == np.uint8
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    hnp.arrays(
+        np.uint8, st.tuples(st.integers(1, 60), st.integers(1, 60)), elements=st.integers(0, 255)
+    ),  # fmt: skip
+    st.sampled_from(["L", "RGB", "RGBA", "P", "1", "I;16"]),
+)
+def test_fuzzed_pictures_are_prepared_or_refused(pixels, mode):
+    img = Image.fromarray(pixels).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    try:
+        out = prepare_digit(decode_image(buf.getvalue()))
+    except ImageError as e:
+        assert "blank" in str(e)
+        return
+    assert out.shape == (28, 28) and out.dtype == np.uint8 and out.max() == 255
