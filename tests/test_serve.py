@@ -202,3 +202,19 @@ def test_dense_models_report_their_most_active_hidden_units(mnist):
     assert activations == sorted(activations, reverse=True) and activations[-1] > 0
     assert np.array(hidden[0]["weights"]).shape == (28, 28)
     assert np.abs(np.array(hidden[0]["weights"])).max() == pytest.approx(1.0)
+
+
+def test_serve_on_a_taken_port_is_one_clear_error():
+    import subprocess
+    import sys
+
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        p = subprocess.run([sys.executable, "-m", "barenet", "serve", "--port", str(port)],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert (
+        p.stderr.strip()
+        .splitlines()[-1]
+        .startswith(f"barenet: error: cannot listen on 127.0.0.1:{port}")
+    )

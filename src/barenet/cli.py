@@ -346,7 +346,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     classes = (metas[0].get("dataset") or {}).get("classes") or [
         str(c) for c in range(models[0].num_classes)
     ]
-    _say(f"barenet: serving on http://{args.host}:{args.port}/ (Ctrl-C stops)")
     serve(models, [str(c) for c in classes], args.host, args.port, args.min_confidence)
     return 0
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -149,11 +149,15 @@ def create_app(
 def serve(models: list[Sequential], classes: list[str], host: str, port: int,
           min_confidence: float = 0.5) -> None:  # fmt: skip
     """Run the server until interrupted (Ctrl-C)."""
+    import socket
+
     import uvicorn
 
-    if not (0 < port < 65536):
-        raise BarenetError(f"invalid port {port}: must be in 1..65535")
-    if not math.isfinite(min_confidence):
-        raise BarenetError("invalid --min-confidence")
     app = create_app(models, classes, min_confidence)
+    try:  # a clear message for a taken port or a wrong host, before uvicorn starts
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise BarenetError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    print(f"barenet: serving on http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")
