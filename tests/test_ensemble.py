@@ -72,4 +72,4 @@ def test_cli_evaluates_and_predicts_with_an_ensemble(tmp_path, mnist):
     p = subprocess.run([sys.executable, "-m", "barenet", "predict", *map(str, paths), str(image)],
                        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert p.returncode == 0, p.stderr
-    assert p.stdout.startswith(f"{image}: {mnist.test_labels[0]} (")
+    assert p.stdout.startswith(f"{image}: {mnist.test_labels[0]}  ({mnist.test_labels[0]} ")
