@@ -177,3 +177,21 @@ def test_plot_writes_the_four_pictures(trained, tmp_path):
     rows = (out / "history.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,train_loss,train_accuracy,val_accuracy") and len(rows) == 2
     assert_one_line_error(run("plot", str(tmp_path / "nothing")), "no such model file")
+
+
+def test_train_an_ensemble_then_evaluate_it(tmp_path, mnist):
+    out = tmp_path / "ens"
+    p = run("train", "--epochs", "1", "--batch-size", "512", "--members", "2", "--out", str(out),
+            "--no-progress")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "member 2/2 (seed 1)" in p.stderr and "ensemble of 2 test accuracy" in p.stdout
+    summary = json.loads((out / "ensemble.json").read_text())
+    assert summary["members"] == ["member-1/model.npz", "member-2/model.npz"]
+    seeds = [json.loads((out / f"member-{k}" / "history.json").read_text()) for k in (1, 2)]
+    assert all(len(h["epochs"]) == 1 for h in seeds)
+    assert not list(out.glob("member-*/checkpoint.npz"))
+    e = run("evaluate", str(out))
+    assert e.returncode == 0 and "an ensemble of 2 models" in e.stdout
+    assert f"test accuracy {100 * summary['test_accuracy']:.2f}%" in e.stdout
+    again = run("train", "--resume", str(out), "--no-progress")  # nothing left to do
+    assert again.returncode == 0 and again.stderr.count("already trained") == 2
