@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -127,6 +128,10 @@ def test_resume_errors_are_one_line(tmp_path):
     (tmp_path / "run.json").write_text('{"recipe": {"name": 3}}')
     p = _barenet("train", "--resume", str(tmp_path))
     assert p.returncode == 1 and "not a valid run description" in p.stderr
+    recipe = json.dumps(Recipe(name="x", description="x").to_dict())
+    (tmp_path / "run.json").write_text(f'{{"recipe": {recipe}, "dataset": "cifar"}}')
+    p = _barenet("train", "--resume", str(tmp_path))
+    assert p.returncode == 1 and "unknown dataset 'cifar'" in p.stderr, p.stderr
 
 
 def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):

@@ -146,7 +146,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise BarenetError(f"{out}: not a run directory (no run.json)") from None
         except (ValueError, KeyError, TypeError) as e:
             raise BarenetError(f"{out / 'run.json'}: not a valid run description ({e})") from None
-        dataset_name = _dataset_name(dataset_name)
+        if dataset_name not in datasets.DATASETS:
+            raise BarenetError(f"{out / 'run.json'}: unknown dataset {dataset_name!r}")
     else:
         recipe = dataclasses.replace(get_recipe(args.recipe or "seed"), **overrides)
         recipe.check()
