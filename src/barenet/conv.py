@@ -13,14 +13,13 @@ tests/test_conv.py and `barenet gradcheck`.
 
 from __future__ import annotations
 
-import math
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from .backend import array_module
-from .layers import Array
+from .layers import Array, init_weights
 
 
 def _windows(x: Array, kh: int, kw: int, stride: int) -> Array:
@@ -88,18 +87,13 @@ class Conv2D:
         dtype: Any = np.float32,
         xp: ModuleType = np,
     ) -> None:
-        if init not in ("he", "glorot"):
-            raise ValueError(f"unknown init {init!r}: expected 'he' or 'glorot'")
         if kernel_size < 1 or stride < 1 or padding < 0:
             raise ValueError("kernel_size and stride must be >= 1 and padding >= 0")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.kernel_size, self.stride, self.padding, self.init = kernel_size, stride, padding, init
         k = kernel_size
-        W = np.zeros((k, k, in_channels, out_channels), dtype=dtype)
-        if rng is not None:
-            fan_in, fan_out = k * k * in_channels, k * k * out_channels
-            fan = fan_in if init == "he" else (fan_in + fan_out) / 2
-            W[...] = rng.standard_normal(W.shape) * math.sqrt(2.0 / fan)
+        W = init_weights((k, k, in_channels, out_channels), k * k * in_channels,
+                         k * k * out_channels, init=init, rng=rng, dtype=dtype)  # fmt: skip
         self.params = {"W": xp.asarray(W), "b": xp.zeros(out_channels, dtype=dtype)}
         self.grads = {k_: xp.zeros_like(v) for k_, v in self.params.items()}
         self.buffers: dict[str, Array] = {}

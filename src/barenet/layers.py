@@ -38,6 +38,29 @@ class Layer(Protocol):
     def config(self) -> dict[str, Any]: ...
 
 
+def init_weights(
+    shape: tuple[int, ...],
+    fan_in: int,
+    fan_out: int,
+    *,
+    init: str,
+    rng: np.random.Generator | None,
+    dtype: Any,
+) -> np.ndarray:
+    """Initial weights of `shape`: normal with std sqrt(2 / fan_in) ("he", He et al. 2015, for
+    ReLU nets) or sqrt(2 / ((fan_in + fan_out) / 2)) ("glorot", Glorot & Bengio 2010); zeros
+    when rng is None (a layer about to be loaded from a file).
+
+    Raises ValueError for an unknown init."""
+    if init not in ("he", "glorot"):
+        raise ValueError(f"unknown init {init!r}: expected 'he' or 'glorot'")
+    W = np.zeros(shape, dtype=dtype)
+    if rng is not None:
+        fan = fan_in if init == "he" else (fan_in + fan_out) / 2
+        W[...] = rng.standard_normal(shape) * math.sqrt(2.0 / fan)
+    return W
+
+
 class Dense:
     """Fully connected layer: out = x W + b.
 
@@ -65,13 +88,9 @@ class Dense:
         dtype: Any = np.float32,
         xp: ModuleType = np,
     ) -> None:
-        if init not in ("he", "glorot"):
-            raise ValueError(f"unknown init {init!r}: expected 'he' or 'glorot'")
+        W = init_weights((in_features, out_features), in_features, out_features, init=init,
+                         rng=rng, dtype=dtype)  # fmt: skip
         self.in_features, self.out_features, self.init = in_features, out_features, init
-        W = np.zeros((in_features, out_features), dtype=dtype)
-        if rng is not None:
-            fan = in_features if init == "he" else (in_features + out_features) / 2
-            W[...] = rng.standard_normal(W.shape) * math.sqrt(2.0 / fan)
         self.params = {"W": xp.asarray(W), "b": xp.zeros(out_features, dtype=dtype)}
         self.grads = {k: xp.zeros_like(v) for k, v in self.params.items()}
         self.buffers: dict[str, Array] = {}

@@ -176,8 +176,8 @@ def train(
         history = History([EpochRecord(**e) for e in state.history["epochs"]])
         first = state.epoch
         say(f"resuming from {checkpoint} after epoch {first}/{recipe.epochs}")
-    constrained = [p for name, p, _ in model.parameters() if name in model.decayed()]
     decayed = model.decayed()
+    weights = [p for name, p, _ in model.parameters() if name in decayed]  # L2 and max-norm
     aug = recipe.augment if recipe.augment.active else None
     image_shape = x_train.shape[1:]
     if aug is not None and (x_train.dtype != np.uint8 or x_train.ndim != 3):
@@ -218,13 +218,12 @@ def train(
                 lr = schedule(epoch + i / steps)
                 optimizer.step(lr)
                 if recipe.max_norm:
-                    for W in constrained:
+                    for W in weights:
                         max_norm_(W, recipe.max_norm)
                 if i % 50 == 0:
                     bar.set_postfix(loss=f"{loss_sum / min((i + 1) * B, N):.4f}", refresh=False)
         if aug is not None:
             recalibrate_batchnorm(model, x_train[:RECALIBRATION_IMAGES], B)
-        weights = [p for name, p, _ in model.parameters() if name in decayed]
         seconds = time.perf_counter() - start
         record = EpochRecord(
             epoch=epoch + 1,
