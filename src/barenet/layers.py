@@ -300,6 +300,28 @@ class Flatten:
         return {"type": "Flatten"}
 
 
+def column_sums(x2: Array) -> Array:
+    """x2 (M, F) -> (F,): the sum of each column, as the product ones(M) x2.
+
+    Same result as x2.sum(axis=0), but NumPy reduces over the first axis of a narrow array
+    (F = 32 channels of a convolution) row by row, ~10x slower than one BLAS matrix-vector
+    product."""
+    xp = array_module(x2)
+    return xp.ones(x2.shape[0], dtype=x2.dtype) @ x2
+
+
+def fold(M: int, F: int) -> int:
+    """How many rows r of an (M, F) array to view as one row, for per-feature arithmetic.
+
+    An elementwise NumPy operation between x (M, F) and a per-feature vector v (F,) runs its
+    inner loop over F only; with F = 32 (a convolution's channels) that loop is too short to
+    be fast. The same operation on x viewed as (M / r, r F) (no copy), against v tiled r times,
+    has r times longer inner loops and runs 2-3x faster. r is the largest divisor of M up to
+    256 / F (1 for wide arrays)."""
+    r = max(1, 256 // max(F, 1))
+    return math.gcd(M, r) if M else 1
+
+
 class BatchNorm:
     """Batch normalisation (Ioffe & Szegedy 2015) over the last axis (the features of a dense
     input (N, D), or the channels of an image (N, H, W, C)).
@@ -357,17 +379,17 @@ class BatchNorm:
         if x.shape[-1] != F:
             raise ValueError(f"BatchNorm expects {F} features on the last axis, got {x.shape}")
         x2 = x.reshape(-1, F)  # (M, F)
+        M = x2.shape[0]
+        r = fold(M, F)  # elementwise work on (M / r, r F) views, vectors tiled r times
         if training:
-            M = x2.shape[0]
             if M < 2:
                 raise ValueError("BatchNorm needs at least 2 values per feature while training")
-            mu = x2.mean(axis=0)
-            centred = x2 - mu
-            var = (centred * centred).mean(axis=0)
+            mu = column_sums(x2) / M
+            x_hat = x2.reshape(-1, r * F) - xp.tile(mu, r)  # centred, scaled in place below
+            var = xp.einsum("mf,mf->f", x_hat.reshape(M, F), x_hat.reshape(M, F)) / M
             inv_std = 1.0 / xp.sqrt(var + x.dtype.type(self.eps))
-            x_hat = centred
-            x_hat *= inv_std
-            self._x_hat, self._inv_std = x_hat, inv_std
+            x_hat *= xp.tile(inv_std, r)
+            self._x_hat, self._inv_std = x_hat.reshape(M, F), inv_std
             m = self.momentum
             self.buffers["running_mean"] *= 1 - m
             self.buffers["running_mean"] += m * mu
@@ -375,10 +397,11 @@ class BatchNorm:
             self.buffers["running_var"] += (m * M / (M - 1)) * var
         else:
             inv_std = 1.0 / xp.sqrt(self.buffers["running_var"] + x.dtype.type(self.eps))
-            x_hat = (x2 - self.buffers["running_mean"]) * inv_std
+            x_hat = x2.reshape(-1, r * F) - xp.tile(self.buffers["running_mean"], r)
+            x_hat *= xp.tile(inv_std, r)
             self._x_hat = None
-        out = x_hat * self.params["gamma"]
-        out += self.params["beta"]
+        out = x_hat * xp.tile(self.params["gamma"], r)
+        out += xp.tile(self.params["beta"], r)
         return out.reshape(x.shape)
 
     def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
@@ -388,16 +411,20 @@ class BatchNorm:
             raise RuntimeError(
                 "BatchNorm.backward called without a forward(training=True) before it"
             )
-        d2 = dout.reshape(-1, self.num_features)  # (M, F)
-        (d2 * x_hat).sum(axis=0, out=self.grads["gamma"])
-        d2.sum(axis=0, out=self.grads["beta"])
+        xp = array_module(dout)
+        F = self.num_features
+        d2 = dout.reshape(-1, F)  # (M, F)
+        M = d2.shape[0]
+        xp.einsum("mf,mf->f", d2, x_hat, out=self.grads["gamma"])
+        self.grads["beta"][...] = column_sums(d2)
         if not need_dx:
             return None
-        M = d2.shape[0]
+        r = fold(M, F)
         # mean(dx_hat) = gamma * dbeta / M and mean(dx_hat * x_hat) = gamma * dgamma / M
-        dx = d2 - self.grads["beta"] / M
-        dx -= x_hat * (self.grads["gamma"] / M)
-        dx *= self.params["gamma"] * inv_std
+        dx = x_hat.reshape(-1, r * F) * xp.tile(self.grads["gamma"] / M, r)
+        xp.subtract(d2.reshape(-1, r * F), dx, out=dx)
+        dx -= xp.tile(self.grads["beta"] / M, r)
+        dx *= xp.tile(self.params["gamma"] * inv_std, r)
         return dx.reshape(dout.shape)
 
     def config(self) -> dict[str, Any]:

@@ -37,13 +37,15 @@ class Sequential:
     def backward(self, dscores: Array) -> None:
         """Backpropagate dL/dscores (N, C) through every layer, filling each layer's grads.
 
-        No gradient is computed for the network's input: nothing uses it.
+        No gradient is computed for the network's input, nor for what the first layer with
+        parameters reads: nothing uses them. Layers before that one (a Reshape, an input
+        Dropout) have no parameters and are not visited at all.
         """
+        first = next((i for i, layer in enumerate(self.layers) if layer.params), 0)
         dout = dscores
-        last = len(self.layers) - 1
-        for i in range(last, -1, -1):
-            dx = self.layers[i].backward(dout, need_dx=i > 0)
-            if i > 0:
+        for i in range(len(self.layers) - 1, first - 1, -1):
+            dx = self.layers[i].backward(dout, need_dx=i > first)
+            if i > first:
                 assert dx is not None
                 dout = dx
 

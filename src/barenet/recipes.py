@@ -34,7 +34,8 @@ class Recipe:
     # Architecture.
     arch: str = "mlp"  # "mlp": dense layers only; "cnn": convolution blocks, then dense layers
     hidden: tuple[int, ...] = (1024,)  # hidden dense layer sizes: the seed's 784-1024-10
-    conv: tuple[int, ...] = ()  # cnn: channels of each block (conv[, conv], BN?, ReLU, pool)
+    # cnn: channels of each block: conv, BN?, [ReLU, conv, BN?,] 2x2 max-pool, ReLU
+    conv: tuple[int, ...] = ()
     convs_per_block: int = 1  # cnn: k x k convolutions in each block before its 2x2 pooling
     kernel_size: int = 5  # cnn: k, with "same" padding k // 2
     batchnorm: bool = False  # BatchNorm after every convolution and hidden dense layer
@@ -157,13 +158,17 @@ def build_model(
         layers.append(Reshape((H, W, 1)))
         channels, k = 1, recipe.kernel_size
         for c in recipe.conv:
-            for _ in range(recipe.convs_per_block):
+            for n in range(recipe.convs_per_block):
                 layers.append(Conv2D(channels, c, k, padding=k // 2, rng=rng, init=recipe.init))
                 if recipe.batchnorm:
                     layers.append(BatchNorm(c))
-                layers.append(ReLU())
+                if n < recipe.convs_per_block - 1:
+                    layers.append(ReLU())
                 channels = c
+            # max-pool then ReLU: the same function and gradients as ReLU then max-pool (both
+            # are monotone), with the ReLU on a quarter of the values.
             layers.append(MaxPool2D(2))
+            layers.append(ReLU())
             H, W = H // 2, W // 2
         if H < 1 or W < 1:
             raise BarenetError(f"recipe {recipe.name!r} pools the images below 1x1 pixel")
