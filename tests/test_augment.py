@@ -78,3 +78,15 @@ def test_gaussian_matrix_smooths_like_the_kernel():
 def test_bad_ranges_are_rejected(field, value):
     with pytest.raises(ValueError, match=field):
         Augment(**{field: value}).check()
+
+
+def test_flip_mirrors_about_half_of_the_images_exactly():
+    x = digits(64)
+    out = augment(x, np.random.default_rng(3), Augment(flip=True))
+    mirrored = [bool(np.array_equal(o, img[:, ::-1])) for o, img in zip(out, x, strict=True)]
+    unchanged = [bool(np.array_equal(o, img)) for o, img in zip(out, x, strict=True)]
+    assert all(m != u for m, u in zip(mirrored, unchanged, strict=True))  # one or the other
+    assert 16 <= sum(mirrored) <= 48
+    assert Augment(flip=True).active
+    with pytest.raises(ValueError, match="flip"):
+        Augment(flip="yes").check()  # type: ignore[arg-type]

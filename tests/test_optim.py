@@ -139,3 +139,32 @@ def test_optimiser_state_round_trips():
         opt.step(0.1)
         twin.step(0.1)
         np.testing.assert_array_equal(W, W2)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda p: SGD(p, momentum=0.9, nesterov=True, weight_decay=1e-3, decayed=["W"]),
+        lambda p: SGD(p, momentum=0.0, weight_decay=1e-3, decayed=["W"]),
+        lambda p: Adam(p, weight_decay=1e-3, decayed=["W"]),
+        lambda p: AdamW(p, decayed=["W"]),
+    ],
+)
+def test_threaded_update_is_identical_to_one_thread(make, monkeypatch):
+    """Large parameters are updated in blocks on several threads: the same bits as one pass."""
+    import barenet.optim as optim
+
+    rng = np.random.default_rng(0)
+    W0 = rng.standard_normal((300, 301)).astype(np.float32)  # 90,300 elements: split
+    grads = [rng.standard_normal(W0.shape).astype(np.float32) for _ in range(3)]
+    results = []
+    for threads in (1, 3):
+        monkeypatch.setattr(optim, "_threads", lambda n=threads: n)
+        W, g = W0.copy(), np.zeros_like(W0)
+        opt = make([("W", W, g)])
+        for grad in grads:
+            g[...] = grad
+            opt.step(0.01)
+        results.append(W)
+    assert not np.array_equal(results[0], W0)
+    np.testing.assert_array_equal(results[0], results[1])

@@ -2,7 +2,8 @@
 
 Every image of a batch gets its own random transform, and the whole batch is resampled at once:
     1. a random affine map (rotation, scale, shift) about the image centre gives, for every
-       output pixel, the point of the input image it shows;
+       output pixel, the point of the input image it shows; with `flip`, half of the images
+       (at random) are also mirrored left to right (clothes, not digits: a mirrored 7 is no 7);
     2. elastic distortion (Simard et al. 2003) adds a random, smooth displacement to that point:
        a field of uniform(-1, 1) values per pixel and axis, smoothed by a Gaussian of width
        sigma and scaled by alpha. The Gaussian is separable, so smoothing the (N, 28, 28)
@@ -30,10 +31,11 @@ class Augment:
     shift: float = 0.0  # pixels: translation in [-shift, shift] along each axis
     elastic_alpha: float = 0.0  # strength of the elastic displacement, pixels (0: none)
     elastic_sigma: float = 4.0  # smoothness of the elastic field, pixels (Simard et al.: 4)
+    flip: bool = False  # mirror each image left to right with probability 1/2
 
     @property
     def active(self) -> bool:
-        return any((self.rotate, self.scale, self.shift, self.elastic_alpha))
+        return any((self.rotate, self.scale, self.shift, self.elastic_alpha, self.flip))
 
     def check(self) -> None:
         for name in ("rotate", "scale", "shift", "elastic_alpha", "elastic_sigma"):
@@ -44,6 +46,8 @@ class Augment:
             raise ValueError(f"augmentation scale must be below 1, not {self.scale}")
         if self.elastic_alpha and self.elastic_sigma <= 0:
             raise ValueError("elastic distortion needs elastic_sigma > 0")
+        if not isinstance(self.flip, bool):
+            raise ValueError(f"augmentation flip must be true or false, not {self.flip!r}")
 
 
 @lru_cache(maxsize=8)
@@ -95,6 +99,9 @@ def augment(images: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.nd
         smooth = G @ fields @ Gw.T  # (2, N, H, W): Gaussian along H, then along W
         src_y += f32(aug.elastic_alpha) * smooth[0]
         src_x += f32(aug.elastic_alpha) * smooth[1]
+    if aug.flip:  # output pixel (y, x) of a mirrored image shows input pixel (y, W - 1 - x)
+        mirrored = rng.random(N) < 0.5
+        src_x[mirrored] = f32(W - 1) - src_x[mirrored]
     return _bilinear(images, src_y, src_x)
 
 

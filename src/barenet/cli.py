@@ -150,9 +150,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if dataset_name not in datasets.DATASETS:
             raise BarenetError(f"{out / 'run.json'}: unknown dataset {dataset_name!r}")
     else:
-        recipe = dataclasses.replace(get_recipe(args.recipe or "seed"), **overrides)
-        recipe.check()
         dataset_name = args.dataset or "mnist"
+        recipe = dataclasses.replace(get_recipe(args.recipe or "seed", dataset_name), **overrides)
+        recipe.check()
         if args.out is None:
             out = _new_run_dir(Path("runs") / f"{recipe.name}-{dataset_name}")
         else:

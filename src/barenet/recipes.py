@@ -258,8 +258,15 @@ RECIPES["cnn-ensemble"] = dataclasses.replace(
 )
 
 
-def get_recipe(name: str) -> Recipe:
+# A recipe's settings for another dataset, where MNIST's do not suit it: `barenet train
+# --recipe NAME --dataset DATASET` uses these.
+DATASET_SETTINGS: dict[tuple[str, str], Recipe] = {}
+
+
+def get_recipe(name: str, dataset: str = "mnist") -> Recipe:
+    """The recipe `name`, with its settings for `dataset` where they differ (DATASET_SETTINGS)."""
     try:
-        return RECIPES[name]
+        recipe = RECIPES[name]
     except KeyError:
         raise BarenetError(f"unknown recipe {name!r}: choose from {', '.join(RECIPES)}") from None
+    return DATASET_SETTINGS.get((name, dataset), recipe)
