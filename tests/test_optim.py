@@ -152,14 +152,14 @@ def test_optimiser_state_round_trips():
 )
 def test_threaded_update_is_identical_to_one_thread(make, monkeypatch):
     """Large parameters are updated in blocks on several threads: the same bits as one pass."""
-    import barenet.optim as optim
+    import barenet.threads
 
     rng = np.random.default_rng(0)
     W0 = rng.standard_normal((300, 301)).astype(np.float32)  # 90,300 elements: split
     grads = [rng.standard_normal(W0.shape).astype(np.float32) for _ in range(3)]
     results = []
     for threads in (1, 3):
-        monkeypatch.setattr(optim, "_threads", lambda n=threads: n)
+        monkeypatch.setattr(barenet.threads, "threads", lambda n=threads: n)
         W, g = W0.copy(), np.zeros_like(W0)
         opt = make([("W", W, g)])
         for grad in grads:

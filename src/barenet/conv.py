@@ -20,6 +20,7 @@ import numpy as np
 
 from .backend import array_module
 from .layers import Array, column_sums, fold, init_weights
+from .threads import in_blocks
 
 
 def _windows(x: Array, kh: int, kw: int, stride: int) -> Array:
@@ -213,18 +214,25 @@ class MaxPool2D:
         if H < k or W < k:
             raise ValueError(f"MaxPool2D: a {k}x{k} window does not fit a {H}x{W} input")
         OH, OW = (H - k) // s + 1, (W - k) // s + 1
-        (rows, cols), *rest = self._offsets(OH, OW)
-        out = x[:, rows, cols, :].copy()
-        winner = xp.zeros(out.shape, dtype=xp.uint8) if training else None
-        for t, (rows, cols) in enumerate(rest, start=1):
-            candidate = x[:, rows, cols, :]
+        (first_rows, first_cols), *rest = self._offsets(OH, OW)
+        out = xp.empty((N, OH, OW, C), dtype=x.dtype)
+        winner = xp.empty((N, OH, OW, C), dtype=xp.uint8) if training else None
+
+        def pool(x: Array, out: Array, winner: Array | None = None) -> None:
+            out[...] = x[:, first_rows, first_cols, :]
             if winner is not None:
-                # Strictly greater: a tie keeps the earlier offset. t grows, so the winner
-                # is max(winner, t * [candidate > out]): no branch per element, unlike a mask.
-                beats = xp.greater(candidate, out).view(xp.uint8)
-                beats *= xp.uint8(t)
-                xp.maximum(winner, beats, out=winner)
-            xp.maximum(out, candidate, out=out)
+                winner.fill(0)
+            for t, (rows, cols) in enumerate(rest, start=1):
+                candidate = x[:, rows, cols, :]
+                if winner is not None:
+                    # Strictly greater: a tie keeps the earlier offset. t grows, so the winner
+                    # is max(winner, t * [candidate > out]): no branch per element, unlike a mask.
+                    beats = xp.greater(candidate, out).view(xp.uint8)
+                    beats *= xp.uint8(t)
+                    xp.maximum(winner, beats, out=winner)
+                xp.maximum(out, candidate, out=out)
+
+        in_blocks(pool, x, out, *([] if winner is None else [winner]))  # images split over CPUs
         self._x_shape, self._winner = x.shape, winner
         return out
 
@@ -241,15 +249,22 @@ class MaxPool2D:
         k, s = self.kernel_size, self.stride
         N, H, W, C = self._x_shape
         _, OH, OW, _ = dout.shape
+        offsets = self._offsets(OH, OW)
         # Windows that neither overlap nor leave pixels out write every dx entry exactly once.
         tiled = s == k and H == OH * k and W == OW * k
-        dx = xp.empty(self._x_shape, dtype=dout.dtype) if tiled else xp.zeros(self._x_shape, dtype=dout.dtype)  # fmt: skip
-        for t, (rows, cols) in enumerate(self._offsets(OH, OW)):
-            routed = dout * (winner == t)
-            if tiled:
-                dx[:, rows, cols, :] = routed
-            else:
-                dx[:, rows, cols, :] += routed
+        dx = xp.empty(self._x_shape, dtype=dout.dtype)
+
+        def route(dout: Array, winner: Array, dx: Array) -> None:
+            if not tiled:
+                dx.fill(0)
+            for t, (rows, cols) in enumerate(offsets):
+                routed = dout * (winner == t)
+                if tiled:
+                    dx[:, rows, cols, :] = routed
+                else:
+                    dx[:, rows, cols, :] += routed
+
+        in_blocks(route, dout, winner, dx)
         return dx
 
     def config(self) -> dict[str, Any]:

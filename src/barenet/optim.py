@@ -8,9 +8,7 @@ done so far as a float (epoch 2, halfway through its batches: t = 2.5).
 from __future__ import annotations
 
 import math
-import os
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import partial
 
@@ -18,6 +16,7 @@ import numpy as np
 
 from .backend import array_module
 from .layers import Array
+from .threads import in_blocks
 
 
 def _load_into(buffers: dict[str, Array], prefix: str, state: dict[str, Array]) -> None:
@@ -27,42 +26,6 @@ def _load_into(buffers: dict[str, Array], prefix: str, state: dict[str, Array]) 
             raise ValueError(f"optimiser state {prefix}.{name} has shape {src.shape}, "
                              f"not {buf.shape}")  # fmt: skip
         buf[...] = src
-
-
-_pool: ThreadPoolExecutor | None = None
-
-
-def _threads() -> int:
-    """How many threads the elementwise updates use: the CPUs this process may run on (<= 4)."""
-    try:
-        return max(1, min(4, len(os.sched_getaffinity(0))))
-    except AttributeError:  # no sched_getaffinity (macOS, Windows)
-        return max(1, min(4, os.cpu_count() or 1))
-
-
-def in_blocks(update: Callable[..., None], *arrays: Array) -> None:
-    """Run update(*arrays), an in-place elementwise computation, split over all CPUs.
-
-    Why: the BLAS runs the matrix products on every core, but each NumPy elementwise operation
-    runs on one, and an optimiser's update is several passes over every weight: for the seed's
-    784x1024 layer it cost as much as a matrix product. NumPy releases the GIL inside such
-    operations, so threads that each take a contiguous block of the (same-shaped, contiguous)
-    arrays run in parallel. The result is identical, element for element, to one call.
-    """
-    global _pool
-    n = _threads()
-    size = arrays[0].size
-    if (n == 1 or size < 1 << 16 or array_module(arrays[0]) is not np
-            or not all(a.flags.c_contiguous and a.size == size for a in arrays)):  # fmt: skip
-        update(*arrays)
-        return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="barenet-update")
-    flat = [a.reshape(-1) for a in arrays]  # views: the arrays are contiguous
-    bounds = [size * i // n for i in range(n + 1)]
-    blocks = [[f[lo:hi] for f in flat] for lo, hi in zip(bounds, bounds[1:], strict=False)]
-    for _ in _pool.map(lambda block: update(*block), blocks):
-        pass  # re-raises an exception from any block
 
 
 def max_norm_(W: Array, c: float) -> None:

@@ -182,12 +182,15 @@ def train(
     image_shape = x_train.shape[1:]
     if aug is not None and (x_train.dtype != np.uint8 or x_train.ndim != 3):
         raise ValueError("augmentation needs (N, H, W) uint8 images")
+    # One gather per epoch into a contiguous shuffled copy (uint8: a quarter of the float size),
+    # so every batch below is a view, converted to float32 in one pass. The copy's buffer is
+    # reused from epoch to epoch: a fresh one costs page faults on every epoch's first touch.
+    flat = x_train.reshape(N, -1)
+    xs = np.empty_like(flat)
     for epoch in range(first, recipe.epochs):
         start = time.perf_counter()
-        # One gather per epoch into a contiguous shuffled copy (uint8: a quarter of the float
-        # size), so every batch below is a view, converted to float32 in one pass.
         order = rngs["shuffle"].permutation(N)
-        xs = x_train.reshape(N, -1)[order]  # (N, H*W) uint8
+        np.take(flat, order, axis=0, out=xs)  # (N, H*W)
         ys = y_train[order].astype(np.int64)
         loss_sum, correct, lr, augment_seconds = 0.0, 0, schedule(epoch), 0.0
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False,

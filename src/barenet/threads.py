@@ -1,0 +1,52 @@
+"""Elementwise work split over the CPUs.
+
+The BLAS runs matrix products on every core, but a NumPy elementwise operation runs on one: on
+a 2-core laptop half the machine idles through an optimiser's update or a max-pool. NumPy
+releases the GIL inside its elementwise loops over large arrays, so a few threads, each given
+its own block of rows of the arrays, run in parallel. Every element is computed by the same
+operations whichever thread computes it: the results are identical, bit for bit, to one call
+on the whole arrays (tests/test_threads.py).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from .backend import array_module
+
+_pool: ThreadPoolExecutor | None = None
+
+
+def threads() -> int:
+    """How many threads share elementwise work: the CPUs this process may run on, at most 4."""
+    try:
+        return max(1, min(4, len(os.sched_getaffinity(0))))
+    except AttributeError:  # no sched_getaffinity (macOS, Windows)
+        return max(1, min(4, os.cpu_count() or 1))
+
+
+def in_blocks(work: Callable[..., None], *arrays: Any, min_size: int = 1 << 16) -> None:
+    """Run work(*blocks) on blocks of rows of `arrays`, in parallel threads.
+
+    arrays: NumPy arrays with the same length along axis 0; each thread gets rows [lo, hi) of
+    every one of them (views: `work` writes its results into them). Small arrays (fewer than
+    `min_size` elements in the first one), one CPU, or a GPU array: one call, no thread.
+    An exception in any block is raised here.
+    """
+    global _pool
+    n = min(threads(), arrays[0].shape[0] if arrays[0].ndim else 1)
+    if n < 2 or arrays[0].size < min_size or array_module(arrays[0]) is not np:
+        work(*arrays)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="barenet")
+    rows = arrays[0].shape[0]
+    bounds = [rows * i // n for i in range(n + 1)]
+    blocks = [[a[lo:hi] for a in arrays] for lo, hi in zip(bounds, bounds[1:], strict=False)]
+    for _ in _pool.map(lambda block: work(*block), blocks):
+        pass
