@@ -40,19 +40,21 @@ def numerical_gradient(
     """
     if x.dtype != np.float64:
         raise TypeError(f"gradient checks need float64 arrays, not {x.dtype}")
-    flat = x.reshape(-1)  # a view: writes go to x
-    if max_entries is None or max_entries >= flat.size:
-        index = np.arange(flat.size)
+    if max_entries is None or max_entries >= x.size:
+        index = np.arange(x.size)
     else:
-        index = (rng or np.random.default_rng(0)).choice(flat.size, max_entries, replace=False)
+        index = (rng or np.random.default_rng(0)).choice(x.size, max_entries, replace=False)
     grad = np.empty(index.size)
     for k, i in enumerate(index):
-        old = flat[i]
+        # Flat index i in row-major order, whatever x's memory order: the entry that
+        # x.reshape(-1)[i] reads (a copy, not a view, for a column-major x).
+        at = np.unravel_index(i, x.shape)
+        old = x[at]
         values = []
         for step in (h, -h, 2 * h, -2 * h):
-            flat[i] = old + step
+            x[at] = old + step
             values.append(f())
-        flat[i] = old
+        x[at] = old
         f1, f_1, f2, f_2 = values
         grad[k] = (8 * (f1 - f_1) - (f2 - f_2)) / (12 * h)
     return index, grad

@@ -28,6 +28,17 @@ def _load_into(buffers: dict[str, Array], prefix: str, state: dict[str, Array]) 
         buf[...] = src
 
 
+def _flat(*arrays: Array) -> list[Array]:
+    """Parameter-shaped arrays as 1-D views in their memory order (row- or column-major, as
+    the parameter was made; its gradient and the optimiser's buffers follow it), so that
+    elementwise updates split into blocks of contiguous memory. Element k of every view is the same entry of the
+    parameter only if all share one memory order: anything else is refused."""
+    orders = {"C" if a.flags.c_contiguous else "F" if a.flags.f_contiguous else "?" for a in arrays}
+    if len(orders) != 1 or "?" in orders:
+        raise ValueError(f"optimiser arrays must share one contiguous memory order, not {orders}")
+    return [a.ravel(order="K") for a in arrays]
+
+
 def max_norm_(W: Array, c: float) -> None:
     """Max-norm constraint (Srivastava et al. 2014), in place: rescale every unit's incoming
     weight vector whose L2 norm exceeds c back onto the ball of radius c.
@@ -114,7 +125,8 @@ class SGD:
 
         for name, W, g in self.parameters:
             decay = wd if name in self.decayed else 0.0
-            in_blocks(partial(update, decay=decay), W, g, self.velocity[name], self.scratch[name])
+            blocks = (W, g, self.velocity[name], self.scratch[name])
+            in_blocks(partial(update, decay=decay), *_flat(*blocks))
 
 
 class Adam:
@@ -209,7 +221,7 @@ class Adam:
         for name, W, g in self.parameters:
             decay = wd if name in self.decayed else 0.0
             blocks = (W, g, self.m[name], self.v[name], self.scratch[name])
-            in_blocks(partial(update, decay=decay), *blocks)
+            in_blocks(partial(update, decay=decay), *_flat(*blocks))
 
 
 class AdamW(Adam):
