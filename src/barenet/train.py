@@ -182,15 +182,13 @@ def train(
     image_shape = x_train.shape[1:]
     if aug is not None and (x_train.dtype != np.uint8 or x_train.ndim != 3):
         raise ValueError("augmentation needs (N, H, W) uint8 images")
-    # One gather per epoch into a contiguous shuffled copy (uint8: a quarter of the float size),
-    # so every batch below is a view, converted to float32 in one pass. The copy's buffer is
-    # reused from epoch to epoch: a fresh one costs page faults on every epoch's first touch.
+    # Each batch gathers its rows of the (uint8: a quarter of the float size) images by the
+    # epoch's shuffled order, then converts them to float32 in one pass: ~100 kB that stay in
+    # cache, where a shuffled copy of the whole training set (43 MB) would not.
     flat = x_train.reshape(N, -1)
-    xs = np.empty_like(flat)
     for epoch in range(first, recipe.epochs):
         start = time.perf_counter()
         order = rngs["shuffle"].permutation(N)
-        np.take(flat, order, axis=0, out=xs)  # (N, H*W)
         ys = y_train[order].astype(np.int64)
         loss_sum, correct, lr, augment_seconds = 0.0, 0, schedule(epoch), 0.0
         bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False,
@@ -200,11 +198,12 @@ def train(
         with bar, np.errstate(over="ignore", invalid="ignore"):
             for i in bar:
                 yb = ys[i * B : (i + 1) * B]
+                rows = np.take(flat, order[i * B : (i + 1) * B], axis=0)  # (B, H*W)
                 if aug is None:
-                    xb = to_inputs(xs[i * B : (i + 1) * B])
+                    xb = to_inputs(rows)
                 else:
                     t0 = time.perf_counter()
-                    batch = xs[i * B : (i + 1) * B].reshape(-1, *image_shape)
+                    batch = rows.reshape(-1, *image_shape)
                     xb = augment(batch, rngs["augment"], aug).reshape(len(yb), -1)
                     xb *= np.float32(1 / 255)
                     augment_seconds += time.perf_counter() - t0
