@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from barenet.modelfile import load_model
+
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "barenet", *args], capture_output=True, text=True,
@@ -195,3 +197,12 @@ def test_train_an_ensemble_then_evaluate_it(tmp_path, mnist):
     assert f"test accuracy {100 * summary['test_accuracy']:.2f}%" in e.stdout
     again = run("train", "--resume", str(out), "--no-progress")  # nothing left to do
     assert again.returncode == 0 and again.stderr.count("already trained") == 2
+    # Member k is exactly the single run with seed k - 1: the same weights, bit for bit.
+    single = run("train", "--epochs", "1", "--batch-size", "512", "--seed", "1",
+                 "--out", str(tmp_path / "seed-1"), "--no-progress")  # fmt: skip
+    assert single.returncode == 0, single.stderr
+    member, alone = (
+        load_model(d / "model.npz")[0] for d in (out / "member-2", tmp_path / "seed-1")
+    )
+    for (name, a, _), (_, b, _) in zip(member.parameters(), alone.parameters(), strict=True):
+        np.testing.assert_array_equal(a, b, err_msg=name)
