@@ -6,7 +6,7 @@ import pytest
 from barenet.conv import Conv2D, MaxPool2D
 from barenet.errors import BarenetError
 from barenet.layers import BatchNorm, DropConnect, Dropout, Reshape
-from barenet.recipes import RECIPES, Recipe, build_model
+from barenet.recipes import RECIPES, Recipe, build_model, get_recipe
 
 
 @pytest.mark.parametrize("name", list(RECIPES))
@@ -64,3 +64,13 @@ def test_check_names_the_bad_field(change, message):
 def test_from_dict_rejects_unknown_fields():
     with pytest.raises(BarenetError, match="unknown fields"):
         Recipe.from_dict({**RECIPES["seed"].to_dict(), "magic": 1})
+
+
+def test_recipes_have_fashion_settings_where_mnist_ones_do_not_suit():
+    mnist, fashion = get_recipe("cnn"), get_recipe("cnn", "fashion-mnist")
+    assert fashion.name == "cnn" and fashion.augment.flip and not mnist.augment.flip
+    assert fashion.augment.elastic_alpha == 0 < mnist.augment.elastic_alpha
+    assert get_recipe("mlp", "fashion-mnist").augment.flip
+    assert get_recipe("seed", "fashion-mnist") == get_recipe("seed")  # no settings of its own
+    for recipe in (fashion, get_recipe("mlp", "fashion-mnist")):
+        recipe.check()

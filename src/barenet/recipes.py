@@ -268,7 +268,32 @@ RECIPES["cnn-ensemble"] = dataclasses.replace(
 
 # A recipe's settings for another dataset, where MNIST's do not suit it: `barenet train
 # --recipe NAME --dataset DATASET` uses these.
-DATASET_SETTINGS: dict[tuple[str, str], Recipe] = {}
+DATASET_SETTINGS: dict[tuple[str, str], Recipe] = {
+    # Fashion-MNIST: clothes are mirror-symmetric but not rotated or elastically bent, and the
+    # MNIST settings underfit them (training accuracy below validation accuracy at the end).
+    ("mlp", "fashion-mnist"): dataclasses.replace(
+        RECIPES["mlp"],
+        description="Fully connected only, for clothes: 784-1200-1200-10 with BatchNorm and "
+        "dropout 0.2, trained on randomly mirrored and shifted (1 px) images.",
+        # Validation: the MNIST settings 88.68% (60 epochs); no input dropout, dropout 0.3,
+        # mirror + shift 1, 40 epochs: 88.98%; these: 90.08%.
+        input_dropout=0.0,
+        dropout=0.2,
+        batchnorm=True,
+        max_norm=0.0,
+        l2=1e-4,
+        augment=Augment(shift=1.0, flip=True),
+        epochs=30,
+    ),
+    ("cnn", "fashion-mnist"): dataclasses.replace(
+        RECIPES["cnn"],
+        description="The `cnn` network for clothes: trained on randomly mirrored and shifted "
+        "(2 px) images, without rotation, zoom or elastic distortion.",
+        # Validation: the MNIST settings 91.26% (15 epochs); these: see the README.
+        augment=Augment(shift=2.0, flip=True),
+        epochs=20,
+    ),
+}
 
 
 def get_recipe(name: str, dataset: str = "mnist") -> Recipe:
