@@ -399,7 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a recipe and save the model")
     p.add_argument("--recipe", choices=list(RECIPES), help="default: seed")
-    p.add_argument("--dataset", choices=data_names, help="default: mnist")
+    p.add_argument("--dataset", choices=data_names,
+                   help="default: mnist; a recipe may have settings of its own for a dataset "
+                   "(mlp and cnn on fashion-mnist)")  # fmt: skip
     p.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs")
     p.add_argument("--lr", type=_positive_float, help="override the recipe's peak learning rate")
     p.add_argument("--batch-size", type=_positive_int, help="override the recipe's batch size")
