@@ -4,9 +4,9 @@
     python benchmarks/bench_cnn.py [--repeats 3] [--steps 60] [--out benchmarks/results/NAME.json]
 
 The network of the `cnn` recipe (3x3 conv 32, BatchNorm, 2x2 max-pool, ReLU; 3x3 conv 64,
-BatchNorm, 2x2 max-pool, ReLU; dense 256, BatchNorm, ReLU, dropout 0.3; dense 10), batch 128, float32, SGD
-with Nesterov momentum 0.9 and L2 5e-4 on the weights, without augmentation (the same work in
-both). Each repeat runs each contestant in a fresh process of its own (interleaved), which
+BatchNorm, 2x2 max-pool, ReLU; dense 256, BatchNorm, ReLU, dropout 0.3; dense 10), batch 128,
+float32, SGD with Nesterov momentum 0.9 and L2 5e-4 on the weights, without augmentation (the
+same work in both). Each repeat runs each contestant in a fresh process of its own (interleaved), which
 trains `--steps` batches after 5 warm-up batches; the epoch time is the time per step times
 the 430 steps of an epoch of 55,000 images.
 
