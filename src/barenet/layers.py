@@ -316,8 +316,8 @@ def fold(M: int, F: int) -> int:
     An elementwise NumPy operation between x (M, F) and a per-feature vector v (F,) runs its
     inner loop over F only; with F = 32 (a convolution's channels) that loop is too short to
     be fast. The same operation on x viewed as (M / r, r F) (no copy), against v tiled r times,
-    has r times longer inner loops and runs 2-3x faster. r is the largest divisor of M up to
-    256 / F (1 for wide arrays)."""
+    has r times longer inner loops and runs 2-3x faster. r = gcd(M, 256 // F): it divides M
+    and keeps rows near 256 values (1 for arrays 256 or more wide)."""
     r = max(1, 256 // max(F, 1))
     return math.gcd(M, r) if M else 1
 
