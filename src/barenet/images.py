@@ -154,8 +154,10 @@ def prepare_digit(img: Image.Image) -> np.ndarray:
     grey = _greyscale(img)
     H, W = grey.shape
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
-    if (H, W) == (28, 28) and np.median(border) < 128:
-        return np.clip(grey + 0.5, 0, 255).astype(np.uint8)  # already MNIST's form
+    if (H, W) == (28, 28) and np.median(border) < 128:  # already MNIST's form
+        if grey.max() - np.median(border) < 16:
+            raise ImageError("the image is blank: no ink stands out from the background")
+        return np.clip(grey + 0.5, 0, 255).astype(np.uint8)
     if np.median(border) >= 128:
         grey = 255.0 - grey  # dark ink on light paper: make the ink bright
     # Paper brightness everywhere (a blur much wider than a stroke), subtracted.
