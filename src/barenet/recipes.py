@@ -289,11 +289,14 @@ DATASET_SETTINGS: dict[tuple[str, str], Recipe] = {
     ),
     ("cnn", "fashion-mnist"): dataclasses.replace(
         RECIPES["cnn"],
-        description="The `cnn` network for clothes: trained on randomly mirrored and shifted "
-        "(2 px) images, without rotation, zoom or elastic distortion.",
-        # Validation: the MNIST settings 91.26% (15 epochs); these: 93.52%.
+        description="The `cnn` network for clothes, with a 512-unit dense layer: trained on "
+        "randomly mirrored and shifted (2 px) images, without rotation, zoom or elastic "
+        "distortion.",
+        # Validation: the MNIST settings 91.26% (15 epochs); mirror + shift 2, 20 epochs: 93.52%;
+        # and with 512 dense units, 30 epochs: 94.48%.
+        hidden=(512,),
         augment=Augment(shift=2.0, flip=True),
-        epochs=20,
+        epochs=30,
     ),
 }
 
