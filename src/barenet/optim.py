@@ -31,8 +31,9 @@ def _load_into(buffers: dict[str, Array], prefix: str, state: dict[str, Array]) 
 def _flat(*arrays: Array) -> list[Array]:
     """Parameter-shaped arrays as 1-D views in their memory order (row- or column-major, as
     the parameter was made; its gradient and the optimiser's buffers follow it), so that
-    elementwise updates split into blocks of contiguous memory. Element k of every view is the same entry of the
-    parameter only if all share one memory order: anything else is refused."""
+    elementwise updates split into blocks of contiguous memory. Element k of every view is the
+    same entry of the parameter only if all share one memory order: anything else is refused.
+    """
     orders = {"C" if a.flags.c_contiguous else "F" if a.flags.f_contiguous else "?" for a in arrays}
     if len(orders) != 1 or "?" in orders:
         raise ValueError(f"optimiser arrays must share one contiguous memory order, not {orders}")
