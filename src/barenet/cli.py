@@ -391,6 +391,11 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_data_dir(p: argparse.ArgumentParser) -> None:
+    """--data-dir, the same for every command that reads a dataset."""
+    p.add_argument("--data-dir", help="a directory holding the four dataset files (.gz or raw)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="barenet", description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--version", action="version", version=f"barenet {__version__}")
@@ -415,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue an interrupted run from its last checkpoint")  # fmt: skip
     p.add_argument("--out", help="run directory (default: a new runs/<recipe>-<dataset>[-N])")
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
-    p.add_argument("--data-dir", help="a directory holding the four dataset files (.gz or raw)")
+    _add_data_dir(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -424,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model.npz files or run directories; several are averaged as an "
                    "ensemble")  # fmt: skip
     p.add_argument("--dataset", choices=data_names, help="default: the model's own")
-    p.add_argument("--data-dir", help="a directory holding the four dataset files (.gz or raw)")
+    _add_data_dir(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("predict", help="classify 28x28 greyscale digit images")
@@ -451,7 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a run directory (with history.json) or a model.npz file")
     p.add_argument("--out", help="where to write the PNG files (default: <run dir>/plots)")
     p.add_argument("--dataset", choices=data_names, help="default: the model's own")
-    p.add_argument("--data-dir", help="a directory holding the four dataset files (.gz or raw)")
+    _add_data_dir(p)
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("serve", help="a local web page: draw a digit, see the network read it")
@@ -481,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = data_sub.add_parser("fetch", help="fetch datasets into the cache, verified")
     q.add_argument("names", nargs="*", type=_dataset_name, metavar="DATASET",
                    help=f"{' or '.join(data_names)} (default: mnist)")  # fmt: skip
-    q.add_argument("--data-dir", help="a directory holding the four dataset files (.gz or raw)")
+    _add_data_dir(q)
     q.set_defaults(func=cmd_data_fetch)
     q = data_sub.add_parser("info", help="where the files are and whether their checksums hold")
     q.add_argument("names", nargs="*", type=_dataset_name, metavar="DATASET", help="default: all")
