@@ -36,6 +36,7 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
+BLANK = "the image is blank: no ink stands out from the background"
 MAX_PIXELS = 50_000_000  # a larger image is refused before it is decoded (decompression bombs)
 WORK_SIZE = 512  # photos are first shrunk to at most this many pixels on their longest side
 TRIM = 0.002  # fraction of the ink allowed outside the crop on each side
@@ -156,7 +157,7 @@ def prepare_digit(img: Image.Image) -> np.ndarray:
     border = np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])
     if (H, W) == (28, 28) and np.median(border) < 128:  # already MNIST's form
         if grey.max() - np.median(border) < 16:
-            raise ImageError("the image is blank: no ink stands out from the background")
+            raise ImageError(BLANK)
         return np.clip(grey + 0.5, 0, 255).astype(np.uint8)
     if np.median(border) >= 128:
         grey = 255.0 - grey  # dark ink on light paper: make the ink bright
@@ -165,7 +166,7 @@ def prepare_digit(img: Image.Image) -> np.ndarray:
     background = Image.fromarray(grey.astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius))
     ink = np.clip(grey - np.asarray(background, dtype=np.float32), 0, None)
     if ink.max() < 16:
-        raise ImageError("the image is blank: no ink stands out from the background")
+        raise ImageError(BLANK)
     ink *= 255.0 / ink.max()
     threshold = _otsu(ink)
     ink[ink < threshold / 2] = 0  # paper grain and noise
@@ -186,7 +187,7 @@ def prepare_digit(img: Image.Image) -> np.ndarray:
     small_size = (max(1, round(size[0] / 4)), max(1, round(size[1] / 4)))
     small = np.asarray(work.resize(small_size, Image.Resampling.LANCZOS), dtype=np.float32)
     if small.max() <= 0:
-        raise ImageError("the image is blank: no ink stands out from the background")
+        raise ImageError(BLANK)
     small *= 255.0 / small.max()
     # Centre of mass at the centre of the 28x28 image: pixel index 13.5 (between 13 and 14).
     ys, xs = np.indices(small.shape)
