@@ -47,6 +47,23 @@ def test_dense_keeps_float32_and_skips_input_gradient():
     np.testing.assert_array_equal(layer.grads["b"], [2, 2, 2])
 
 
+def test_dense_training_products_run_transposed_and_agree_with_inference():
+    # W and its gradient are column-major (the optimiser needs them to share a layout); the
+    # training pass computes (W^T x^T)^T, inference x W: the same map up to rounding.
+    rng = np.random.default_rng(4)
+    for layer in (Dense(30, 20, rng=rng), DropConnect(30, 20, 0.0, rng=rng)):
+        assert layer.params["W"].flags.f_contiguous and layer.grads["W"].flags.f_contiguous
+        x = rng.standard_normal((16, 30)).astype(np.float32)
+        inference_out = layer.forward(x)
+        train_out = layer.forward(x, training=True)
+        np.testing.assert_allclose(train_out, inference_out, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(train_out, x @ layer.params["W"], rtol=1e-5, atol=1e-5)
+        dout = rng.standard_normal(train_out.shape).astype(np.float32)
+        dx = layer.backward(dout)
+        np.testing.assert_allclose(layer.grads["W"], x.T @ dout, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dx, dout @ layer.params["W"].T, rtol=1e-5, atol=1e-5)
+
+
 def test_he_init_scale():
     W = Dense(1000, 500, rng=np.random.default_rng(0)).params["W"]
     assert W.std() == pytest.approx(np.sqrt(2 / 1000), rel=0.02)
