@@ -251,8 +251,9 @@ RECIPES = {
         hidden=(256,),
         dropout=0.3,
         l2=5e-4,
-        # Without the elastic distortion, seed 0 reached 99.56% on validation (99.54% with it):
-        # no gain measured, so the recipe keeps it; 30 epochs were stopped at 16 for time.
+        # Validation accuracy of seed 0 (this recipe: 99.48%): without the elastic distortion
+        # 99.56% (99.54% with it, an earlier engine); 30 epochs 99.50%; two convolutions per
+        # block (convs_per_block=2, 4x the compute) 99.54%. All within one seed's noise.
         augment=Augment(rotate=10.0, scale=0.1, shift=2.0, elastic_alpha=34.0, elastic_sigma=4.0),
         epochs=15,
         batch_size=128,
