@@ -49,19 +49,23 @@ def test_dense_keeps_float32_and_skips_input_gradient():
 
 def test_dense_training_products_run_transposed_and_agree_with_inference():
     # W and its gradient are column-major (the optimiser needs them to share a layout); the
-    # training pass computes (W^T x^T)^T, inference x W: the same map up to rounding.
+    # training pass computes (W^T x^T)^T, inference x W: the same map up to rounding. For
+    # DropConnect the masked weights W * M take W's place in every product.
     rng = np.random.default_rng(4)
-    for layer in (Dense(30, 20, rng=rng), DropConnect(30, 20, 0.0, rng=rng)):
+    for layer in (Dense(30, 20, rng=rng), DropConnect(30, 20, 0.5, rng=rng, mask_rng=rng)):
         assert layer.params["W"].flags.f_contiguous and layer.grads["W"].flags.f_contiguous
         x = rng.standard_normal((16, 30)).astype(np.float32)
-        inference_out = layer.forward(x)
+        W = layer.params["W"]
+        np.testing.assert_allclose(layer.forward(x), x @ W, rtol=1e-5, atol=1e-5)
         train_out = layer.forward(x, training=True)
-        np.testing.assert_allclose(train_out, inference_out, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(train_out, x @ layer.params["W"], rtol=1e-5, atol=1e-5)
+        mask = getattr(layer, "_mask", None)
+        M = np.ones_like(W) if mask is None else mask
+        assert mask is None or (mask == 0).any()  # some weights were dropped
+        np.testing.assert_allclose(train_out, x @ (W * M), rtol=1e-5, atol=1e-5)
         dout = rng.standard_normal(train_out.shape).astype(np.float32)
         dx = layer.backward(dout)
-        np.testing.assert_allclose(layer.grads["W"], x.T @ dout, rtol=1e-5, atol=1e-5)
-        np.testing.assert_allclose(dx, dout @ layer.params["W"].T, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(layer.grads["W"], (x.T @ dout) * M, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dx, dout @ (W * M).T, rtol=1e-5, atol=1e-5)
 
 
 def test_he_init_scale():
