@@ -184,25 +184,27 @@ class DropConnect(Dense):
         self.p = p
         self.rng = mask_rng if mask_rng is not None else np.random.default_rng()
         self._mask: Array | None = None
+        self._masked: Array | None = None  # W * mask of the last training batch
 
     def forward(self, x: Array, training: bool = False) -> Array:
         """x: (N, D) -> out: (N, H)."""
         W = self.params["W"]
         if not training or self.p == 0.0:
-            self._x, self._mask = (x if training else None), None
+            self._x, self._mask, self._masked = (x if training else None), None, None
             return super().forward(x, training)
         xp = array_module(x)
         keep = self.rng.random(W.shape, dtype=np.float32) >= self.p  # drawn on the CPU: seeded
         mask = xp.asarray(keep, dtype=W.dtype) * W.dtype.type(1.0 / (1.0 - self.p))
         self._mask = xp.asfortranarray(mask)  # W's memory layout
+        self._masked = W * self._mask  # the weights this batch uses, forward and backward
         self._x = x
-        return self._affine(x, W * self._mask, training)
+        return self._affine(x, self._masked, training)
 
     def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
         """dout: (N, H) -> dx: (N, D). Fills grads W: (D, H) and b: (H,)."""
-        if self._mask is None:
+        if self._mask is None or self._masked is None:
             return super().backward(dout, need_dx)
-        dx = self._backward(dout, self.params["W"] * self._mask, need_dx)
+        dx = self._backward(dout, self._masked, need_dx)
         self.grads["W"] *= self._mask  # only kept weights took part: the others get no gradient
         return dx
 
