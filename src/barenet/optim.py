@@ -15,6 +15,7 @@ from functools import partial
 import numpy as np
 
 from .backend import array_module
+from .blas import level1
 from .layers import Array
 from .threads import in_blocks
 
@@ -127,7 +128,25 @@ class SGD:
         for name, W, g in self.parameters:
             decay = wd if name in self.decayed else 0.0
             blocks = (W, g, self.velocity[name], self.scratch[name])
-            in_blocks(partial(update, decay=decay), *_flat(*blocks))
+            flat = _flat(*blocks)
+            fused = level1(*flat)
+            if fused is None:
+                in_blocks(partial(update, decay=decay), *flat)
+                continue
+            # The same update in at most 5 fused passes instead of 8 (blas.py says why).
+            W_, g_, v_ = flat[:3]
+            if decay:
+                fused.axpy(decay, W_, g_)  # g <- g + wd W
+            if mu == 0.0:
+                fused.axpy(-lr, g_, W_)
+                continue
+            fused.scal(mu, v_)
+            fused.axpy(1.0, g_, v_)  # v <- mu v + g
+            if nesterov:
+                fused.axpy(-lr, g_, W_)
+                fused.axpy(-lr * mu, v_, W_)  # W <- W - lr (g + mu v)
+            else:
+                fused.axpy(-lr, v_, W_)
 
 
 class Adam:

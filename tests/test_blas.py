@@ -1,0 +1,107 @@
+import glob
+import os
+
+import numpy as np
+import pytest
+
+import barenet.blas
+import barenet.optim
+from barenet.blas import _numpy_openblas_path, level1
+from barenet.optim import SGD
+
+
+def _numpy_ships_openblas() -> bool:
+    """NumPy's wheels carry their OpenBLAS beside the package (the set-up CI and users get)."""
+    here = os.path.dirname(os.path.realpath(np.__file__))
+    return bool(glob.glob(here + ".libs/*openblas*") + glob.glob(here + "/.dylibs/*openblas*"))
+
+
+def test_numpys_openblas_is_found_when_numpy_ships_one():
+    x = np.zeros(10, np.float32)
+    if _numpy_ships_openblas():
+        assert level1(x, x.copy()) is not None
+    else:  # another BLAS: the optimiser falls back to NumPy's operations
+        assert level1(x, x.copy()) is None or _numpy_openblas_path() is not None
+
+
+def test_a_second_openblas_in_the_process_is_not_taken_for_numpys():
+    """scikit-learn loads SciPy's OpenBLAS too; its thread pool must not be the one used."""
+    pytest.importorskip("scipy.linalg")  # installed with scikit-learn, a test dependency
+    from threadpoolctl import threadpool_info
+
+    openblas = [i["filepath"] for i in threadpool_info() if i["internal_api"] == "openblas"]
+    path = _numpy_openblas_path()
+    if _numpy_ships_openblas():
+        assert len(openblas) >= 2, openblas  # NumPy's and SciPy's
+        here = os.path.dirname(os.path.realpath(np.__file__))
+        assert path is not None and os.path.realpath(path).startswith(here)
+    else:
+        assert path is None or len(openblas) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_axpy_and_scal_give_numpys_results(dtype):
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal(100_003).astype(dtype), rng.standard_normal(100_003).astype(dtype)
+    fused = level1(x, y)
+    if fused is None:
+        assert not _numpy_ships_openblas()
+        return
+    expected = (y + dtype(0.3) * x) * dtype(-2.0)
+    fused.axpy(0.3, x, y)
+    fused.scal(-2.0, y)
+    # BLAS may fuse the multiply and the add (one rounding): equal up to the last bits
+    tol = 1e-6 if dtype == np.float32 else 1e-14
+    np.testing.assert_allclose(y, expected, rtol=tol, atol=tol)
+
+
+def test_arrays_blas_cannot_take_are_refused():
+    x = np.zeros(8, np.float32)
+    if level1(x, x.copy()) is None:
+        assert not _numpy_ships_openblas()
+        return
+    assert level1(np.zeros(16, np.float32)[::2], x) is None  # strided
+    assert level1(np.zeros((2, 4), np.float32), x) is None  # not 1-D
+    assert level1(np.zeros(8, np.float64), x) is None  # mixed dtypes
+    assert level1(np.zeros(8, np.float16), np.zeros(8, np.float16)) is None
+    assert level1(np.zeros(8, np.int64), np.zeros(8, np.int64)) is None
+    assert level1(np.zeros(9, np.float32), x) is None  # sizes differ
+    frozen = np.zeros(8, np.float32)
+    frozen.flags.writeable = False
+    assert level1(x, frozen) is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"momentum": 0.9, "nesterov": True, "weight_decay": 5e-4},
+        {"momentum": 0.9, "weight_decay": 5e-4},
+        {"momentum": 0.0, "weight_decay": 5e-4},
+        {"momentum": 0.5, "nesterov": True},
+    ],
+)
+def test_fused_sgd_update_equals_numpys(kwargs, monkeypatch):
+    """The BLAS path and the NumPy path compute the same update (to float32 rounding)."""
+    rng = np.random.default_rng(1)
+    W0 = np.asfortranarray(rng.standard_normal((300, 301)).astype(np.float32))
+    grads = [rng.standard_normal(W0.shape).astype(np.float32) for _ in range(5)]
+    results = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(barenet.optim, "level1", lambda *arrays: None)
+        W, g = W0.copy(order="F"), np.zeros_like(W0, order="F")
+        opt = SGD([("W", W, g)], decayed=["W"], **kwargs)
+        for grad in grads:
+            g[...] = grad
+            opt.step(0.05)
+        results.append(W)
+    assert not np.array_equal(results[1], W0)
+    np.testing.assert_allclose(results[0], results[1], rtol=1e-5, atol=1e-6)
+
+
+def test_without_numpys_openblas_the_optimiser_uses_numpy(monkeypatch):
+    monkeypatch.setattr(barenet.blas, "_load", lambda: None)
+    W, g = np.ones(4, np.float32), np.full(4, 2.0, np.float32)
+    assert level1(W, g) is None
+    SGD([("W", W, g)], momentum=0.0).step(0.5)
+    np.testing.assert_array_equal(W, np.zeros(4, np.float32))
