@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -61,9 +62,12 @@ def _numpy_openblas_path() -> str | None:
     """The file of the OpenBLAS NumPy computes with, if it can be told apart from others."""
     from threadpoolctl import threadpool_info
 
+    with warnings.catch_warnings():  # its notes on OpenMP runtimes concern other libraries
+        warnings.simplefilter("ignore")
+        libraries = threadpool_info()
     paths = [
         info["filepath"]
-        for info in threadpool_info()
+        for info in libraries
         if info.get("internal_api") == "openblas" and info.get("filepath")
     ]
     # NumPy's wheels carry their OpenBLAS beside the package (numpy.libs, numpy/.dylibs).
