@@ -28,6 +28,8 @@ def test_cnn_recipe_architecture():
     assert kinds.count(BatchNorm) == 3
     assert model.layers[kinds.index(Conv2D)].params["W"].shape == (3, 3, 1, 32)
     assert RECIPES["cnn-ensemble"].members == 5
+    deep = [type(layer) for layer in build_model(RECIPES["cnn-deep"], (28, 28), 10).layers]
+    assert deep.count(Conv2D) == 4 and deep.count(MaxPool2D) == 2 and deep.count(BatchNorm) == 5
 
 
 def test_random_layers_get_their_own_seeded_generators():

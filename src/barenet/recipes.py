@@ -253,8 +253,8 @@ RECIPES = {
         dropout=0.3,
         l2=5e-4,
         # Validation accuracy of seed 0 (this recipe: 99.48%): without the elastic distortion
-        # 99.56% (99.54% with it, an earlier engine); 30 epochs 99.50%; two convolutions per
-        # block (convs_per_block=2, 4x the compute) 99.54%. All within one seed's noise.
+        # 99.56% (99.54% with it, an earlier engine); 30 epochs 99.50%: within one seed's
+        # noise. Two convolutions per block were ahead on seeds 0-2: the `cnn-deep` recipe.
         augment=Augment(rotate=10.0, scale=0.1, shift=2.0, elastic_alpha=34.0, elastic_sigma=4.0),
         epochs=15,
         batch_size=128,
@@ -262,6 +262,14 @@ RECIPES = {
         warmup_epochs=0.5,
     ),
 }
+RECIPES["cnn-deep"] = dataclasses.replace(
+    RECIPES["cnn"],
+    name="cnn-deep",
+    description="The `cnn` network with two 3x3 convolutions in each block (32-32 and 64-64 "
+    "channels, VGG-style), the same augmentation: about four times the training time.",
+    # Validation accuracy, seeds 0-2: 99.54%, 99.54%, 99.48% (`cnn`: 99.50%, 99.48%, 99.38%).
+    convs_per_block=2,
+)
 RECIPES["cnn-ensemble"] = dataclasses.replace(
     RECIPES["cnn"],
     name="cnn-ensemble",
