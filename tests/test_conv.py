@@ -21,12 +21,13 @@ def naive_conv(x, W, b, stride, pad):
     return out
 
 
+@pytest.mark.parametrize("channels", [1, 3])  # one channel takes its own unfolding
 @pytest.mark.parametrize("k,stride,pad", [(1, 1, 0), (3, 1, 1), (3, 2, 0), (5, 1, 2), (2, 3, 1)])
-def test_conv_matches_definition_and_gradients(k, stride, pad):
+def test_conv_matches_definition_and_gradients(k, stride, pad, channels):
     rng = np.random.default_rng(k * 10 + stride)
-    conv = Conv2D(3, 4, k, stride=stride, padding=pad, rng=rng, dtype=np.float64)
+    conv = Conv2D(channels, 4, k, stride=stride, padding=pad, rng=rng, dtype=np.float64)
     conv.params["b"][...] = rng.standard_normal(4)
-    x = rng.standard_normal((2, 8, 7, 3))
+    x = rng.standard_normal((2, 8, 7, channels))
     out = conv.forward(x)
     np.testing.assert_allclose(out, naive_conv(x, conv.params["W"], conv.params["b"], stride, pad),
                                rtol=1e-12, atol=1e-12)  # fmt: skip

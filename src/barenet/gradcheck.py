@@ -164,11 +164,12 @@ def check_all(seed: int = 0) -> list[CheckResult]:
         bn.params["gamma"][...] = rng.uniform(0.5, 2.0, 5)
         bn.params["beta"][...] = rng.standard_normal(5)
         results += check_layer(name, bn, rng.standard_normal(shape), rng)
-    for k, stride, pad in ((3, 1, 1), (3, 2, 0), (5, 1, 2)):
-        conv = Conv2D(3, 4, k, stride=stride, padding=pad, rng=rng, dtype=np.float64)
+    for C, k, stride, pad in ((3, 3, 1, 1), (3, 3, 2, 0), (3, 5, 1, 2), (1, 3, 2, 1)):
+        conv = Conv2D(C, 4, k, stride=stride, padding=pad, rng=rng, dtype=np.float64)
         conv.params["b"][...] = rng.standard_normal(4)
-        x = rng.standard_normal((2, 7, 6, 3))
-        results += check_layer(f"Conv2D k{k} s{stride} p{pad}", conv, x, rng)
+        x = rng.standard_normal((2, 7, 6, C))
+        name = f"Conv2D k{k} s{stride} p{pad}" + (" (1 channel)" if C == 1 else "")
+        results += check_layer(name, conv, x, rng)
     # Max-pooling's derivative jumps where two inputs of a window tie: distinct values 0.1 apart
     # keep every finite difference on one side.
     for k, stride in ((2, 2), (3, 1)):

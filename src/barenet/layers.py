@@ -387,11 +387,15 @@ class BatchNorm:
             "running_mean": xp.zeros(num_features, dtype=dtype),
             "running_var": xp.ones(num_features, dtype=dtype),
         }
-        self._x_hat: Array | None = None
-        self._inv_std: Array | None = None
+        self._xc: Array | None = None  # x - mu, shape (M, F), kept for backward
+        self._inv_std: Array | None = None  # 1 / sqrt(var + eps), shape (F,)
 
     def forward(self, x: Array, training: bool = False) -> Array:
-        """x: (..., F) -> out: same shape and dtype."""
+        """x: (..., F) -> out: same shape and dtype.
+
+        out = (x - mu) * s + beta with s = gamma / sqrt(var + eps): x_hat itself is never
+        stored, so that each pass over x does a share of the work (memory traffic, not
+        arithmetic, is what these passes cost)."""
         xp = array_module(x)
         F = self.num_features
         if x.shape[-1] != F:
@@ -403,29 +407,32 @@ class BatchNorm:
             if M < 2:
                 raise ValueError("BatchNorm needs at least 2 values per feature while training")
             mu = column_sums(x2) / M
-            x_hat = x2.reshape(-1, r * F) - xp.tile(mu, r)  # centred, scaled in place below
-            var = xp.einsum("mf,mf->f", x_hat.reshape(M, F), x_hat.reshape(M, F)) / M
+            xc = x2.reshape(-1, r * F) - xp.tile(mu, r)  # (M / r, r F)
+            var = xp.einsum("mf,mf->f", xc.reshape(M, F), xc.reshape(M, F)) / M
             inv_std = 1.0 / xp.sqrt(var + x.dtype.type(self.eps))
-            x_hat *= xp.tile(inv_std, r)
-            self._x_hat, self._inv_std = x_hat.reshape(M, F), inv_std
+            self._xc, self._inv_std = xc.reshape(M, F), inv_std
             m = self.momentum
             self.buffers["running_mean"] *= 1 - m
             self.buffers["running_mean"] += m * mu
             self.buffers["running_var"] *= 1 - m
             self.buffers["running_var"] += (m * M / (M - 1)) * var
+            out = xc * xp.tile(self.params["gamma"] * inv_std, r)
+            out += xp.tile(self.params["beta"], r)
         else:
-            inv_std = 1.0 / xp.sqrt(self.buffers["running_var"] + x.dtype.type(self.eps))
-            x_hat = x2.reshape(-1, r * F) - xp.tile(self.buffers["running_mean"], r)
-            x_hat *= xp.tile(inv_std, r)
-            self._x_hat = None
-        out = x_hat * xp.tile(self.params["gamma"], r)
-        out += xp.tile(self.params["beta"], r)
+            # out = x s + (beta - mu s): two passes
+            s = self.params["gamma"] / xp.sqrt(self.buffers["running_var"] + x.dtype.type(self.eps))
+            out = x2.reshape(-1, r * F) * xp.tile(s, r)
+            out += xp.tile(self.params["beta"] - self.buffers["running_mean"] * s, r)
+            self._xc = None
         return out.reshape(x.shape)
 
     def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
-        """dout: (..., F) -> dx: same shape. Fills grads gamma and beta: (F,)."""
-        x_hat, inv_std = self._x_hat, self._inv_std
-        if x_hat is None or inv_std is None:
+        """dout: (..., F) -> dx: same shape. Fills grads gamma and beta: (F,).
+
+        With x_hat = xc / std (xc = x - mu, kept by forward): dgamma = sum(dout * xc) / std,
+        and dx = (gamma / std) (dout - dbeta / M - xc (dgamma / (M std)))."""
+        xc, inv_std = self._xc, self._inv_std
+        if xc is None or inv_std is None:
             raise RuntimeError(
                 "BatchNorm.backward called without a forward(training=True) before it"
             )
@@ -433,13 +440,13 @@ class BatchNorm:
         F = self.num_features
         d2 = dout.reshape(-1, F)  # (M, F)
         M = d2.shape[0]
-        xp.einsum("mf,mf->f", d2, x_hat, out=self.grads["gamma"])
+        self.grads["gamma"][...] = xp.einsum("mf,mf->f", d2, xc) * inv_std
         self.grads["beta"][...] = column_sums(d2)
         if not need_dx:
             return None
         r = fold(M, F)
         # mean(dx_hat) = gamma * dbeta / M and mean(dx_hat * x_hat) = gamma * dgamma / M
-        dx = x_hat.reshape(-1, r * F) * xp.tile(self.grads["gamma"] / M, r)
+        dx = xc.reshape(-1, r * F) * xp.tile(self.grads["gamma"] * inv_std / M, r)
         xp.subtract(d2.reshape(-1, r * F), dx, out=dx)
         dx -= xp.tile(self.grads["beta"] / M, r)
         dx *= xp.tile(self.params["gamma"] * inv_std, r)
