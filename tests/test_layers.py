@@ -10,6 +10,7 @@ from barenet.layers import (
     Flatten,
     ReLU,
     Reshape,
+    fold,
     layer_from_config,
 )
 
@@ -162,6 +163,35 @@ def test_batchnorm_gradients_dense_and_image_layouts():
         bn.params["beta"][...] = rng.standard_normal(4)
         for r in check_layer("BatchNorm", bn, rng.standard_normal(shape), rng):
             assert r.error < TOLERANCE, r
+
+
+def test_fold_divides_the_rows_and_fills_a_numpy_buffer():
+    assert fold(128 * 28 * 28, 32) * 32 == np.getbufsize()  # rows of one ufunc buffer
+    assert fold(128 * 196, 64) * 64 == np.getbufsize()
+    assert fold(6, 4) == 2 and fold(7, 32) == 1 and fold(0, 5) == 1
+    assert fold(10, 20000) == 1  # rows already longer than a buffer
+
+
+def test_batchnorm_on_folded_rows_matches_the_plain_formulas():
+    # M = 512 values per channel: BatchNorm works on rows of 8192 values (r = 256 folded rows).
+    rng = np.random.default_rng(2)
+    x, dout = rng.normal(3.0, 2.0, (2, 16, 16, 32)), rng.standard_normal((2, 16, 16, 32))
+    bn = BatchNorm(32, dtype=np.float64)
+    gamma, beta = rng.uniform(0.5, 2, 32), rng.standard_normal(32)
+    bn.params["gamma"][...], bn.params["beta"][...] = gamma, beta
+    mu, var = x.mean(axis=(0, 1, 2)), x.var(axis=(0, 1, 2))
+    x_hat = (x - mu) / np.sqrt(var + bn.eps)
+    np.testing.assert_allclose(bn.forward(x, training=True), gamma * x_hat + beta, atol=1e-12)
+    dx = bn.backward(dout)
+    M, g = 512, dout * gamma
+    dx_ref = g - g.sum(axis=(0, 1, 2)) / M - x_hat * (g * x_hat).sum(axis=(0, 1, 2)) / M
+    np.testing.assert_allclose(dx, dx_ref / np.sqrt(var + bn.eps), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(bn.grads["gamma"], (dout * x_hat).sum(axis=(0, 1, 2)), rtol=1e-10)
+    np.testing.assert_allclose(bn.grads["beta"], dout.sum(axis=(0, 1, 2)), rtol=1e-10)
+    # Inference with the running statistics: the same affine map, on folded rows too.
+    rm, rv = bn.buffers["running_mean"], bn.buffers["running_var"]
+    expected = gamma * (x - rm) / np.sqrt(rv + bn.eps) + beta
+    np.testing.assert_allclose(bn.forward(x), expected, rtol=1e-10, atol=1e-12)
 
 
 def test_batchnorm_normalises_and_keeps_running_statistics_as_buffers():
