@@ -27,7 +27,12 @@ def test_cnn_recipe_architecture():
     assert kinds[0] is Reshape and kinds.count(Conv2D) == 2 and kinds.count(MaxPool2D) == 2
     assert kinds.count(BatchNorm) == 3
     assert model.layers[kinds.index(Conv2D)].params["W"].shape == (3, 3, 1, 32)
-    assert RECIPES["cnn-ensemble"].members == 5
+    ensemble = RECIPES["cnn-ensemble"]
+    assert ensemble.members == 5 and ensemble.convs_per_block == 2  # five cnn-deep members
+    same = {
+        k: v for k, v in ensemble.to_dict().items() if k not in ("name", "description", "members")
+    }
+    assert same == {k: v for k, v in RECIPES["cnn-deep"].to_dict().items() if k in same}
     deep = [type(layer) for layer in build_model(RECIPES["cnn-deep"], (28, 28), 10).layers]
     assert deep.count(Conv2D) == 4 and deep.count(MaxPool2D) == 2 and deep.count(BatchNorm) == 5
 

@@ -271,9 +271,11 @@ RECIPES["cnn-deep"] = dataclasses.replace(
     convs_per_block=2,
 )
 RECIPES["cnn-ensemble"] = dataclasses.replace(
-    RECIPES["cnn"],
+    RECIPES["cnn-deep"],
     name="cnn-ensemble",
-    description="Five `cnn` members with seeds 0-4, their probabilities averaged.",
+    description="Five `cnn-deep` members with seeds 0-4, their probabilities averaged.",
+    # Validation accuracy of the averaged probabilities: five `cnn-deep` members 99.56%,
+    # five `cnn` members 99.48%, all ten 99.56%.
     members=5,
 )
 
