@@ -128,14 +128,9 @@ class Conv2D:
     def forward(self, x: Array, training: bool = False) -> Array:
         """x: (N, H, W, C) -> out: (N, OH, OW, F), same dtype as W."""
         xp = array_module(x)
-        N, H, W_, C = x.shape
-        if C != self.in_channels:
-            raise ValueError(f"Conv2D expects {self.in_channels} input channels, got {C}")
-        k, p, F = self.kernel_size, self.padding, self.out_channels
-        OH, OW = self.output_shape(H, W_)
-        if OH < 1 or OW < 1:
-            raise ValueError(f"Conv2D: a {k}x{k} kernel does not fit a {H}x{W_} input")
-        xpad = xp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
+        N, _, _, C = x.shape
+        k, F = self.kernel_size, self.out_channels
+        xpad, OH, OW = self._padded(x)
         if C == 1:
             out, cols = self._forward_one_channel(xpad, OH, OW)
         else:
@@ -150,25 +145,60 @@ class Conv2D:
     def _forward_one_channel(self, xpad: Array, OH: int, OW: int) -> tuple[Array, Array]:
         """The forward pass for one input channel (grayscale images: a network's first layer).
 
-        xpad: (N, Hp, Wp, 1) -> out: (N*OH*OW, F), and colsT: (k*k + 1, N*OH*OW), the
-        transpose of cols with a last row of ones. Unfolding windows of k*k single pixels row
-        by row copies k floats at a time (for 3x3 kernels on 128 MNIST digits: 1.5 ms, 3x the
-        product itself); colsT instead takes one strided block copy per kernel offset (i, j),
-        colsT[i*k + j] = xpad[:, i + s*oh, j + s*ow, 0] (0.2 ms). The row of ones multiplies the bias as a (k*k + 1)-th weight row, so that
+        xpad: (N, Hp, Wp, 1) -> out: (N*OH*OW, F), and colsT (`_unfold_one_channel`). The row
+        of ones in colsT multiplies the bias as a (k*k + 1)-th weight row, so that
         out = colsT^T [W; b] is the whole layer in one product, and in backward colsT dout
         gives [dW; db] at once.
         """
+        colsT = self._unfold_one_channel(xpad, OH, OW)
+        return colsT.T @ self.weights_with_bias(), colsT
+
+    def patches(self, x: Array) -> tuple[Array, tuple[int, int, int]]:
+        """The unfolded patches of a one-channel input, for work that needs them directly
+        (`barenet.fused`): x: (N, H, W, 1) -> colsT: (k*k + 1, N*OH*OW), the transpose of cols
+        with a last row of ones, and the output's (N, OH, OW)."""
+        if self.in_channels != 1:
+            raise ValueError("Conv2D.patches is for one-channel inputs")
+        xpad, OH, OW = self._padded(x)
+        return self._unfold_one_channel(xpad, OH, OW), (x.shape[0], OH, OW)
+
+    def _padded(self, x: Array) -> tuple[Array, int, int]:
+        """x: (N, H, W, C) -> the zero-padded input (N, H + 2p, W + 2p, C), OH and OW; a
+        ValueError if x does not have C channels or the kernel does not fit."""
+        N, H, W_, C = x.shape
+        if C != self.in_channels:
+            raise ValueError(f"Conv2D expects {self.in_channels} input channels, got {C}")
+        k, p = self.kernel_size, self.padding
+        OH, OW = self.output_shape(H, W_)
+        if OH < 1 or OW < 1:
+            raise ValueError(f"Conv2D: a {k}x{k} kernel does not fit a {H}x{W_} input")
+        xpad = array_module(x).pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
+        return xpad, OH, OW
+
+    def _unfold_one_channel(self, xpad: Array, OH: int, OW: int) -> Array:
+        """xpad: (N, Hp, Wp, 1) -> colsT: (k*k + 1, N*OH*OW), the transpose of cols with a
+        last row of ones.
+
+        Unfolding windows of k*k single pixels row by row copies k floats at a time (for 3x3
+        kernels on 128 MNIST digits: 1.5 ms, 3x the product itself); colsT instead takes one
+        strided block copy per kernel offset (i, j),
+        colsT[i*k + j] = xpad[:, i + s*oh, j + s*ow, 0] (0.2 ms).
+        """
         xp = array_module(xpad)
-        k, s, F = self.kernel_size, self.stride, self.out_channels
+        k, s = self.kernel_size, self.stride
         N = xpad.shape[0]
         colsT = xp.empty((k * k + 1, N, OH, OW), dtype=xpad.dtype)
         for i in range(k):
             for j in range(k):
                 colsT[i * k + j] = xpad[:, i : i + s * (OH - 1) + 1 : s, j : j + s * (OW - 1) + 1 : s, 0]  # fmt: skip
         colsT[k * k] = 1
-        colsT = colsT.reshape(k * k + 1, N * OH * OW)
-        Wb = xp.concatenate([self.params["W"].reshape(k * k, F), self.params["b"][None]])
-        return colsT.T @ Wb, colsT
+        return colsT.reshape(k * k + 1, N * OH * OW)
+
+    def weights_with_bias(self) -> Array:
+        """[W; b]: (k*k*C + 1, F), the weights as a matrix with the bias as its last row."""
+        xp = array_module(self.params["W"])
+        F = self.out_channels
+        return xp.concatenate([self.params["W"].reshape(-1, F), self.params["b"][None]])
 
     def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
         """dout: (N, OH, OW, F) -> dx: (N, H, W, C). Fills grads W: (k, k, C, F) and b: (F,).

@@ -413,11 +413,7 @@ class BatchNorm:
             var = xp.einsum("mf,mf->f", xc.reshape(M, F), xc.reshape(M, F)) / M
             inv_std = 1.0 / xp.sqrt(var + x.dtype.type(self.eps))
             self._xc, self._inv_std = xc.reshape(M, F), inv_std
-            m = self.momentum
-            self.buffers["running_mean"] *= 1 - m
-            self.buffers["running_mean"] += m * mu
-            self.buffers["running_var"] *= 1 - m
-            self.buffers["running_var"] += (m * M / (M - 1)) * var
+            self.update_running(mu, var, M)
             out = xc * xp.tile(self.params["gamma"] * inv_std, r)
             out += xp.tile(self.params["beta"], r)
         else:
@@ -427,6 +423,15 @@ class BatchNorm:
             out += xp.tile(self.params["beta"] - self.buffers["running_mean"] * s, r)
             self._xc = None
         return out.reshape(x.shape)
+
+    def update_running(self, mu: Array, var: Array, M: int) -> None:
+        """Move the running statistics towards a batch's mean and (biased) variance, (F,)
+        each, over M values per feature: the variance enters unbiased, var M / (M - 1)."""
+        m = self.momentum
+        self.buffers["running_mean"] *= 1 - m
+        self.buffers["running_mean"] += m * mu
+        self.buffers["running_var"] *= 1 - m
+        self.buffers["running_var"] += (m * M / (M - 1)) * var
 
     def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
         """dout: (..., F) -> dx: same shape. Fills grads gamma and beta: (F,).

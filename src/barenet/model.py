@@ -10,7 +10,9 @@ from typing import Any
 import numpy as np
 
 from .backend import array_module
-from .layers import Array, Dense, Layer, ReLU, layer_from_config
+from .conv import Conv2D
+from .fused import ConvBatchNorm
+from .layers import Array, BatchNorm, Dense, Layer, ReLU, layer_from_config
 
 
 class Sequential:
@@ -24,15 +26,34 @@ class Sequential:
         if not layers:
             raise ValueError("Sequential needs at least one layer")
         self.layers = list(layers)
+        self._pair: tuple[int, ConvBatchNorm] | None = None  # the last forward's fused pair
 
     def forward(self, x: Array, training: bool = False) -> Array:
         """x: (N, D) inputs -> scores: (N, C) unnormalised class scores.
 
         training=True: Dropout and DropConnect draw masks, BatchNorm uses (and updates) batch
-        statistics, and every layer keeps what its backward pass needs."""
-        for layer in self.layers:
-            x = layer.forward(x, training)
+        statistics, and every layer keeps what its backward pass needs. A first layer that is a
+        one-channel Conv2D with a BatchNorm after it trains as one pair (`barenet.fused`): the
+        same function and gradients, without passes over the convolution's output."""
+        self._pair = self._conv_batchnorm() if training else None
+        for i, layer in enumerate(self.layers):
+            if self._pair is not None and i == self._pair[0]:
+                x = self._pair[1].forward(x)
+            elif self._pair is None or i != self._pair[0] + 1:  # the pair's BatchNorm: done
+                x = layer.forward(x, training)
         return x
+
+    def _first_with_params(self) -> int:
+        return next((i for i, layer in enumerate(self.layers) if layer.params), 0)
+
+    def _conv_batchnorm(self) -> tuple[int, ConvBatchNorm] | None:
+        """(i, pair) if layers i and i + 1 are a one-channel Conv2D, the first layer with
+        parameters (nothing needs its input gradient), and a BatchNorm; else None."""
+        i = self._first_with_params()
+        conv, bn = self.layers[i], self.layers[i + 1] if i + 1 < len(self.layers) else None
+        if isinstance(conv, Conv2D) and conv.in_channels == 1 and isinstance(bn, BatchNorm):
+            return i, ConvBatchNorm(conv, bn)
+        return None
 
     def backward(self, dscores: Array) -> None:
         """Backpropagate dL/dscores (N, C) through every layer, filling each layer's grads.
@@ -41,9 +62,12 @@ class Sequential:
         parameters reads: nothing uses them. Layers before that one (a Reshape, an input
         Dropout) have no parameters and are not visited at all.
         """
-        first = next((i for i, layer in enumerate(self.layers) if layer.params), 0)
+        first = self._first_with_params()
         dout = dscores
         for i in range(len(self.layers) - 1, first - 1, -1):
+            if self._pair is not None and i == self._pair[0] + 1:
+                self._pair[1].backward(dout)  # both layers of the pair; they start at `first`
+                return
             dx = self.layers[i].backward(dout, need_dx=i > first)
             if i > first:
                 assert dx is not None

@@ -1,0 +1,102 @@
+"""A one-channel Conv2D followed by BatchNorm, trained from the patches' moments.
+
+A network's first convolution reads k*k pixels per output position but writes F channels, and
+BatchNorm then passes over that output eight times forward and a dozen times backward (in the
+`cnn` recipe, 128 x 28 x 28 x 32 floats, 12.8 MB per pass: ~12 ms of a ~70 ms training step).
+The convolution is linear in its patches, so BatchNorm's statistics follow from the patches'
+second moments, a small (k*k + 1)^2 matrix, and the normalisation folds into the weights: the
+pair costs one matrix product each way, like the convolution alone.
+
+With P = colsT (K, M), K = k*k + 1, the patches as columns with a last row of ones (`Conv2D.
+patches`), and Wb = [W; b] (K, F), the convolution's output is z = P^T Wb (M, F). Then
+    m = P 1 / M (K,)                   the mean of each patch entry (m[-1] = 1)
+    S = P P^T / M - m m^T (K, K)       their covariance (its last row and column are 0)
+    mu = Wb^T m,  var_f = Wb_f^T S Wb_f   exactly the mean and variance of z's column f
+    y = gamma (z - mu) / sigma + beta = P^T Wb',   sigma = sqrt(var + eps),
+    Wb' = Wb diag(gamma / sigma), its last (bias) row plus beta - mu gamma / sigma.
+Backward, from Q = P dy (K, F), the product the convolution's own backward pass computes:
+    dbeta = Q[-1],  dgamma = (diag(Wb^T Q) - mu dbeta) / sigma
+    dWb = (gamma / sigma) (Q - m dbeta^T - S Wb diag(dgamma / sigma))   (per column)
+Derivation in docs/backprop.md ("3h"); tests/test_fused.py compares both passes with the two
+layers run one after the other and checks the gradients against finite differences.
+
+The small K x K and K x F arithmetic runs in float64: a filter that takes differences of
+neighbouring pixels has a variance far below the pixels' own, and S Wb cancels most of them.
+
+`Sequential` uses this pair while training when the first layer with parameters is a
+one-channel Conv2D and a BatchNorm follows it (no input gradient is needed there, and the
+pair's output gradient never has to be formed); at inference the layers run one by one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import array_module, to_numpy
+from .conv import Conv2D
+from .layers import Array, BatchNorm
+
+
+class ConvBatchNorm:
+    """Trains `conv` (one input channel) and the `bn` after it as one step; holds no parameters
+    of its own: it reads and fills the two layers' params, grads and running statistics."""
+
+    def __init__(self, conv: Conv2D, bn: BatchNorm) -> None:
+        if conv.in_channels != 1 or bn.num_features != conv.out_channels:
+            raise ValueError("ConvBatchNorm needs a one-channel Conv2D and its BatchNorm")
+        self.conv, self.bn = conv, bn
+        self._P: Array | None = None  # colsT (K, M), kept for backward
+        self._moments: tuple[np.ndarray, ...] = ()  # m, S, Wb, mu, inv_std: float64
+
+    def forward(self, x: Array) -> Array:
+        """x: (N, H, W, 1) -> y = bn(conv(x)): (N, OH, OW, F), with the batch's statistics;
+        updates bn's running statistics."""
+        xp = array_module(x)
+        conv, bn = self.conv, self.bn
+        P, (N, OH, OW) = conv.patches(x)  # (K, M)
+        M = P.shape[1]
+        if M < 2:
+            raise ValueError("BatchNorm needs at least 2 values per feature while training")
+        P64 = P.astype(np.float64)
+        G = _float64(P64 @ P64.T) / M  # (K, K) second moments; its last row is m
+        m = G[-1].copy()
+        S = G - np.outer(m, m)
+        Wb = _float64(conv.weights_with_bias())
+        mu = m @ Wb  # (F,)
+        var = np.maximum(np.einsum("kf,kf->f", S @ Wb, Wb), 0.0)  # (F,)
+        inv_std = 1.0 / np.sqrt(var + bn.eps)
+        gamma = _float64(bn.params["gamma"])
+        scale = gamma * inv_std
+        Wb_folded = Wb * scale
+        Wb_folded[-1] += _float64(bn.params["beta"]) - mu * scale
+        dtype = P.dtype
+        bn.update_running(xp.asarray(mu.astype(dtype)), xp.asarray(var.astype(dtype)), M)
+        self._P, self._moments = P, (m, S, Wb, mu, inv_std)
+        y = P.T @ xp.asarray(Wb_folded.astype(dtype))  # (M, F)
+        return y.reshape(N, OH, OW, -1)
+
+    def backward(self, dy: Array) -> None:
+        """dy: (N, OH, OW, F), the gradient of y. Fills conv's grads W (k, k, 1, F) and b (F,)
+        and bn's grads gamma and beta (F,); no input gradient (the pair reads the input)."""
+        P = self._P
+        if P is None:
+            raise RuntimeError("ConvBatchNorm.backward called without a forward before it")
+        xp = array_module(dy)
+        conv, bn = self.conv, self.bn
+        m, S, Wb, mu, inv_std = self._moments
+        F = conv.out_channels
+        Q = _float64(P @ dy.reshape(-1, F))  # (K, F)
+        dbeta = Q[-1]
+        dgamma = (np.einsum("kf,kf->f", Wb, Q) - mu * dbeta) * inv_std
+        gamma = _float64(bn.params["gamma"])
+        dWb = (gamma * inv_std) * (Q - np.outer(m, dbeta) - (S @ Wb) * (dgamma * inv_std))
+        dtype = P.dtype
+        conv.grads["W"][...] = xp.asarray(dWb[:-1].reshape(conv.grads["W"].shape).astype(dtype))
+        conv.grads["b"][...] = xp.asarray(dWb[-1].astype(dtype))
+        bn.grads["gamma"][...] = xp.asarray(dgamma.astype(dtype))
+        bn.grads["beta"][...] = xp.asarray(dbeta.astype(dtype))
+
+
+def _float64(a: Array) -> np.ndarray:
+    """A small array of either module as a NumPy float64 array (on the CPU)."""
+    return to_numpy(a).astype(np.float64)
