@@ -86,3 +86,54 @@ def test_conv_and_pool_configs_round_trip():
         layer_from_config({**Conv2D(1, 1, 3).config(), "kernel_size": 0})
     with pytest.raises(ValueError, match="stride"):
         layer_from_config({"type": "MaxPool2D", "kernel_size": 2, "stride": True})
+
+
+def window_major(x, w):
+    """(N, OH, OW, C) -> (w*w, N, OH/w, OW/w, C): block a*w + b holds (n, w*ph + a, w*pw + b)."""
+    N, OH, OW, C = x.shape
+    blocks = x.reshape(N, OH // w, w, OW // w, w, C).transpose(2, 4, 0, 1, 3, 5)
+    return blocks.reshape(w * w, N, OH // w, OW // w, C)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("k,stride,pad,w", [(3, 1, 1, 2), (5, 1, 2, 2), (3, 2, 1, 2), (2, 1, 0, 3), (3, 1, 1, 4)])  # fmt: skip
+def test_conv_window_major_output_is_the_same_values_and_gradients(k, stride, pad, w, channels):
+    """forward(pool=w) writes the same outputs in window-major order; backward takes the
+    gradient in that order and gives the same dx, dW and db."""
+    rng = np.random.default_rng(k + 7 * w)
+    conv = Conv2D(channels, 4, k, stride=stride, padding=pad, rng=rng, dtype=np.float64)
+    conv.params["b"][...] = rng.standard_normal(4)
+    H, W = {(3, 1, 1, 4): (8, 12), (2, 1, 0, 3): (7, 10)}.get((k, stride, pad, w), (8, 12))
+    x = rng.standard_normal((3, H, W, channels))
+    plain = conv.forward(x, training=True)
+    assert plain.shape[1] % w == 0 and plain.shape[2] % w == 0  # the cases are chosen so
+    dout = rng.standard_normal(plain.shape)
+    dx = conv.backward(dout)
+    grads = {key: g.copy() for key, g in conv.grads.items()}
+    blocked = conv.forward(x, training=True, pool=w)
+    np.testing.assert_allclose(blocked, window_major(plain, w), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(conv.backward(window_major(dout, w)), dx, rtol=1e-12, atol=1e-13)
+    for key, g in grads.items():
+        np.testing.assert_allclose(conv.grads[key], g, rtol=1e-12, atol=1e-13)
+
+
+def test_conv_keeps_the_plain_layout_where_the_pool_does_not_divide_the_output():
+    conv = Conv2D(2, 3, 3, padding=1, rng=np.random.default_rng(0))
+    assert conv.forward(np.ones((2, 7, 8, 2), np.float32), pool=2).shape == (2, 7, 8, 3)
+    assert conv.forward(np.ones((2, 8, 8, 2), np.float32), pool=2).shape == (4, 2, 4, 4, 3)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_maxpool_of_a_window_major_input_equals_the_plain_pool(k):
+    rng = np.random.default_rng(k)
+    x = rng.permutation(2 * 6 * 6 * 5).reshape(2, 6, 6, 5).astype(np.float64)  # no ties
+    pool = MaxPool2D(k)
+    out = pool.forward(x, training=True)
+    dout = rng.standard_normal(out.shape)
+    dx = pool.backward(dout)
+    np.testing.assert_array_equal(pool.forward(window_major(x, k), training=True), out)
+    np.testing.assert_array_equal(pool.backward(dout), window_major(dx, k))
+    with pytest.raises(ValueError, match="window-major"):
+        MaxPool2D(k, stride=1).forward(window_major(x, k))
+    with pytest.raises(ValueError, match="window-major"):
+        MaxPool2D(k + 1).forward(window_major(x, k))

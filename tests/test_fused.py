@@ -151,3 +151,50 @@ def test_pair_refuses_what_it_cannot_do():
         ConvBatchNorm(Conv2D(1, 3, 3), BatchNorm(3)).backward(np.zeros((1, 1, 1, 3)))
     with pytest.raises(ValueError, match="at least 2 values"):
         ConvBatchNorm(Conv2D(1, 3, 3), BatchNorm(3)).forward(np.zeros((1, 3, 3, 1)))
+
+
+def test_sequential_training_step_equals_the_layers_run_one_by_one():
+    """The pair and the window-major outputs of the convolutions before each pool change the
+    order of the work, not its result: a whole float64 cnn-deep-like step, against each
+    layer's own forward and backward in the plain layout."""
+    rng = np.random.default_rng(5)
+
+    def net():
+        r = np.random.default_rng(6)
+        layers = [
+            Reshape((8, 8, 1)),
+            Conv2D(1, 4, 3, padding=1, rng=r, dtype=np.float64), BatchNorm(4, dtype=np.float64),
+            ReLU(),
+            Conv2D(4, 4, 3, padding=1, rng=r, dtype=np.float64), BatchNorm(4, dtype=np.float64),
+            MaxPool2D(2), ReLU(),
+            Conv2D(4, 6, 3, padding=1, rng=r, dtype=np.float64), BatchNorm(6, dtype=np.float64),
+            MaxPool2D(2), ReLU(),
+            Flatten(), Dense(24, 3, rng=r, dtype=np.float64),
+        ]  # fmt: skip
+        return Sequential(layers)
+
+    seq, apart = net(), net()
+    assert seq._pooled_convolutions() == {4: 2, 8: 2}
+    x, y = rng.uniform(0, 1, (5, 64)), rng.integers(0, 3, 5)
+    scores = seq.forward(x, training=True)
+    _, ds = softmax_cross_entropy(scores, y)
+    seq.backward(ds)
+    h = x
+    for layer in apart.layers:
+        h = layer.forward(h, training=True)
+    np.testing.assert_allclose(scores, h, rtol=1e-12, atol=1e-12)
+    d = ds
+    for i in range(len(apart.layers) - 1, 0, -1):
+        d = apart.layers[i].backward(d, need_dx=i > 1)
+    for (name, _, g), (_, _, g2) in zip(seq.parameters(), apart.parameters()):
+        np.testing.assert_allclose(g, g2, rtol=1e-9, atol=1e-12, err_msg=name)
+    for (name, b), (_, b2) in zip(seq.buffers(), apart.buffers()):
+        np.testing.assert_allclose(b, b2, rtol=1e-12, atol=1e-12, err_msg=name)
+    # inference: the window-major layouts, without the pair
+    np.testing.assert_allclose(seq.forward(x), _run_plain(apart.layers, x), rtol=1e-12, atol=1e-12)
+
+
+def _run_plain(layers, x):
+    for layer in layers:
+        x = layer.forward(x)
+    return x

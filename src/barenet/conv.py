@@ -40,36 +40,48 @@ def _windows(x: Array, kh: int, kw: int, stride: int) -> Array:
 def _scatter_windows(dwin: Array, shape: tuple[int, ...], stride: int, padding: int) -> Array:
     """The adjoint of `_windows` on the padded input, cropped: the input gradient dx.
 
-    dwin: (kh, kw, N, OH, OW, C), the gradient of each kernel offset's view -> dx: `shape` =
-    (N, H, W, C), the unpadded input's. One strided add per kernel offset (i, j):
-    dx[:, s*oh + i - p, s*ow + j - p, :] += dwin[i, j, :, oh, ow, :], vectorised over the
-    (N, OH, OW, C) positions that land inside dx (those on the padding are dropped: padding is
-    a constant); overlapping windows (stride < kernel) add up, as the chain rule requires.
-    Offsets first, so that each add reads a contiguous block. Where one offset covers all of dx
-    ("same" padding, stride 1: offset (p, p)), it is assigned first instead of adding onto
-    zeros: two passes fewer.
+    dwin: (kh, kw, w, w, N, PH, PW, C), the gradient of each kernel offset's view, its output
+    positions (oh, ow) = (w*ph + a, w*pw + b) (window-major rows, `Conv2D.forward(pool=w)`;
+    w = 1 for the plain layout) -> dx: `shape` = (N, H, W, C), the unpadded input's. One
+    strided add per kernel offset (i, j) and window offset (a, b):
+    dx[:, s*oh + i - p, s*ow + j - p, :] += dwin[i, j, a, b, :, ph, pw, :], vectorised over the
+    positions that land inside dx (those on the padding are dropped: padding is a constant);
+    overlapping windows (stride < kernel) add up, as the chain rule requires. Offsets first,
+    so that each add reads a contiguous block. Where the blocks of one kernel offset cover
+    all of dx ("same" padding, stride 1: offset (p, p)), they are assigned first instead of
+    adding onto zeros: two passes fewer.
     """
     xp = array_module(dwin)
-    kh, kw, N, OH, OW, C = dwin.shape
+    kh, kw, w, _, N, PH, PW, C = dwin.shape
     _, H, W, _ = shape
+    step = stride * w  # between the inputs of neighbouring outputs of one block
 
     def span(i: int, outputs: int, inputs: int) -> tuple[int, int, int]:
-        """Outputs o in [lo, hi) whose input s*o + i - p is in [0, inputs); and that input at lo."""
-        lo = max(0, -((i - padding) // stride))  # ceil((p - i) / s)
-        hi = min(outputs, (inputs - 1 - i + padding) // stride + 1)
-        return lo, hi, stride * lo + i - padding
+        """Outputs o in [lo, hi) whose input step*o + i - p is in [0, inputs); that input at lo."""
+        lo = max(0, -((i - padding) // step))  # ceil((p - i) / step)
+        hi = min(outputs, (inputs - 1 - i + padding) // step + 1)
+        return lo, hi, step * lo + i - padding
 
-    covering = stride == 1 and (OH, OW) == (H, W)
+    covering = stride == 1 and (w * PH, w * PW) == (H, W)
     dx = xp.empty(shape, dtype=dwin.dtype) if covering else xp.zeros(shape, dtype=dwin.dtype)
-    if covering:
-        dx[...] = dwin[padding, padding]
-    for i in range(kh):
-        for j in range(kw):
-            if covering and i == j == padding:
-                continue
-            (a, b, h), (c, d, w) = span(i, OH, H), span(j, OW, W)
-            if a < b and c < d:
-                dx[:, h : h + stride * (b - a - 1) + 1 : stride, w : w + stride * (d - c - 1) + 1 : stride, :] += dwin[i, j, :, a:b, c:d, :]  # fmt: skip
+    offsets = [(i, j) for i in range(kh) for j in range(kw)]
+    if covering:  # the covering offset first: its blocks are assigned
+        offsets.remove((padding, padding))
+        offsets.insert(0, (padding, padding))
+    for i, j in offsets:
+        for a in range(w):
+            for b in range(w):
+                (lo, hi, h), (lo2, hi2, c) = (
+                    span(stride * a + i, PH, H),
+                    span(stride * b + j, PW, W),
+                )
+                if lo < hi and lo2 < hi2:
+                    target = dx[:, h : h + step * (hi - lo - 1) + 1 : step, c : c + step * (hi2 - lo2 - 1) + 1 : step, :]  # fmt: skip
+                    block = dwin[i, j, a, b, :, lo:hi, lo2:hi2, :]
+                    if covering and (i, j) == (padding, padding):
+                        target[...] = block
+                    else:
+                        target += block
     return dx
 
 
@@ -120,29 +132,49 @@ class Conv2D:
         self.buffers: dict[str, Array] = {}
         self._cols: Array | None = None
         self._x_shape: tuple[int, ...] = ()
+        self._w = 1  # the window-major block size of the last forward's output (1: plain)
 
     def output_shape(self, H: int, W: int) -> tuple[int, int]:
         k, s, p = self.kernel_size, self.stride, self.padding
         return (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
 
-    def forward(self, x: Array, training: bool = False) -> Array:
-        """x: (N, H, W, C) -> out: (N, OH, OW, F), same dtype as W."""
+    def forward(self, x: Array, training: bool = False, pool: int = 0) -> Array:
+        """x: (N, H, W, C) -> out: (N, OH, OW, F), same dtype as W.
+
+        pool = w > 1, for a w x w max-pool with stride w that follows (through per-channel
+        layers only): where w divides OH and OW, out is written window-major instead,
+        (w*w, N, OH/w, OW/w, F), out[a*w + b, n, ph, pw] being the output at
+        (n, w*ph + a, w*pw + b), so that the pool compares contiguous blocks (`MaxPool2D`).
+        The same values in another order: each is a row of the product, and the rows of
+        cols are simply unfolded in that order."""
         xp = array_module(x)
         N, _, _, C = x.shape
         k, F = self.kernel_size, self.out_channels
         xpad, OH, OW = self._padded(x)
+        w = self._window(OH, OW, pool)
         if C == 1:
-            out, cols = self._forward_one_channel(xpad, OH, OW)
+            out, cols = self._forward_one_channel(xpad, OH, OW, w)
         else:
-            cols = _windows(xpad, k, k, self.stride).reshape(N * OH * OW, k * k * C)  # the copy
+            windows = _windows(xpad, k, k, self.stride)  # (N, OH, OW, k, k, C), a view
+            if w > 1:  # (w, w, N, OH/w, OW/w, k, k, C), a view
+                windows = windows.reshape(N, OH // w, w, OW // w, w, k, k, C)
+                windows = windows.transpose(2, 4, 0, 1, 3, 5, 6, 7)
+            cols = windows.reshape(N * OH * OW, k * k * C)  # the copy
             out = cols @ self.params["W"].reshape(k * k * C, F)  # (N*OH*OW, F)
             r = fold(out.shape[0], F)  # the bias added over (M / r, r F) views: longer loops
             out.reshape(-1, r * F)[...] += xp.tile(self.params["b"], r)
         self._cols = cols if training else None
-        self._x_shape = x.shape
-        return out.reshape(N, OH, OW, F)
+        self._x_shape, self._w = x.shape, w
+        return out.reshape(N, OH, OW, F) if w == 1 else out.reshape(w * w, N, OH // w, OW // w, F)
 
-    def _forward_one_channel(self, xpad: Array, OH: int, OW: int) -> tuple[Array, Array]:
+    @staticmethod
+    def _window(OH: int, OW: int, pool: int) -> int:
+        """The window-major block size w for an output of OH x OW (1: the plain layout)."""
+        return pool if pool > 1 and OH % pool == 0 and OW % pool == 0 else 1
+
+    def _forward_one_channel(
+        self, xpad: Array, OH: int, OW: int, w: int = 1
+    ) -> tuple[Array, Array]:
         """The forward pass for one input channel (grayscale images: a network's first layer).
 
         xpad: (N, Hp, Wp, 1) -> out: (N*OH*OW, F), and colsT (`_unfold_one_channel`). The row
@@ -150,17 +182,22 @@ class Conv2D:
         out = colsT^T [W; b] is the whole layer in one product, and in backward colsT dout
         gives [dW; db] at once.
         """
-        colsT = self._unfold_one_channel(xpad, OH, OW)
+        colsT = self._unfold_one_channel(xpad, OH, OW, w)
         return colsT.T @ self.weights_with_bias(), colsT
 
-    def patches(self, x: Array) -> tuple[Array, tuple[int, int, int]]:
+    def patches(self, x: Array, pool: int = 0) -> tuple[Array, tuple[int, ...]]:
         """The unfolded patches of a one-channel input, for work that needs them directly
         (`barenet.fused`): x: (N, H, W, 1) -> colsT: (k*k + 1, N*OH*OW), the transpose of cols
-        with a last row of ones, and the output's (N, OH, OW)."""
+        with a last row of ones, its columns in the order of `forward(x, pool=pool)`'s
+        outputs, and the shape of those outputs without F: (N, OH, OW) or (w*w, N, OH/w,
+        OW/w)."""
         if self.in_channels != 1:
             raise ValueError("Conv2D.patches is for one-channel inputs")
         xpad, OH, OW = self._padded(x)
-        return self._unfold_one_channel(xpad, OH, OW), (x.shape[0], OH, OW)
+        w = self._window(OH, OW, pool)
+        N = x.shape[0]
+        shape = (N, OH, OW) if w == 1 else (w * w, N, OH // w, OW // w)
+        return self._unfold_one_channel(xpad, OH, OW, w), shape
 
     def _padded(self, x: Array) -> tuple[Array, int, int]:
         """x: (N, H, W, C) -> the zero-padded input (N, H + 2p, W + 2p, C), OH and OW; a
@@ -175,22 +212,26 @@ class Conv2D:
         xpad = array_module(x).pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
         return xpad, OH, OW
 
-    def _unfold_one_channel(self, xpad: Array, OH: int, OW: int) -> Array:
+    def _unfold_one_channel(self, xpad: Array, OH: int, OW: int, w: int = 1) -> Array:
         """xpad: (N, Hp, Wp, 1) -> colsT: (k*k + 1, N*OH*OW), the transpose of cols with a
-        last row of ones.
+        last row of ones; its columns window-major for w > 1 (see `forward`).
 
         Unfolding windows of k*k single pixels row by row copies k floats at a time (for 3x3
         kernels on 128 MNIST digits: 1.5 ms, 3x the product itself); colsT instead takes one
-        strided block copy per kernel offset (i, j),
-        colsT[i*k + j] = xpad[:, i + s*oh, j + s*ow, 0] (0.2 ms).
+        strided block copy per kernel offset (i, j) (and window offset (a, b)),
+        colsT[i*k + j, a*w + b] = xpad[:, i + s*(w*ph + a), j + s*(w*pw + b), 0] (0.2 ms).
         """
         xp = array_module(xpad)
         k, s = self.kernel_size, self.stride
         N = xpad.shape[0]
-        colsT = xp.empty((k * k + 1, N, OH, OW), dtype=xpad.dtype)
+        PH, PW, step = OH // w, OW // w, s * w
+        colsT = xp.empty((k * k + 1, w * w, N, PH, PW), dtype=xpad.dtype)
         for i in range(k):
             for j in range(k):
-                colsT[i * k + j] = xpad[:, i : i + s * (OH - 1) + 1 : s, j : j + s * (OW - 1) + 1 : s, 0]  # fmt: skip
+                for a in range(w):
+                    for b in range(w):
+                        h, c = i + s * a, j + s * b
+                        colsT[i * k + j, a * w + b] = xpad[:, h : h + step * (PH - 1) + 1 : step, c : c + step * (PW - 1) + 1 : step, 0]  # fmt: skip
         colsT[k * k] = 1
         return colsT.reshape(k * k + 1, N * OH * OW)
 
@@ -201,7 +242,8 @@ class Conv2D:
         return xp.concatenate([self.params["W"].reshape(-1, F), self.params["b"][None]])
 
     def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
-        """dout: (N, OH, OW, F) -> dx: (N, H, W, C). Fills grads W: (k, k, C, F) and b: (F,).
+        """dout: (N, OH, OW, F), or window-major (w*w, N, OH/w, OW/w, F) if forward wrote its
+        output so -> dx: (N, H, W, C). Fills grads W: (k, k, C, F) and b: (F,).
 
         With dout2 = dout.reshape(N*OH*OW, F): dW = cols^T dout2, db = sum of dout2's rows,
         dcols = dout2 W^T, and dx is dcols folded back onto the input ("col2im"), the share
@@ -211,9 +253,10 @@ class Conv2D:
         if cols is None:
             raise RuntimeError("Conv2D.backward called without a forward(training=True) before it")
         xp = array_module(dout)
-        k, p, F = self.kernel_size, self.padding, self.out_channels
-        N, OH, OW, _ = dout.shape
-        dout2 = dout.reshape(N * OH * OW, F)
+        k, p, F, w = self.kernel_size, self.padding, self.out_channels, self._w
+        N = self._x_shape[0]
+        dout2 = dout.reshape(-1, F)  # (N*OH*OW, F), its rows in the order of cols
+        blocks = (w, w, N, *dout.shape[-3:-1])  # (w, w, N, OH/w, OW/w); w = 1: plain
         W2 = self.params["W"].reshape(-1, F)  # (k*k*C, F), a view
         if self._x_shape[3] == 1:  # cols is colsT (k*k + 1, N*OH*OW): _forward_one_channel
             dWb = cols @ dout2  # (k*k + 1, F): [dW; db]
@@ -221,7 +264,7 @@ class Conv2D:
             self.grads["b"][...] = dWb[-1]
             if not need_dx:
                 return None
-            dcols = (W2 @ dout2.T).reshape(k, k, N, OH, OW, 1)  # dcolsT, a block per offset
+            dcols = (W2 @ dout2.T).reshape(k, k, *blocks, 1)  # dcolsT, a block per offset
             return _scatter_windows(dcols, self._x_shape, self.stride, p)
         # dW^T = dout2^T cols: the same product as cols^T dout2, but OpenBLAS runs this
         # orientation (long contiguous rows on both sides) about 20% faster.
@@ -233,7 +276,7 @@ class Conv2D:
         # dout2 W[i, j]^T, (N*OH*OW, C) each, so that each offset's block is contiguous.
         C = self.in_channels
         Wt = W2.reshape(k * k, C, F).transpose(0, 2, 1)  # (k*k, F, C), a view
-        dcols = xp.matmul(dout2, Wt).reshape(k, k, N, OH, OW, C)
+        dcols = xp.matmul(dout2, Wt).reshape(k, k, *blocks, C)
         return _scatter_windows(dcols, self._x_shape, self.stride, p)
 
     def config(self) -> dict[str, Any]:
@@ -288,23 +331,39 @@ class MaxPool2D:
         ]
 
     def forward(self, x: Array, training: bool = False) -> Array:
-        """x: (N, H, W, C) -> out: (N, OH, OW, C), OH = (H - k) // s + 1."""
+        """x: (N, H, W, C) -> out: (N, OH, OW, C), OH = (H - k) // s + 1.
+
+        x may also be window-major, (k*k, N, OH, OW, C) with x[i*k + j, n, oh, ow] the input at
+        (n, k*oh + i, k*ow + j) (`Conv2D.forward(pool=k)`, stride k): the window offsets are
+        then contiguous blocks instead of strided views whose rows are only C values long
+        (for the `cnn` recipe's first pool, 0.9 against 2.5 ms)."""
         xp = array_module(x)
         k, s = self.kernel_size, self.stride
-        N, H, W, C = x.shape
-        if H < k or W < k:
-            raise ValueError(f"MaxPool2D: a {k}x{k} window does not fit a {H}x{W} input")
-        OH, OW = (H - k) // s + 1, (W - k) // s + 1
-        (first_rows, first_cols), *rest = self._offsets(OH, OW)
+        if x.ndim == 5:  # window-major
+            if x.shape[0] != k * k or s != k:
+                raise ValueError(
+                    f"MaxPool2D: a window-major input needs {k * k} blocks and stride {k}"
+                )
+            _, N, OH, OW, C = x.shape
+            source = x.swapaxes(0, 1)  # (N, k*k, OH, OW, C), a view: split over images below
+            picks: list[Any] = [(slice(None), t) for t in range(k * k)]
+        else:
+            N, H, W, C = x.shape
+            if H < k or W < k:
+                raise ValueError(f"MaxPool2D: a {k}x{k} window does not fit a {H}x{W} input")
+            OH, OW = (H - k) // s + 1, (W - k) // s + 1
+            source = x
+            picks = [(slice(None), rows, cols) for rows, cols in self._offsets(OH, OW)]
+        first, *rest = picks
         out = xp.empty((N, OH, OW, C), dtype=x.dtype)
         winner = xp.empty((N, OH, OW, C), dtype=xp.uint8) if training else None
 
         def pool(x: Array, out: Array, winner: Array | None = None) -> None:
-            out[...] = x[:, first_rows, first_cols, :]
+            out[...] = x[first]
             if winner is not None:
                 winner.fill(0)
-            for t, (rows, cols) in enumerate(rest, start=1):
-                candidate = x[:, rows, cols, :]
+            for t, pick in enumerate(rest, start=1):
+                candidate = x[pick]
                 if winner is not None:
                     # Strictly greater: a tie keeps the earlier offset. t grows, so the winner
                     # is max(winner, t * [candidate > out]): no branch per element, unlike a mask.
@@ -313,12 +372,12 @@ class MaxPool2D:
                     xp.maximum(winner, beats, out=winner)
                 xp.maximum(out, candidate, out=out)
 
-        in_blocks(pool, x, out, *([] if winner is None else [winner]))  # images split over CPUs
+        in_blocks(pool, source, out, *([] if winner is None else [winner]))  # images over CPUs
         self._x_shape, self._winner = x.shape, winner
         return out
 
     def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
-        """dout: (N, OH, OW, C) -> dx: (N, H, W, C)."""
+        """dout: (N, OH, OW, C) -> dx: (N, H, W, C), or window-major like forward's input."""
         winner = self._winner
         if winner is None:
             raise RuntimeError(
@@ -328,23 +387,29 @@ class MaxPool2D:
             return None
         xp = array_module(dout)
         k, s = self.kernel_size, self.stride
-        N, H, W, C = self._x_shape
         _, OH, OW, _ = dout.shape
-        offsets = self._offsets(OH, OW)
-        # Windows that neither overlap nor leave pixels out write every dx entry exactly once.
-        tiled = s == k and H == OH * k and W == OW * k
         dx = xp.empty(self._x_shape, dtype=dout.dtype)
+        if dx.ndim == 5:  # window-major, like the input
+            target = dx.swapaxes(0, 1)  # (N, k*k, OH, OW, C), a view
+            picks: list[Any] = [(slice(None), t) for t in range(k * k)]
+            tiled = True
+        else:
+            _, H, W, _ = self._x_shape
+            target = dx
+            picks = [(slice(None), rows, cols) for rows, cols in self._offsets(OH, OW)]
+            # Windows that neither overlap nor leave pixels out write every dx entry once.
+            tiled = s == k and H == OH * k and W == OW * k
 
         def route(dout: Array, winner: Array, dx: Array) -> None:
             if not tiled:
                 dx.fill(0)
-            for t, (rows, cols) in enumerate(offsets):
+            for t, pick in enumerate(picks):
                 if tiled:  # written in place: no temporary
-                    xp.multiply(dout, winner == t, out=dx[:, rows, cols, :])
+                    xp.multiply(dout, winner == t, out=dx[pick])
                 else:
-                    dx[:, rows, cols, :] += dout * (winner == t)
+                    dx[pick] += dout * (winner == t)
 
-        in_blocks(route, dout, winner, dx)
+        in_blocks(route, dout, winner, target)
         return dx
 
     def config(self) -> dict[str, Any]:

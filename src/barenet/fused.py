@@ -48,12 +48,12 @@ class ConvBatchNorm:
         self._P: Array | None = None  # colsT (K, M), kept for backward
         self._moments: tuple[np.ndarray, ...] = ()  # m, S, Wb, mu, inv_std: float64
 
-    def forward(self, x: Array) -> Array:
+    def forward(self, x: Array, pool: int = 0) -> Array:
         """x: (N, H, W, 1) -> y = bn(conv(x)): (N, OH, OW, F), with the batch's statistics;
-        updates bn's running statistics."""
+        updates bn's running statistics. pool: as for `Conv2D.forward` (y window-major)."""
         xp = array_module(x)
         conv, bn = self.conv, self.bn
-        P, (N, OH, OW) = conv.patches(x)  # (K, M)
+        P, shape = conv.patches(x, pool)  # (K, M), the output's shape without F
         M = P.shape[1]
         if M < 2:
             raise ValueError("BatchNorm needs at least 2 values per feature while training")
@@ -73,10 +73,10 @@ class ConvBatchNorm:
         bn.update_running(xp.asarray(mu.astype(dtype)), xp.asarray(var.astype(dtype)), M)
         self._P, self._moments = P, (m, S, Wb, mu, inv_std)
         y = P.T @ xp.asarray(Wb_folded.astype(dtype))  # (M, F)
-        return y.reshape(N, OH, OW, -1)
+        return y.reshape(*shape, -1)
 
     def backward(self, dy: Array) -> None:
-        """dy: (N, OH, OW, F), the gradient of y. Fills conv's grads W (k, k, 1, F) and b (F,)
+        """dy: the gradient of y, its shape. Fills conv's grads W (k, k, 1, F) and b (F,)
         and bn's grads gamma and beta (F,); no input gradient (the pair reads the input)."""
         P = self._P
         if P is None:

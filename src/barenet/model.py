@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 
 from .backend import array_module
-from .conv import Conv2D
+from .conv import Conv2D, MaxPool2D
 from .fused import ConvBatchNorm
-from .layers import Array, BatchNorm, Dense, Layer, ReLU, layer_from_config
+from .layers import Array, BatchNorm, Dense, Dropout, Layer, ReLU, layer_from_config
 
 
 class Sequential:
@@ -36,12 +36,32 @@ class Sequential:
         one-channel Conv2D with a BatchNorm after it trains as one pair (`barenet.fused`): the
         same function and gradients, without passes over the convolution's output."""
         self._pair = self._conv_batchnorm() if training else None
+        pools = self._pooled_convolutions()
         for i, layer in enumerate(self.layers):
             if self._pair is not None and i == self._pair[0]:
-                x = self._pair[1].forward(x)
-            elif self._pair is None or i != self._pair[0] + 1:  # the pair's BatchNorm: done
+                x = self._pair[1].forward(x, pool=pools.get(i, 0))
+            elif self._pair is not None and i == self._pair[0] + 1:
+                continue  # the pair's BatchNorm: done
+            elif isinstance(layer, Conv2D):
+                x = layer.forward(x, training, pool=pools.get(i, 0))
+            else:
                 x = layer.forward(x, training)
         return x
+
+    def _pooled_convolutions(self) -> dict[int, int]:
+        """{i: k} for every Conv2D i whose output reaches a k x k max-pool with stride k
+        through per-channel layers only (BatchNorm, ReLU, Dropout): it may write its output
+        window-major for that pool (`Conv2D.forward`), which every layer in between treats
+        alike, whatever the order of its rows."""
+        pools = {}
+        for i, layer in enumerate(self.layers):
+            if isinstance(layer, MaxPool2D) and layer.stride == layer.kernel_size > 1:
+                j = i - 1
+                while j >= 0 and isinstance(self.layers[j], BatchNorm | ReLU | Dropout):
+                    j -= 1
+                if j >= 0 and isinstance(self.layers[j], Conv2D):
+                    pools[j] = layer.kernel_size
+        return pools
 
     def _first_with_params(self) -> int:
         return next((i for i, layer in enumerate(self.layers) if layer.params), 0)
