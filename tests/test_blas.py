@@ -105,3 +105,44 @@ def test_without_numpys_openblas_the_optimiser_uses_numpy(monkeypatch):
     assert level1(W, g) is None
     SGD([("W", W, g)], momentum=0.0).step(0.5)
     np.testing.assert_array_equal(W, np.zeros(4, np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_add_adds_the_product_in_place(dtype):
+    rng = np.random.default_rng(1)
+    big = rng.standard_normal((40, 30)).astype(dtype)
+    cases = [
+        (rng.standard_normal((7, 5)), rng.standard_normal((5, 3))),  # contiguous
+        (big[2:9, 4:9], big[10:15, 1:4]),  # blocks of a larger array: a stride of their own
+        (big[:5, :7].T, big[20:23, :5].T),  # transposed views
+    ]
+    for a, b in cases:
+        a, b = a.astype(dtype), b.astype(dtype)
+        store = rng.standard_normal((12, 6)).astype(dtype)
+        c = store[2:9, 1:4]  # (7, 3), rows of a larger array
+        expected, untouched = c + a @ b, store.copy()
+        if not barenet.blas.matmul_add(a, b, c):
+            assert not _numpy_ships_openblas()
+            return
+        tol = 1e-5 if dtype == np.float32 else 1e-13
+        np.testing.assert_allclose(c, expected, rtol=tol, atol=tol)
+        outside = np.ones(store.shape, bool)
+        outside[2:9, 1:4] = False
+        np.testing.assert_array_equal(store[outside], untouched[outside])
+
+
+def test_matmul_add_refuses_what_blas_cannot_take():
+    a, b = np.ones((4, 3), np.float32), np.ones((3, 2), np.float32)
+    c = np.zeros((4, 2), np.float32)
+    if not barenet.blas.matmul_add(a, b, c):
+        assert not _numpy_ships_openblas()
+        return
+    assert not barenet.blas.matmul_add(a, b, np.zeros((2, 4), np.float32).T)  # c transposed
+    assert not barenet.blas.matmul_add(a, b, np.zeros((4, 3), np.float32))  # shapes
+    assert not barenet.blas.matmul_add(a, b.astype(np.float64), c)  # mixed dtypes
+    assert not barenet.blas.matmul_add(np.ones((4, 6), np.float32)[:, ::2], b, c)  # strided
+    assert not barenet.blas.matmul_add(a.astype(np.int64), b.astype(np.int64), c.astype(np.int64))
+    frozen = np.zeros((4, 2), np.float32)
+    frozen.flags.writeable = False
+    assert not barenet.blas.matmul_add(a, b, frozen)
+    np.testing.assert_array_equal(c, 3 * np.ones((4, 2)))  # only the first call added

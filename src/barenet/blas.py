@@ -1,17 +1,21 @@
-"""Fused y <- y + a x over whole arrays: BLAS's axpy (and scal, x <- a x), from NumPy's OpenBLAS.
+"""Fused updates over whole arrays from NumPy's OpenBLAS: axpy (y <- y + a x), scal (x <- a x)
+and gemm with beta = 1 (C <- C + A B).
 
 Why: NumPy has no fused multiply-add over arrays, so `y += a * x` is two passes over memory
 (the product into a buffer, then the add) and the optimiser's update, which is nothing but
 such passes over every weight, costs 8 of them per step for SGD with Nesterov momentum and L2.
 For the seed's 784x1024 weights that was a quarter of a training step. BLAS's level-1 `axpy`
-does y <- y + a x in one pass, on every core; NumPy links OpenBLAS but exposes only its matrix
-products, so this module finds NumPy's own copy among the libraries the process has loaded
-(threadpoolctl lists them, with their paths) and calls it through ctypes.
+does y <- y + a x in one pass, on every core. Likewise NumPy's matmul only assigns its result:
+adding a product onto an array costs a temporary and a second pass, where gemm with beta = 1
+adds it while it computes (a convolution's input gradient, `Conv2D`). NumPy links OpenBLAS but
+exposes only its matrix products, so this module finds NumPy's own copy among the libraries
+the process has loaded (threadpoolctl lists them, with their paths) and calls it through ctypes.
 
 It must be NumPy's copy: a second OpenBLAS in the process (SciPy's, which scikit-learn loads)
 keeps a pool of worker threads of its own, and the two pools spin against each other (a seed
 training step went from 4 to 20 ms). Where NumPy's OpenBLAS cannot be identified (another BLAS,
-another packaging, a GPU array), `level1` returns None and callers use NumPy's operations.
+another packaging, a GPU array), `level1` returns None and `matmul_add` False, and callers
+use NumPy's operations.
 """
 
 from __future__ import annotations
@@ -24,12 +28,16 @@ from typing import Any
 
 import numpy as np
 
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enumerations
+
 
 class Level1:
-    """axpy and scal of one OpenBLAS library, for contiguous 1-D float32 or float64 arrays."""
+    """axpy and scal of one OpenBLAS library, for contiguous 1-D float32 or float64 arrays, and
+    its gemm (`matmul_add`)."""
 
     def __init__(self, lib: ctypes.CDLL, prefix: str, suffix: str, int_type: Any) -> None:
         self._fns = {}
+        self._gemm = {}
         for dtype, letter in ((np.float32, "s"), (np.float64, "d")):
             real = ctypes.c_float if letter == "s" else ctypes.c_double
             axpy = getattr(lib, f"{prefix}cblas_{letter}axpy{suffix}")
@@ -39,6 +47,27 @@ class Level1:
             scal.argtypes = [int_type, real, ctypes.c_void_p, int_type]
             scal.restype = None
             self._fns[np.dtype(dtype)] = (axpy, scal)
+            gemm = getattr(lib, f"{prefix}cblas_{letter}gemm{suffix}")
+            # order, transA, transB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc
+            gemm.argtypes = [ctypes.c_int] * 3 + [int_type] * 3 + [real, ctypes.c_void_p,
+                             int_type, ctypes.c_void_p, int_type, real, ctypes.c_void_p, int_type]  # fmt: skip
+            gemm.restype = None
+            self._gemm[np.dtype(dtype)] = gemm
+
+    def matmul_add(self, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> bool:
+        """c <- c + a b in place, if BLAS can take the arrays as they lie (see `matmul_add`)."""
+        la, lb, lc = _layout(a), _layout(b), _layout(c)
+        if la is None or lb is None or lc is None or lc[0] != _NO_TRANS or not c.flags.writeable:
+            return False
+        (m, k), (_, n) = a.shape, b.shape
+        if b.shape[0] != k or c.shape != (m, n) or not a.dtype == b.dtype == c.dtype:
+            return False
+        if a.dtype not in self._gemm:
+            return False
+        if m and n and k:
+            self._gemm[a.dtype](_ROW_MAJOR, la[0], lb[0], m, n, k, 1.0, a.ctypes.data, la[1],
+                                b.ctypes.data, lb[1], 1.0, c.ctypes.data, lc[1])  # fmt: skip
+        return True
 
     def supports(self, *arrays: Any) -> bool:
         """Whether every array is a contiguous 1-D NumPy array of one float dtype it handles."""
@@ -56,6 +85,33 @@ class Level1:
     def scal(self, a: float, x: np.ndarray) -> None:
         """x <- a x, in place; x: (n,)."""
         self._fns[x.dtype][1](x.size, a, x.ctypes.data, 1)
+
+
+def _layout(x: Any) -> tuple[int, int] | None:
+    """How BLAS reads the 2-D NumPy array x as a row-major matrix: (transpose flag, leading
+    dimension): rows contiguous, or columns contiguous (the transpose of such an array), with
+    a row (column) stride of their own; None for any other layout."""
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        return None
+    item, (r, s), (sr, ss) = x.itemsize, x.shape, x.strides
+    if (ss == item or s == 1) and sr % item == 0 and sr // item >= max(s, 1):
+        return _NO_TRANS, sr // item
+    if (sr == item or r == 1) and ss % item == 0 and ss // item >= max(r, 1):
+        return _TRANS, ss // item
+    return None
+
+
+def matmul_add(a: Any, b: Any, c: Any) -> bool:
+    """c <- c + a b with BLAS's gemm (beta = 1): the product added in place while it is
+    computed, instead of NumPy's temporary and second pass.
+
+    a: (m, k), b: (k, n), c: (m, n): NumPy arrays of one float dtype; a and b with contiguous
+    rows or contiguous columns (a transposed view), c with contiguous rows; any of them may be
+    a block of rows of a larger array. Returns False, touching nothing, where NumPy's OpenBLAS
+    cannot be identified or cannot take the arrays: the caller then computes otherwise.
+    """
+    lib = _load()
+    return lib is not None and lib.matmul_add(a, b, c)
 
 
 def _numpy_openblas_path() -> str | None:
@@ -107,6 +163,10 @@ def _agrees_with_numpy(level1: Level1) -> bool:
         level1.axpy(0.5, x, y)
         level1.scal(2.0, y)
         if not np.array_equal(y, 2.0 * (2.0 + 0.5 * x)):
+            return False
+        a, b = x[:6].reshape(2, 3), x[1:7].reshape(3, 2)  # small integers: exact products
+        c = np.ones((2, 2), dtype=dtype)
+        if not (level1.matmul_add(a, b.T.copy().T, c) and np.array_equal(c, 1 + a @ b)):
             return False
     return True
 
