@@ -77,10 +77,11 @@ class Dense:
 
     Memory layout (speed only; the maths and shapes are as above): W is stored column-major,
     i.e. its memory holds W^T (H, D) row by row, like PyTorch's (out, in) weights, and while
-    training every product runs as the transposed one: out^T = W^T x^T, dW^T = dout^T x,
-    dx^T = W dout^T. OpenBLAS computes these orientations 15-25% faster at the seed's shapes
-    (N = 128, D = 784, H = 1024). Training outputs therefore come out feature-major: (N, H)
-    views of (H, N) arrays, which every NumPy operation accepts as they are.
+    training the products run as the transposed ones, out^T = W^T x^T and dW^T = dout^T x:
+    OpenBLAS computes these orientations 15-25% faster at the seed's shapes (N = 128,
+    D = 784, H = 1024). Training outputs therefore come out feature-major: (N, H) views of
+    (H, N) arrays, which every NumPy operation accepts as they are. The input gradient is
+    dx = dout W^T, row-major (see `_backward`).
     """
 
     decay: tuple[str, ...] = ("W",)
@@ -136,7 +137,10 @@ class Dense:
         xp.matmul(dout.T, x, out=self.grads["W"].T)  # dW^T = dout^T x, into the (H, D) memory
         dout.sum(axis=0, out=self.grads["b"])
         # The network's input needs no gradient: skipping it saves a third of this layer's work.
-        return xp.matmul(W, dout.T).T if need_dx else None  # dx = (W dout^T)^T
+        # dx = dout W^T, row-major like the activations it goes back to: the layer below (a
+        # ReLU) then runs over both in step (as (W dout^T)^T, column-major, the ReLU's backward
+        # pass took 2.3 ms instead of 1.5 for the cnn's 3136 features; the product the same).
+        return dout @ W.T if need_dx else None
 
     def config(self) -> dict[str, Any]:
         return {
