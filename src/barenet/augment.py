@@ -95,7 +95,9 @@ def augment(images: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.nd
     if aug.elastic_alpha:
         G = _gaussian_matrix(H, float(aug.elastic_sigma))
         Gw = G if W == H else _gaussian_matrix(W, float(aug.elastic_sigma))
-        fields = rng.uniform(-1, 1, (2, N, H, W)).astype(f32)
+        fields = rng.random((2, N, H, W), dtype=f32)  # U[0, 1), drawn as float32 directly
+        fields *= f32(2)
+        fields -= f32(1)  # U[-1, 1)
         smooth = G @ fields @ Gw.T  # (2, N, H, W): Gaussian along H, then along W
         src_y += f32(aug.elastic_alpha) * smooth[0]
         src_x += f32(aug.elastic_alpha) * smooth[1]
@@ -120,6 +122,7 @@ def _bilinear(images: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
     base += x0.astype(np.intp)
     base += (np.arange(N) * ((H + 2) * (W + 2)))[:, None, None]
     flat = padded.reshape(-1)
-    top = flat[base] * (1 - wx) + flat[base + 1] * wx
-    bottom = flat[base + (W + 2)] * (1 - wx) + flat[base + (W + 3)] * wx
+    # take: the same gather as flat[base], faster for a flat source
+    top = flat.take(base) * (1 - wx) + flat.take(base + 1) * wx
+    bottom = flat.take(base + (W + 2)) * (1 - wx) + flat.take(base + (W + 3)) * wx
     return top * (1 - wy) + bottom * wy
