@@ -37,6 +37,16 @@ def test_cnn_recipe_architecture():
     assert deep.count(Conv2D) == 4 and deep.count(MaxPool2D) == 2 and deep.count(BatchNorm) == 5
 
 
+def test_conv_dropout_closes_every_convolution_block():
+    recipe = dataclasses.replace(RECIPES["cnn"], conv_dropout=0.25)
+    layers = build_model(recipe, (28, 28), 10).layers
+    drops = [i for i, layer in enumerate(layers) if isinstance(layer, Dropout)]
+    assert len(drops) == 3  # two blocks and the dense layer
+    for i in drops[:2]:
+        assert isinstance(layers[i - 2], MaxPool2D) and layers[i].p == 0.25
+    assert RECIPES["cnn"].conv_dropout == 0.0
+
+
 def test_random_layers_get_their_own_seeded_generators():
     recipe = dataclasses.replace(RECIPES["mlp"], dropconnect=0.3)
     a, b = build_model(recipe, (28, 28), 10), build_model(recipe, (28, 28), 10)
@@ -56,6 +66,7 @@ def test_random_layers_get_their_own_seeded_generators():
         ({"arch": "rnn"}, "architecture"),
         ({"arch": "cnn", "conv": ()}, "convolution block"),
         ({"dropout": 1.0}, "dropout"),
+        ({"conv_dropout": -0.1}, "conv dropout"),
         ({"optimizer": "lbfgs"}, "optimizer"),
         ({"schedule": "linear"}, "schedule"),
         ({"members": 0}, "members"),

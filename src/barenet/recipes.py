@@ -34,7 +34,7 @@ class Recipe:
     # Architecture.
     arch: str = "mlp"  # "mlp": dense layers only; "cnn": convolution blocks, then dense layers
     hidden: tuple[int, ...] = (1024,)  # hidden dense layer sizes: the seed's 784-1024-10
-    # cnn: channels of each block: conv, BN?, [ReLU, conv, BN?,] 2x2 max-pool, ReLU
+    # cnn: channels of each block: conv, BN?, [ReLU, conv, BN?,] 2x2 max-pool, ReLU, [dropout]
     conv: tuple[int, ...] = ()
     convs_per_block: int = 1  # cnn: k x k convolutions in each block before its 2x2 pooling
     kernel_size: int = 5  # cnn: k, with "same" padding k // 2
@@ -42,6 +42,7 @@ class Recipe:
     init: str = "he"  # weight initialisation: "he" suits ReLU
     # Regularisation.
     input_dropout: float = 0.0  # dropout on the input pixels (mlp)
+    conv_dropout: float = 0.0  # cnn: dropout at the end of every convolution block
     dropout: float = 0.0  # dropout after every hidden dense layer
     dropconnect: float = 0.0  # DropConnect on the dense layers that read hidden units
     max_norm: float = 0.0  # max-norm radius of every unit's incoming weights (0: off)
@@ -100,7 +101,7 @@ class Recipe:
             raise bad("conv", self.conv, "a cnn needs at least one convolution block")
         if any(c < 1 for c in self.conv) or self.convs_per_block < 1 or self.kernel_size < 1:
             raise bad("convolutions", self.conv, "channels and kernel sizes must be >= 1")
-        for name in ("input_dropout", "dropout", "dropconnect", "label_smoothing"):
+        for name in ("input_dropout", "conv_dropout", "dropout", "dropconnect", "label_smoothing"):
             v = getattr(self, name)
             if not 0 <= v < 1:
                 raise bad(name.replace("_", " "), v, "must be in [0, 1)")
@@ -169,6 +170,8 @@ def build_model(
             # are monotone), with the ReLU on a quarter of the values.
             layers.append(MaxPool2D(2))
             layers.append(ReLU())
+            if recipe.conv_dropout:
+                layers.append(Dropout(recipe.conv_dropout))
             H, W = H // 2, W // 2
         if H < 1 or W < 1:
             raise BarenetError(f"recipe {recipe.name!r} pools the images below 1x1 pixel")
