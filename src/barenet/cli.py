@@ -356,8 +356,9 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     from .gradcheck import TOLERANCE, check_all
 
     results = check_all(seed=args.seed)
+    width = max(len(r.name) for r in results)
     for r in results:
-        print(f"{r.name:32s} relative error {r.error:.2e}  {'ok' if r.ok else 'FAILED'}")
+        print(f"{r.name:{width}s}  relative error {r.error:.2e}  {'ok' if r.ok else 'FAILED'}")
     worst = max(results, key=lambda r: r.error)
     print(f"worst relative error {worst.error:.2e} ({worst.name}); tolerance {TOLERANCE:.0e}")
     if not worst.ok:
