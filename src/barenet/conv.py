@@ -7,6 +7,11 @@ the (N, OH, OW, F) output: no transpose anywhere, forward or backward.
 
 Output size, for input size H, kernel k, stride s, padding p: OH = (H + 2p - k) // s + 1.
 
+Two orders of the same work, for speed: a convolution followed by a w x w max-pool may write
+its output window-major, (w*w, N, OH/w, OW/w, F), so that the pool reads contiguous blocks
+(`Conv2D.forward(pool=w)`, which `Sequential` asks for); and with stride 1 the input gradient
+is a sum of shifted products added in place by BLAS, without col2im.
+
 Derivations in docs/backprop.md ("Conv2D", "MaxPool2D"); gradients are checked in float64 by
 tests/test_conv.py and `barenet gradcheck`.
 """
