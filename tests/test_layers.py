@@ -277,3 +277,18 @@ def test_layer_configs_round_trip(layer):
 def test_bad_layer_configs_are_value_errors(config):
     with pytest.raises(ValueError):
         layer_from_config(config)
+
+
+def test_dense_input_gradient_takes_the_layout_of_its_input():
+    """dx = dout W^T is laid out like x: row-major after a Flatten, feature-major after a
+    Dense (whose training outputs are feature-major); the same values either way."""
+    rng = np.random.default_rng(0)
+    layer = Dense(6, 4, rng=rng, dtype=np.float64)
+    x = rng.standard_normal((5, 6))
+    dout = rng.standard_normal((5, 4))
+    expected = dout @ layer.params["W"].T
+    for xin, c_order in ((x, True), (np.asfortranarray(x), False)):
+        layer.forward(xin, training=True)
+        dx = layer.backward(dout)
+        np.testing.assert_allclose(dx, expected, rtol=1e-13, atol=1e-13)
+        assert dx.flags.c_contiguous == c_order and dx.flags.f_contiguous == (not c_order)

@@ -80,8 +80,8 @@ class Dense:
     training the products run as the transposed ones, out^T = W^T x^T and dW^T = dout^T x:
     OpenBLAS computes these orientations 15-25% faster at the seed's shapes (N = 128,
     D = 784, H = 1024). Training outputs therefore come out feature-major: (N, H) views of
-    (H, N) arrays, which every NumPy operation accepts as they are. The input gradient is
-    dx = dout W^T, row-major (see `_backward`).
+    (H, N) arrays, which every NumPy operation accepts as they are. The input gradient
+    dx = dout W^T takes the layout of x (see `_backward`).
     """
 
     decay: tuple[str, ...] = ("W",)
@@ -137,10 +137,13 @@ class Dense:
         xp.matmul(dout.T, x, out=self.grads["W"].T)  # dW^T = dout^T x, into the (H, D) memory
         dout.sum(axis=0, out=self.grads["b"])
         # The network's input needs no gradient: skipping it saves a third of this layer's work.
-        # dx = dout W^T, row-major like the activations it goes back to: the layer below (a
-        # ReLU) then runs over both in step (as (W dout^T)^T, column-major, the ReLU's backward
-        # pass took 2.3 ms instead of 1.5 for the cnn's 3136 features; the product the same).
-        return dout @ W.T if need_dx else None
+        if not need_dx:
+            return None
+        # dx = dout W^T, laid out in memory like x, so that the layer below (a ReLU) runs over
+        # dx and its own arrays in step: row-major after a Flatten of row-major images (as
+        # (W dout^T)^T, the cnn's ReLU over 3136 features took 2.3 ms instead of 1.5),
+        # feature-major after a Dense (the orientation OpenBLAS runs faster, see above).
+        return dout @ W.T if x.flags.c_contiguous else xp.matmul(W, dout.T).T
 
     def config(self) -> dict[str, Any]:
         return {
