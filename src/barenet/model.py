@@ -34,7 +34,9 @@ class Sequential:
         training=True: Dropout and DropConnect draw masks, BatchNorm uses (and updates) batch
         statistics, and every layer keeps what its backward pass needs. A first layer that is a
         one-channel Conv2D with a BatchNorm after it trains as one pair (`barenet.fused`): the
-        same function and gradients, without passes over the convolution's output."""
+        same function and gradients, without passes over the convolution's output. A Conv2D
+        whose output reaches a max-pool writes it window-major for that pool (`Conv2D.forward`,
+        `_pooled_convolutions`): the same values in another order."""
         self._pair = self._conv_batchnorm() if training else None
         pools = self._pooled_convolutions()
         for i, layer in enumerate(self.layers):
