@@ -91,6 +91,12 @@ def _scatter_windows(dwin: Array, shape: tuple[int, ...], stride: int, padding: 
     return dx
 
 
+def _positions(N: int, OH: int, OW: int, w: int) -> tuple[int, ...]:
+    """The shape of a convolution's output positions: (N, OH, OW), or window-major
+    (w*w, N, OH/w, OW/w) for w > 1 (`Conv2D.forward`)."""
+    return (N, OH, OW) if w == 1 else (w * w, N, OH // w, OW // w)
+
+
 class Conv2D:
     """2-D convolution (cross-correlation, as in every deep-learning library), channels-last.
 
@@ -171,7 +177,7 @@ class Conv2D:
             out.reshape(-1, r * F)[...] += xp.tile(self.params["b"], r)
         self._cols = cols if training else None
         self._x_shape, self._w = x.shape, w
-        return out.reshape(N, OH, OW, F) if w == 1 else out.reshape(w * w, N, OH // w, OW // w, F)
+        return out.reshape(*_positions(N, OH, OW, w), F)
 
     @staticmethod
     def _window(OH: int, OW: int, pool: int) -> int:
@@ -201,9 +207,7 @@ class Conv2D:
             raise ValueError("Conv2D.patches is for one-channel inputs")
         xpad, OH, OW = self._padded(x)
         w = self._window(OH, OW, pool)
-        N = x.shape[0]
-        shape = (N, OH, OW) if w == 1 else (w * w, N, OH // w, OW // w)
-        return self._unfold_one_channel(xpad, OH, OW, w), shape
+        return self._unfold_one_channel(xpad, OH, OW, w), _positions(x.shape[0], OH, OW, w)
 
     def _padded(self, x: Array) -> tuple[Array, int, int]:
         """x: (N, H, W, C) -> the zero-padded input (N, H + 2p, W + 2p, C), OH and OW; a
@@ -370,11 +374,15 @@ class MaxPool2D:
         self._x_shape: tuple[int, ...] = ()
         self._winner: Array | None = None  # (N, OH, OW, C) uint8: offset index t = i*k + j
 
-    def _offsets(self, OH: int, OW: int) -> list[tuple[slice, slice]]:
-        """For each window offset (i, j): the slices of x that it picks, shape (N, OH, OW, C)."""
+    def _picks(self, OH: int, OW: int, window_major: bool = False) -> list[Any]:
+        """For each window offset t = i*k + j: the index that picks its inputs, (N, OH, OW, C),
+        out of x (N, H, W, C) (strided slices), or out of a window-major input viewed as
+        (N, k*k, OH, OW, C) (block t)."""
         k, s = self.kernel_size, self.stride
+        if window_major:
+            return [(slice(None), t) for t in range(k * k)]
         return [
-            (slice(i, i + s * (OH - 1) + 1, s), slice(j, j + s * (OW - 1) + 1, s))
+            (slice(None), slice(i, i + s * (OH - 1) + 1, s), slice(j, j + s * (OW - 1) + 1, s))
             for i in range(k)
             for j in range(k)
         ]
@@ -395,15 +403,13 @@ class MaxPool2D:
                 )
             _, N, OH, OW, C = x.shape
             source = x.swapaxes(0, 1)  # (N, k*k, OH, OW, C), a view: split over images below
-            picks: list[Any] = [(slice(None), t) for t in range(k * k)]
         else:
             N, H, W, C = x.shape
             if H < k or W < k:
                 raise ValueError(f"MaxPool2D: a {k}x{k} window does not fit a {H}x{W} input")
             OH, OW = (H - k) // s + 1, (W - k) // s + 1
             source = x
-            picks = [(slice(None), rows, cols) for rows, cols in self._offsets(OH, OW)]
-        first, *rest = picks
+        first, *rest = self._picks(OH, OW, window_major=x.ndim == 5)
         out = xp.empty((N, OH, OW, C), dtype=x.dtype)
         winner = xp.empty((N, OH, OW, C), dtype=xp.uint8) if training else None
 
@@ -438,14 +444,13 @@ class MaxPool2D:
         k, s = self.kernel_size, self.stride
         _, OH, OW, _ = dout.shape
         dx = xp.empty(self._x_shape, dtype=dout.dtype)
+        picks = self._picks(OH, OW, window_major=dx.ndim == 5)
         if dx.ndim == 5:  # window-major, like the input
             target = dx.swapaxes(0, 1)  # (N, k*k, OH, OW, C), a view
-            picks: list[Any] = [(slice(None), t) for t in range(k * k)]
             tiled = True
         else:
             _, H, W, _ = self._x_shape
             target = dx
-            picks = [(slice(None), rows, cols) for rows, cols in self._offsets(OH, OW)]
             # Windows that neither overlap nor leave pixels out write every dx entry once.
             tiled = s == k and H == OH * k and W == OW * k
 

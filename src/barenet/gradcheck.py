@@ -141,7 +141,7 @@ def _runner_up_gap(pool, x: np.ndarray) -> float:
     OH, OW = (H - k) // s + 1, (W - k) // s + 1
     if k * k < 2:
         return np.inf
-    windows = np.stack([x[:, rows, cols, :] for rows, cols in pool._offsets(OH, OW)])
+    windows = np.stack([x[pick] for pick in pool._picks(OH, OW)])
     top = np.sort(windows, axis=0)
     return float((top[-1] - top[-2]).min())
 
