@@ -123,6 +123,10 @@ def test_conv_keeps_the_plain_layout_where_the_pool_does_not_divide_the_output()
     conv = Conv2D(2, 3, 3, padding=1, rng=np.random.default_rng(0))
     assert conv.forward(np.ones((2, 7, 8, 2), np.float32), pool=2).shape == (2, 7, 8, 3)
     assert conv.forward(np.ones((2, 8, 8, 2), np.float32), pool=2).shape == (4, 2, 4, 4, 3)
+    with pytest.raises(ValueError, match="one-channel"):
+        conv.patches(np.ones((2, 8, 8, 2), np.float32))
+    colsT, shape = Conv2D(1, 3, 3, padding=1).patches(np.ones((2, 8, 6, 1), np.float32), pool=2)
+    assert colsT.shape == (10, 96) and shape == (4, 2, 4, 3)
 
 
 @pytest.mark.parametrize("k", [2, 3])
