@@ -294,26 +294,33 @@ class Conv2D:
         return _scatter_windows(dcols, self._x_shape, self.stride, p)
 
     def _input_gradient_by_shifts(self, dout: Array) -> Array | None:
-        """dx for stride 1, as k*k products added onto the padded input's gradient, without
-        dcols or col2im; None where BLAS cannot add them in place (`blas.matmul_add`).
+        """dx for stride 1, as k*k products added onto a grid of the input's rows, without
+        dcols or col2im; None where BLAS cannot add them in place (`blas.matmul_add`) or the
+        padding exceeds k - 1.
 
-        Flatten the padded input to rows, (N*Hp*Wp, C): the input that output (n, oh, ow)
-        reads at kernel offset (i, j) is row q + i*Wp + j, where q = n*Hp*Wp + oh*Wp + ow.
-        Every offset is a shift of the rows. So with dout put at rows q of an (N*Hp*Wp, F)
-        array D (zero at the rows that are no output: the last k - 1 rows and columns of each
-        padded image), dxpad[q + i*Wp + j] += D[q] W[i, j]^T for all q at once: one product
+        Lay the input out as rows of C channels on a grid of Hc x Wc positions per image,
+        Hc = H + p, Wc = W + p: the image's pixels and p zero rows and columns after them,
+        which are at once the bottom and right padding of one image row (or image) and the top
+        and left padding of the next (p zero rows before the first image). Pixel (n, h, w)
+        sits at row g = n*Hc*Wc + h*Wc + w, counted from the first image's first pixel, and
+        output (n, oh, ow), put at the same g, reads at offset (i, j) the position
+        g + (i - p)*Wc + (j - p): a pixel, or a zero wherever it reads padding. Every offset is
+        a shift of the rows. So with dout at the output positions of an (N*Hc*Wc, F) array D
+        (zero elsewhere), dxgrid[g + shift] += D[g] W[i, j]^T for all g at once: one product
         per offset, added onto a shifted block of rows (docs/backprop.md, "Conv2D"). The
-        products are 1.3x longer than dcols's (the padded grid), but nothing is written out
-        and folded back: for the `cnn` recipe's second convolution, 15 against 19 ms.
+        products cover the grid, (H + p)(W + p) rows per image against the outputs' OH*OW
+        (1.15x for 14x14 images), but nothing is written out and folded back: for the `cnn`
+        recipe's second convolution ~15 against ~19 ms (and ~1 ms less than a grid with its
+        own padding on each side, (H + 2p)(W + 2p)).
         """
         xp = array_module(dout)
-        if xp is not np:
-            return None
         k, p, F, w = self.kernel_size, self.padding, self.out_channels, self._w
         N, H, W_, C = self._x_shape
-        Hp, Wp = H + 2 * p, W_ + 2 * p
-        OH, OW = Hp - k + 1, Wp - k + 1
-        D = xp.empty((N, Hp, Wp, F), dtype=dout.dtype)
+        OH, OW = H + 2 * p - k + 1, W_ + 2 * p - k + 1
+        if xp is not np or p > k - 1:  # p > k - 1: outputs would fall beyond an image's cell
+            return None
+        Hc, Wc = H + p, W_ + p
+        D = xp.empty((N, Hc, Wc, F), dtype=dout.dtype)
         D[:, OH:] = 0
         D[:, :OH, OW:] = 0
         # dout, plain (N, OH, OW, F) or window-major (w*w, N, OH/w, OW/w, F), put in place
@@ -321,16 +328,18 @@ class Conv2D:
             w, w, N, OH // w, OW // w, F
         ).transpose(2, 3, 0, 4, 1, 5)
         D2 = D.reshape(-1, F)
-        dxpad = xp.zeros((N * Hp * Wp, C), dtype=dout.dtype)
-        L = N * Hp * Wp - (k - 1) * Wp - (k - 1)  # rows q whose every shift stays inside
+        # shifts reach p*(Wc + 1) rows back and (k - 1 - p)*(Wc + 1) on: room on both sides
+        origin, beyond = p * (Wc + 1), (k - 1 - p) * (Wc + 1)
+        dxgrid = xp.zeros((origin + N * Hc * Wc + beyond, C), dtype=dout.dtype)
         W = self.params["W"]  # (k, k, C, F)
         for i in range(k):
             for j in range(k):
-                s = i * Wp + j
-                if not matmul_add(D2[:L], W[i, j].T, dxpad[s : s + L]):
+                s = origin + (i - p) * Wc + (j - p)  # from 0 to origin + beyond
+                if not matmul_add(D2, W[i, j].T, dxgrid[s : s + D2.shape[0]]):
                     return None
         # a contiguous copy: the layer below (a ReLU) runs faster over it than over the view
-        return xp.ascontiguousarray(dxpad.reshape(N, Hp, Wp, C)[:, p : p + H, p : p + W_])
+        images = dxgrid[origin : origin + N * Hc * Wc].reshape(N, Hc, Wc, C)
+        return xp.ascontiguousarray(images[:, :H, :W_])
 
     def config(self) -> dict[str, Any]:
         return {
