@@ -1,4 +1,5 @@
-"""The one-channel Conv2D + BatchNorm pair (barenet.fused) against the two layers run apart."""
+"""The fused pairs (barenet.fused) against their layers run apart: the one-channel Conv2D +
+BatchNorm, and the BatchNorm + max-pool."""
 
 import copy
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from barenet.conv import Conv2D, MaxPool2D
-from barenet.fused import ConvBatchNorm
+from barenet.fused import BatchNormMaxPool, ConvBatchNorm
 from barenet.gradcheck import _away_from_kinks, numerical_gradient
 from barenet.layers import BatchNorm, Dense, Flatten, ReLU, Reshape
 from barenet.losses import softmax_cross_entropy
@@ -154,9 +155,10 @@ def test_pair_refuses_what_it_cannot_do():
 
 
 def test_sequential_training_step_equals_the_layers_run_one_by_one():
-    """The pair and the window-major outputs of the convolutions before each pool change the
+    """The pairs and the window-major outputs of the convolutions before each pool change the
     order of the work, not its result: a whole float64 cnn-deep-like step, against each
-    layer's own forward and backward in the plain layout."""
+    layer's own forward and backward in the plain layout; again with a negative gamma, where
+    the BatchNorm and max-pool run apart."""
     rng = np.random.default_rng(5)
 
     def net():
@@ -173,10 +175,19 @@ def test_sequential_training_step_equals_the_layers_run_one_by_one():
         ]  # fmt: skip
         return Sequential(layers)
 
+    for negative in (False, True):
+        _check_step(net, rng, negative)
+
+
+def _check_step(net, rng, negative):
     seq, apart = net(), net()
+    if negative:
+        for model in (seq, apart):
+            model.layers[9].params["gamma"][2] = -0.5
     assert seq._pooled_convolutions() == {4: 2, 8: 2}
     x, y = rng.uniform(0, 1, (5, 64)), rng.integers(0, 3, 5)
     scores = seq.forward(x, training=True)
+    assert sorted(seq._bn_pools) == ([5] if negative else [5, 9])
     _, ds = softmax_cross_entropy(scores, y)
     seq.backward(ds)
     h = x
@@ -198,3 +209,54 @@ def _run_plain(layers, x):
     for layer in layers:
         x = layer.forward(x)
     return x
+
+
+def _bn_pool(k, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    bn = BatchNorm(5, dtype=dtype)
+    bn.params["gamma"][...] = rng.uniform(0.2, 2.0, 5)
+    bn.params["beta"][...] = rng.standard_normal(5)
+    bn.buffers["running_mean"][...] = rng.standard_normal(5)
+    return bn, MaxPool2D(k)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_batchnorm_maxpool_equals_the_two_layers_in_float64(k):
+    rng = np.random.default_rng(k)
+    x = rng.standard_normal((k * k, 3, 4, 2, 5)) * 3 + 1  # window-major: 3 images of 4k x 2k
+    bn, pool = _bn_pool(k, np.float64)
+    bn2, pool2 = copy.deepcopy(bn), copy.deepcopy(pool)
+    pair = BatchNormMaxPool(bn, pool)
+    assert BatchNormMaxPool.applies(bn, pool, x)
+    out = pair.forward(x)
+    dout = rng.standard_normal(out.shape)
+    dx = pair.backward(dout)
+    out2 = pool2.forward(bn2.forward(x, training=True), training=True)
+    dx2 = bn2.backward(pool2.backward(dout))
+    assert out.shape == out2.shape == (3, 4, 2, 5) and dx.shape == x.shape
+    np.testing.assert_allclose(out, out2, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(dx, dx2, rtol=0, atol=1e-12)
+    for key in bn.grads:
+        np.testing.assert_allclose(bn.grads[key], bn2.grads[key], rtol=1e-12, atol=1e-12)
+    for key in bn.buffers:
+        np.testing.assert_array_equal(bn.buffers[key], bn2.buffers[key])
+    assert pair.backward(dout, need_dx=False) is None
+
+
+def test_batchnorm_maxpool_applies_only_to_window_major_inputs_and_positive_gammas():
+    bn, pool = _bn_pool(2, np.float32)
+    x = np.ones((4, 2, 3, 3, 5), dtype=np.float32)
+    assert BatchNormMaxPool.applies(bn, pool, x)
+    assert not BatchNormMaxPool.applies(bn, pool, np.ones((2, 6, 6, 5), dtype=np.float32))
+    assert not BatchNormMaxPool.applies(bn, MaxPool2D(3), x)  # 9 blocks needed
+    bn.params["gamma"][1] = 0.0  # a flat channel: the max is no longer the winner's
+    assert not BatchNormMaxPool.applies(bn, pool, x)
+    with pytest.raises(ValueError, match="positive gammas"):
+        BatchNormMaxPool(bn, pool).forward(x)
+    with pytest.raises(ValueError, match="stride"):
+        BatchNormMaxPool(bn, MaxPool2D(2, stride=1))
+    with pytest.raises(RuntimeError, match="without a forward"):
+        BatchNormMaxPool(bn, pool).backward(np.zeros((2, 3, 3, 5), dtype=np.float32))
+    pool.forward(x, training=True)
+    with pytest.raises(ValueError, match="add_to"):
+        pool.backward(np.zeros((2, 3, 3, 5), dtype=np.float32), add_to=np.zeros((2, 6, 6, 5)))

@@ -440,8 +440,13 @@ class MaxPool2D:
         self._x_shape, self._winner = x.shape, winner
         return out
 
-    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
-        """dout: (N, OH, OW, C) -> dx: (N, H, W, C), or window-major like forward's input."""
+    def backward(
+        self, dout: Array, need_dx: bool = True, add_to: Array | None = None
+    ) -> Array | None:
+        """dout: (N, OH, OW, C) -> dx: (N, H, W, C), or window-major like forward's input.
+
+        add_to: an array of dx's shape to add the routed gradient onto, in place (returned as
+        dx), for a caller whose input gradient has other terms (`barenet.fused`)."""
         winner = self._winner
         if winner is None:
             raise RuntimeError(
@@ -452,7 +457,9 @@ class MaxPool2D:
         xp = array_module(dout)
         k, s = self.kernel_size, self.stride
         _, OH, OW, _ = dout.shape
-        dx = xp.empty(self._x_shape, dtype=dout.dtype)
+        if add_to is not None and add_to.shape != self._x_shape:
+            raise ValueError(f"MaxPool2D: add_to has shape {add_to.shape}, not {self._x_shape}")
+        dx = xp.empty(self._x_shape, dtype=dout.dtype) if add_to is None else add_to
         picks = self._picks(OH, OW, window_major=dx.ndim == 5)
         if dx.ndim == 5:  # window-major, like the input
             target = dx.swapaxes(0, 1)  # (N, k*k, OH, OW, C), a view
@@ -462,12 +469,13 @@ class MaxPool2D:
             target = dx
             # Windows that neither overlap nor leave pixels out write every dx entry once.
             tiled = s == k and H == OH * k and W == OW * k
+        adding = add_to is not None
 
         def route(dout: Array, winner: Array, dx: Array) -> None:
-            if not tiled:
+            if not (tiled or adding):
                 dx.fill(0)
             for t, pick in enumerate(picks):
-                if tiled:  # written in place: no temporary
+                if tiled and not adding:  # written in place: no temporary
                     xp.multiply(dout, winner == t, out=dx[pick])
                 else:
                     dx[pick] += dout * (winner == t)

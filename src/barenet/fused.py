@@ -1,4 +1,7 @@
-"""A one-channel Conv2D followed by BatchNorm, trained from the patches' moments.
+"""Layers trained as one, where the pair's maths saves whole passes over a large array:
+the same function and gradients as the layers run one after the other (tests/test_fused.py).
+
+ConvBatchNorm: a one-channel Conv2D followed by BatchNorm, from the patches' moments.
 
 A network's first convolution reads k*k pixels per output position but writes F channels, and
 BatchNorm then passes over that output eight times forward and a dozen times backward (in the
@@ -26,6 +29,13 @@ neighbouring pixels has a variance far below the pixels' own, and S Wb cancels m
 `Sequential` uses this pair while training when the first layer with parameters is a
 one-channel Conv2D and a BatchNorm follows it (no input gradient is needed there, and the
 pair's output gradient never has to be formed); at inference the layers run one by one.
+
+BatchNormMaxPool: a BatchNorm followed by a k x k max-pool with stride k, normalising only
+the pooled quarter. Where every gamma is positive, BatchNorm is an increasing function of each
+channel, so it commutes with the max: pool(bn(x)) = (gamma / sigma) pool(x - mu) + beta
+(docs/backprop.md, "3i"). `Sequential` uses it while training where the BatchNorm's input is
+window-major for that pool (`Conv2D.forward(pool=k)`), and runs the two layers apart in a step
+where some gamma is not positive.
 """
 
 from __future__ import annotations
@@ -33,8 +43,8 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import array_module, to_numpy
-from .conv import Conv2D
-from .layers import Array, BatchNorm
+from .conv import Conv2D, MaxPool2D
+from .layers import Array, BatchNorm, column_sums, fold
 
 
 class ConvBatchNorm:
@@ -95,6 +105,78 @@ class ConvBatchNorm:
         conv.grads["b"][...] = xp.asarray(dWb[-1].astype(dtype))
         bn.grads["gamma"][...] = xp.asarray(dgamma.astype(dtype))
         bn.grads["beta"][...] = xp.asarray(dbeta.astype(dtype))
+
+
+class BatchNormMaxPool:
+    """Trains `bn` and the k x k, stride-k `pool` after it as one step, on a window-major
+    input (k*k, N, OH, OW, F); holds no parameters of its own: it reads and fills bn's params,
+    grads and running statistics, and uses pool's forward and backward.
+
+    With xc = x - mu, s = gamma / sigma > 0 and q = pool(xc) (N, OH, OW, F):
+        out = s q + beta             BatchNorm's output at each window's maximum, = pool(bn(x))
+    Backward, from dout (N, OH, OW, F), whose only inputs are the windows' maxima:
+        dbeta = sum(dout), dgamma = sum(dout q) / sigma     (over N*OH*OW rows, not M = N*H*W)
+        dx = route(s dout) - s dbeta / M - xc s dgamma / (sigma M)
+    where route puts each window's gradient at its maximum (MaxPool2D.backward). BatchNorm's
+    passes over the whole input forward (normalising) and its reductions backward run on a
+    quarter of it instead (for 2 x 2 windows), and its output is never written out.
+    """
+
+    def __init__(self, bn: BatchNorm, pool: MaxPool2D) -> None:
+        if pool.stride != pool.kernel_size:
+            raise ValueError("BatchNormMaxPool needs a max-pool whose stride is its size")
+        self.bn, self.pool = bn, pool
+        self._xc: Array | None = None  # x - mu (M, F), kept for backward
+        self._pooled: Array | None = None  # q = pool(xc) (N, OH, OW, F)
+        self._inv_std: Array | None = None
+        self._shape: tuple[int, ...] = ()
+
+    @staticmethod
+    def applies(bn: BatchNorm, pool: MaxPool2D, x: Array) -> bool:
+        """Whether the pair can take x: window-major for pool, and every gamma positive."""
+        k = pool.kernel_size
+        return (
+            x.ndim == 5 and pool.stride == k and x.shape[0] == k * k
+            and bool((bn.params["gamma"] > 0).all())
+        )  # fmt: skip
+
+    def forward(self, x: Array) -> Array:
+        """x: window-major (k*k, N, OH, OW, F) -> pool(bn(x)): (N, OH, OW, F), with the
+        batch's statistics; updates bn's running statistics."""
+        if not self.applies(self.bn, self.pool, x):
+            raise ValueError("BatchNormMaxPool needs a window-major input and positive gammas")
+        xp = array_module(x)
+        bn, F = self.bn, self.bn.num_features
+        xc, inv_std = bn.centre(x.reshape(-1, F))
+        pooled = self.pool.forward(xc.reshape(x.shape), training=True)  # q = pool(x - mu)
+        q2 = pooled.reshape(-1, F)
+        r = fold(*q2.shape)
+        out = q2.reshape(-1, r * F) * xp.tile(bn.params["gamma"] * inv_std, r)
+        out += xp.tile(bn.params["beta"], r)
+        self._xc, self._pooled, self._inv_std, self._shape = xc, pooled, inv_std, x.shape
+        return out.reshape(pooled.shape)
+
+    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
+        """dout: (N, OH, OW, F) -> dx: window-major like forward's input. Fills bn's grads
+        gamma and beta: (F,)."""
+        xc, pooled, inv_std = self._xc, self._pooled, self._inv_std
+        if xc is None or pooled is None or inv_std is None:
+            raise RuntimeError("BatchNormMaxPool.backward called without a forward before it")
+        xp = array_module(dout)
+        bn, F = self.bn, self.bn.num_features
+        d2 = dout.reshape(-1, F)
+        bn.grads["gamma"][...] = xp.einsum("mf,mf->f", d2, pooled.reshape(-1, F)) * inv_std
+        bn.grads["beta"][...] = column_sums(d2)
+        if not need_dx:
+            return None
+        M = xc.shape[0]
+        s = bn.params["gamma"] * inv_std
+        r = fold(M, F)
+        dx = xc.reshape(-1, r * F) * xp.tile(-s * bn.grads["gamma"] * inv_std / M, r)
+        dx -= xp.tile(s * bn.grads["beta"] / M, r)
+        rq = fold(*d2.shape)
+        routed = d2.reshape(-1, rq * F) * xp.tile(s, rq)  # s dout
+        return self.pool.backward(routed.reshape(dout.shape), add_to=dx.reshape(self._shape))
 
 
 def _float64(a: Array) -> np.ndarray:

@@ -241,16 +241,7 @@ def check_all(seed: int = 0) -> list[CheckResult]:
         Dense(27, 4, rng=rng, dtype=np.float64),
     ])  # fmt: skip
     xc, yc = _away_from_kinks(cnn, rng, (4, 36)), rng.integers(0, 4, 4)
-    _, ds = softmax_cross_entropy(cnn.forward(xc, training=True), yc, 0.1)
-    cnn.backward(ds)
-    for name, p, g in cnn.parameters():
-        analytic = g.copy()
-        index, numeric = numerical_gradient(
-            lambda: softmax_cross_entropy(cnn.forward(xc, training=True), yc, 0.1)[0], p
-        )
-        results.append(
-            CheckResult(f"cnn {name}", relative_error(analytic.reshape(-1)[index], numeric))
-        )
+    results += _check_network("cnn", cnn, xc, yc)
 
     # The same network with a BatchNorm after its one-channel convolution: Sequential trains
     # the pair as one (barenet.fused), from the patches' moments. The convolution's bias is
@@ -267,18 +258,46 @@ def check_all(seed: int = 0) -> list[CheckResult]:
         Dense(27, 4, rng=rng, dtype=np.float64),
     ])  # fmt: skip
     xc = _away_from_kinks(fused, rng, (4, 36))
-    _, ds = softmax_cross_entropy(fused.forward(xc, training=True), yc, 0.1)
-    fused.backward(ds)
-    for name, p, g in fused.parameters():
-        if name == "layers.1.b":  # the convolution's bias
+    results += _check_network("cnn with BatchNorm (fused pair)", fused, xc, yc, {"layers.1.b"})
+
+    # A BatchNorm between a (two-channel) convolution and a max-pool, with positive gammas:
+    # Sequential normalises only the pooled values (barenet.fused.BatchNormMaxPool).
+    bn = BatchNorm(3, dtype=np.float64)
+    bn.params["gamma"][...] = rng.uniform(0.5, 2.0, 3)
+    bn.params["beta"][...] = rng.standard_normal(3)
+    pooled = Sequential([
+        Reshape((6, 6, 1)),
+        Conv2D(1, 2, 3, padding=1, rng=rng, dtype=np.float64),
+        Conv2D(2, 3, 3, padding=1, rng=rng, dtype=np.float64),
+        bn,
+        MaxPool2D(2),
+        Flatten(),
+        Dense(27, 4, rng=rng, dtype=np.float64),
+    ])  # fmt: skip
+    xc = _away_from_kinks(pooled, rng, (4, 36))
+    label = "cnn with BatchNorm and max-pool (fused)"
+    results += _check_network(label, pooled, xc, yc, {"layers.2.b"})
+    return results
+
+
+def _check_network(
+    label: str, net, x: np.ndarray, y: np.ndarray, skip: frozenset[str] | set[str] = frozenset()
+) -> list[CheckResult]:
+    """Every parameter of `net` (but those in `skip`) under cross-entropy with label smoothing
+    0.1, the layers in training mode, as the training step runs them."""
+    from .losses import softmax_cross_entropy
+
+    def loss() -> float:
+        return softmax_cross_entropy(net.forward(x, training=True), y, 0.1)[0]
+
+    _, ds = softmax_cross_entropy(net.forward(x, training=True), y, 0.1)
+    net.backward(ds)
+    results = []
+    for name, p, g in net.parameters():
+        if name in skip:
             continue
-        index, numeric = numerical_gradient(
-            lambda: softmax_cross_entropy(fused.forward(xc, training=True), yc, 0.1)[0], p
-        )
+        index, numeric = numerical_gradient(loss, p)
         results.append(
-            CheckResult(
-                f"cnn with BatchNorm (fused pair) {name}",
-                relative_error(g.reshape(-1)[index], numeric),
-            )
+            CheckResult(f"{label} {name}", relative_error(g.reshape(-1)[index], numeric))
         )
     return results

@@ -413,15 +413,8 @@ class BatchNorm:
         M = x2.shape[0]
         r = fold(M, F)  # elementwise work on (M / r, r F) views, vectors tiled r times
         if training:
-            if M < 2:
-                raise ValueError("BatchNorm needs at least 2 values per feature while training")
-            mu = column_sums(x2) / M
-            xc = x2.reshape(-1, r * F) - xp.tile(mu, r)  # (M / r, r F)
-            var = xp.einsum("mf,mf->f", xc.reshape(M, F), xc.reshape(M, F)) / M
-            inv_std = 1.0 / xp.sqrt(var + x.dtype.type(self.eps))
-            self._xc, self._inv_std = xc.reshape(M, F), inv_std
-            self.update_running(mu, var, M)
-            out = xc * xp.tile(self.params["gamma"] * inv_std, r)
+            xc, inv_std = self.centre(x2)
+            out = xc.reshape(-1, r * F) * xp.tile(self.params["gamma"] * inv_std, r)
             out += xp.tile(self.params["beta"], r)
         else:
             # out = x s + (beta - mu s): two passes
@@ -430,6 +423,22 @@ class BatchNorm:
             out += xp.tile(self.params["beta"] - self.buffers["running_mean"] * s, r)
             self._xc = None
         return out.reshape(x.shape)
+
+    def centre(self, x2: Array) -> tuple[Array, Array]:
+        """The batch statistics of x2 (M, F): returns xc = x2 - mu (M, F) and 1 / sqrt(var +
+        eps) (F,), keeps both for backward and moves the running statistics (training)."""
+        xp = array_module(x2)
+        M, F = x2.shape
+        if M < 2:
+            raise ValueError("BatchNorm needs at least 2 values per feature while training")
+        r = fold(M, F)
+        mu = column_sums(x2) / M
+        xc = (x2.reshape(-1, r * F) - xp.tile(mu, r)).reshape(M, F)
+        var = xp.einsum("mf,mf->f", xc, xc) / M
+        inv_std = 1.0 / xp.sqrt(var + x2.dtype.type(self.eps))
+        self._xc, self._inv_std = xc, inv_std
+        self.update_running(mu, var, M)
+        return xc, inv_std
 
     def update_running(self, mu: Array, var: Array, M: int) -> None:
         """Move the running statistics towards a batch's mean and (biased) variance, (F,)

@@ -11,7 +11,7 @@ import numpy as np
 
 from .backend import array_module
 from .conv import Conv2D, MaxPool2D
-from .fused import ConvBatchNorm
+from .fused import BatchNormMaxPool, ConvBatchNorm
 from .layers import Array, BatchNorm, Dense, Dropout, Layer, ReLU, layer_from_config
 
 
@@ -27,6 +27,7 @@ class Sequential:
             raise ValueError("Sequential needs at least one layer")
         self.layers = list(layers)
         self._pair: tuple[int, ConvBatchNorm] | None = None  # the last forward's fused pair
+        self._bn_pools: dict[int, BatchNormMaxPool] = {}  # {BatchNorm's index: pair} (same)
 
     def forward(self, x: Array, training: bool = False) -> Array:
         """x: (N, D) inputs -> scores: (N, C) unnormalised class scores.
@@ -36,14 +37,26 @@ class Sequential:
         one-channel Conv2D with a BatchNorm after it trains as one pair (`barenet.fused`): the
         same function and gradients, without passes over the convolution's output. A Conv2D
         whose output reaches a max-pool writes it window-major for that pool (`Conv2D.forward`,
-        `_pooled_convolutions`): the same values in another order."""
+        `_pooled_convolutions`): the same values in another order. A BatchNorm that receives
+        such an output, with the pool right after it, normalises only the pooled values
+        (`barenet.fused.BatchNormMaxPool`, while its gammas are positive)."""
         self._pair = self._conv_batchnorm() if training else None
+        self._bn_pools = {}
         pools = self._pooled_convolutions()
         for i, layer in enumerate(self.layers):
+            following = self.layers[i + 1] if i + 1 < len(self.layers) else None
             if self._pair is not None and i == self._pair[0]:
                 x = self._pair[1].forward(x, pool=pools.get(i, 0))
             elif self._pair is not None and i == self._pair[0] + 1:
                 continue  # the pair's BatchNorm: done
+            elif i - 1 in self._bn_pools:
+                continue  # the max-pool of a BatchNormMaxPool: done
+            elif (
+                training and isinstance(layer, BatchNorm) and isinstance(following, MaxPool2D)
+                and BatchNormMaxPool.applies(layer, following, x)
+            ):  # fmt: skip
+                self._bn_pools[i] = BatchNormMaxPool(layer, following)
+                x = self._bn_pools[i].forward(x)
             elif isinstance(layer, Conv2D):
                 x = layer.forward(x, training, pool=pools.get(i, 0))
             else:
@@ -86,14 +99,20 @@ class Sequential:
         """
         first = self._first_with_params()
         dout = dscores
-        for i in range(len(self.layers) - 1, first - 1, -1):
+        i = len(self.layers) - 1
+        while i >= first:
             if self._pair is not None and i == self._pair[0] + 1:
                 self._pair[1].backward(dout)  # both layers of the pair; they start at `first`
                 return
-            dx = self.layers[i].backward(dout, need_dx=i > first)
+            if i - 1 in self._bn_pools:  # a BatchNorm (i - 1) and its max-pool (i) as one
+                i -= 1
+                dx = self._bn_pools[i].backward(dout, need_dx=i > first)
+            else:
+                dx = self.layers[i].backward(dout, need_dx=i > first)
             if i > first:
                 assert dx is not None
                 dout = dx
+            i -= 1
 
     def predict_proba(self, x: Array, batch_size: int = 2000) -> Array:
         """x: (N, D) -> class probabilities: (N, C), rows sum to 1; computed in batches."""
