@@ -6,7 +6,7 @@ import pytest
 
 import barenet.blas
 import barenet.optim
-from barenet.blas import _numpy_openblas_path, level1
+from barenet.blas import _numpy_openblas_path, level1, matmul_long
 from barenet.optim import SGD
 
 
@@ -146,3 +146,16 @@ def test_matmul_add_refuses_what_blas_cannot_take():
     frozen.flags.writeable = False
     assert not barenet.blas.matmul_add(a, b, frozen)
     np.testing.assert_array_equal(c, 3 * np.ones((4, 2)))  # only the first call added
+
+
+@pytest.mark.parametrize("K", [5, 2048, 3000, 100352])
+def test_matmul_long_equals_the_product(K):
+    """The sum of chunk products: the same product up to the order of the additions, with a
+    remainder chunk where the chunk size does not divide K, and one product for short K."""
+    rng = np.random.default_rng(K)
+    a, b = rng.standard_normal((10, K)), rng.standard_normal((K, 7))
+    np.testing.assert_allclose(matmul_long(a, b), a @ b, rtol=1e-12, atol=1e-10)
+    a32, b32 = a.astype(np.float32), b.T.astype(np.float32).T  # b: a transposed view
+    out = matmul_long(a32, b32)
+    assert out.dtype == np.float32 and out.shape == (10, 7)
+    np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-3 * np.sqrt(K))

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from .backend import array_module
-from .blas import matmul_add
+from .blas import matmul_add, matmul_long
 from .layers import Array, column_sums, fold, init_weights
 from .threads import in_blocks
 
@@ -269,7 +269,7 @@ class Conv2D:
         blocks = (w, w, N, *dout.shape[-3:-1])  # (w, w, N, OH/w, OW/w); w = 1: plain
         W2 = self.params["W"].reshape(-1, F)  # (k*k*C, F), a view
         if self._x_shape[3] == 1:  # cols is colsT (k*k + 1, N*OH*OW): _forward_one_channel
-            dWb = cols @ dout2  # (k*k + 1, F): [dW; db]
+            dWb = matmul_long(cols, dout2)  # (k*k + 1, F): [dW; db]
             self.grads["W"].reshape(-1, F)[...] = dWb[:-1]
             self.grads["b"][...] = dWb[-1]
             if not need_dx:

@@ -43,6 +43,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import array_module, to_numpy
+from .blas import matmul_long
 from .conv import Conv2D, MaxPool2D
 from .layers import Array, BatchNorm, column_sums, fold
 
@@ -95,7 +96,7 @@ class ConvBatchNorm:
         conv, bn = self.conv, self.bn
         m, S, Wb, mu, inv_std = self._moments
         F = conv.out_channels
-        Q = _float64(P @ dy.reshape(-1, F))  # (K, F)
+        Q = _float64(matmul_long(P, dy.reshape(-1, F)))  # (K, F)
         dbeta = Q[-1]
         dgamma = (np.einsum("kf,kf->f", Wb, Q) - mu * dbeta) * inv_std
         gamma = _float64(bn.params["gamma"])
