@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 
@@ -162,3 +164,33 @@ def test_conv_input_gradient_by_shifts_equals_col2im(k, pad, w, monkeypatch):
     monkeypatch.setattr(barenet.conv, "matmul_add", lambda a, b, c: False)
     assert conv._input_gradient_by_shifts(dout) is None
     np.testing.assert_allclose(shifted, conv.backward(dout), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("C, pool", [(3, 2), (3, 0), (1, 2)])
+def test_working_arrays_kept_between_training_steps_change_nothing(C, pool):
+    """A training step rewrites the padded input, the patches and the gradient grids in
+    arrays kept from the step before (Conv2D._work): results equal a layer's with new arrays,
+    whatever the batch before (other values, another size), and nothing returned is a kept
+    array. Inference gives the arrays back."""
+    rng = np.random.default_rng(C + pool)
+    conv = Conv2D(C, 4, 3, padding=1, rng=rng, dtype=np.float64)
+    results = []
+    for n in (2, 2, 3, 2):
+        x = rng.standard_normal((n, 6, 4, C))
+        fresh = copy.deepcopy(conv)
+        fresh._kept.clear()
+        out, ref = conv.forward(x, training=True, pool=pool), fresh.forward(x, True, pool=pool)
+        dout = rng.standard_normal(out.shape)
+        dx, dx_ref = conv.backward(dout), fresh.backward(dout)
+        np.testing.assert_array_equal(out, ref)
+        np.testing.assert_array_equal(dx, dx_ref)
+        np.testing.assert_array_equal(conv.grads["W"], fresh.grads["W"])
+        results.append((out.copy(), dx.copy(), out, dx))
+        assert conv._kept and not any(
+            np.shares_memory(a, kept) for a in (out, dx) for kept in conv._kept.values()
+        )
+    for out_then, dx_then, out, dx in results:  # later steps left earlier results alone
+        np.testing.assert_array_equal(out, out_then)
+        np.testing.assert_array_equal(dx, dx_then)
+    conv.forward(x)
+    assert conv._kept == {}

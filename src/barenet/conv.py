@@ -143,6 +143,7 @@ class Conv2D:
         self.grads = {k_: xp.zeros_like(v) for k_, v in self.params.items()}
         self.buffers: dict[str, Array] = {}
         self._cols: Array | None = None
+        self._kept: dict[str, Array] = {}  # working arrays kept between training steps
         self._x_shape: tuple[int, ...] = ()
         self._w = 1  # the window-major block size of the last forward's output (1: plain)
 
@@ -162,16 +163,19 @@ class Conv2D:
         xp = array_module(x)
         N, _, _, C = x.shape
         k, F = self.kernel_size, self.out_channels
-        xpad, OH, OW = self._padded(x)
+        if not training:
+            self._kept.clear()  # training is over or paused: give the working arrays back
+        xpad, OH, OW = self._padded(x, keep=training)
         w = self._window(OH, OW, pool)
         if C == 1:
-            out, cols = self._forward_one_channel(xpad, OH, OW, w)
+            out, cols = self._forward_one_channel(xpad, OH, OW, w, keep=training)
         else:
             windows = _windows(xpad, k, k, self.stride)  # (N, OH, OW, k, k, C), a view
             if w > 1:  # (w, w, N, OH/w, OW/w, k, k, C), a view
                 windows = windows.reshape(N, OH // w, w, OW // w, w, k, k, C)
                 windows = windows.transpose(2, 4, 0, 1, 3, 5, 6, 7)
-            cols = windows.reshape(N * OH * OW, k * k * C)  # the copy
+            cols = self._work("cols", (N * OH * OW, k * k * C), x.dtype, xp, keep=training)
+            cols.reshape(windows.shape)[...] = windows  # the copy
             out = cols @ self.params["W"].reshape(k * k * C, F)  # (N*OH*OW, F)
             r = fold(out.shape[0], F)  # the bias added over (M / r, r F) views: longer loops
             out.reshape(-1, r * F)[...] += xp.tile(self.params["b"], r)
@@ -185,7 +189,7 @@ class Conv2D:
         return pool if pool > 1 and OH % pool == 0 and OW % pool == 0 else 1
 
     def _forward_one_channel(
-        self, xpad: Array, OH: int, OW: int, w: int = 1
+        self, xpad: Array, OH: int, OW: int, w: int = 1, keep: bool = False
     ) -> tuple[Array, Array]:
         """The forward pass for one input channel (grayscale images: a network's first layer).
 
@@ -194,24 +198,50 @@ class Conv2D:
         out = colsT^T [W; b] is the whole layer in one product, and in backward colsT dout
         gives [dW; db] at once.
         """
-        colsT = self._unfold_one_channel(xpad, OH, OW, w)
+        colsT = self._unfold_one_channel(xpad, OH, OW, w, keep)
         return colsT.T @ self.weights_with_bias(), colsT
 
-    def patches(self, x: Array, pool: int = 0) -> tuple[Array, tuple[int, ...]]:
+    def patches(
+        self, x: Array, pool: int = 0, training: bool = True
+    ) -> tuple[Array, tuple[int, ...]]:
         """The unfolded patches of a one-channel input, for work that needs them directly
         (`barenet.fused`): x: (N, H, W, 1) -> colsT: (k*k + 1, N*OH*OW), the transpose of cols
         with a last row of ones, its columns in the order of `forward(x, pool=pool)`'s
         outputs, and the shape of those outputs without F: (N, OH, OW) or (w*w, N, OH/w,
-        OW/w)."""
+        OW/w). training: in arrays kept for the next step (`_work`), valid until then."""
         if self.in_channels != 1:
             raise ValueError("Conv2D.patches is for one-channel inputs")
-        xpad, OH, OW = self._padded(x)
+        xpad, OH, OW = self._padded(x, keep=training)
         w = self._window(OH, OW, pool)
-        return self._unfold_one_channel(xpad, OH, OW, w), _positions(x.shape[0], OH, OW, w)
+        colsT = self._unfold_one_channel(xpad, OH, OW, w, keep=training)
+        return colsT, _positions(x.shape[0], OH, OW, w)
 
-    def _padded(self, x: Array) -> tuple[Array, int, int]:
+    def _work(
+        self, name: str, shape: tuple[int, ...], dtype: Any, xp: ModuleType, keep: bool
+    ) -> Array:
+        """An array for this layer's own work within a step: a new one, or with keep (while
+        training) the same array from one step to the next, made zero once. What a step does
+        not write stays as the last one left it: zero, where no step writes (the padding).
+
+        Why keep them: a fresh array of tens of MB each step costs page faults and the
+        kernel's zeroing of every page as it is first written; for the `cnn` recipe's second
+        convolution (its padded input and 29 MB of patches) ~3.5 ms of a ~50 ms step."""
+        if not keep:
+            return xp.empty(shape, dtype=dtype)
+        kept = self._kept.get(name)
+        if (
+            kept is None
+            or kept.shape != shape
+            or kept.dtype != dtype
+            or array_module(kept) is not xp
+        ):
+            kept = self._kept[name] = xp.zeros(shape, dtype=dtype)
+        return kept
+
+    def _padded(self, x: Array, keep: bool = False) -> tuple[Array, int, int]:
         """x: (N, H, W, C) -> the zero-padded input (N, H + 2p, W + 2p, C), OH and OW; a
-        ValueError if x does not have C channels or the kernel does not fit."""
+        ValueError if x does not have C channels or the kernel does not fit. keep: in an
+        array kept between steps (`_work`), whose border stays zero."""
         N, H, W_, C = x.shape
         if C != self.in_channels:
             raise ValueError(f"Conv2D expects {self.in_channels} input channels, got {C}")
@@ -219,10 +249,18 @@ class Conv2D:
         OH, OW = self.output_shape(H, W_)
         if OH < 1 or OW < 1:
             raise ValueError(f"Conv2D: a {k}x{k} kernel does not fit a {H}x{W_} input")
-        xpad = array_module(x).pad(x, ((0, 0), (p, p), (p, p), (0, 0))) if p else x
+        if not p:
+            return x, OH, OW
+        xp = array_module(x)
+        if not keep:
+            return xp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), OH, OW
+        xpad = self._work("xpad", (N, H + 2 * p, W_ + 2 * p, C), x.dtype, xp, keep=True)
+        xpad[:, p : p + H, p : p + W_] = x
         return xpad, OH, OW
 
-    def _unfold_one_channel(self, xpad: Array, OH: int, OW: int, w: int = 1) -> Array:
+    def _unfold_one_channel(
+        self, xpad: Array, OH: int, OW: int, w: int = 1, keep: bool = False
+    ) -> Array:
         """xpad: (N, Hp, Wp, 1) -> colsT: (k*k + 1, N*OH*OW), the transpose of cols with a
         last row of ones; its columns window-major for w > 1 (see `forward`).
 
@@ -235,7 +273,7 @@ class Conv2D:
         k, s = self.kernel_size, self.stride
         N = xpad.shape[0]
         PH, PW, step = OH // w, OW // w, s * w
-        colsT = xp.empty((k * k + 1, w * w, N, PH, PW), dtype=xpad.dtype)
+        colsT = self._work("colsT", (k * k + 1, w * w, N, PH, PW), xpad.dtype, xp, keep)
         for i in range(k):
             for j in range(k):
                 for a in range(w):
@@ -320,9 +358,7 @@ class Conv2D:
         if xp is not np or p > k - 1:  # p > k - 1: outputs would fall beyond an image's cell
             return None
         Hc, Wc = H + p, W_ + p
-        D = xp.empty((N, Hc, Wc, F), dtype=dout.dtype)
-        D[:, OH:] = 0
-        D[:, :OH, OW:] = 0
+        D = self._work("D", (N, Hc, Wc, F), dout.dtype, xp, keep=True)  # zero where no output
         # dout, plain (N, OH, OW, F) or window-major (w*w, N, OH/w, OW/w, F), put in place
         D[:, :OH, :OW].reshape(N, OH // w, w, OW // w, w, F)[...] = dout.reshape(
             w, w, N, OH // w, OW // w, F
@@ -330,16 +366,18 @@ class Conv2D:
         D2 = D.reshape(-1, F)
         # shifts reach p*(Wc + 1) rows back and (k - 1 - p)*(Wc + 1) on: room on both sides
         origin, beyond = p * (Wc + 1), (k - 1 - p) * (Wc + 1)
-        dxgrid = xp.zeros((origin + N * Hc * Wc + beyond, C), dtype=dout.dtype)
+        dxgrid = self._work("dxgrid", (origin + N * Hc * Wc + beyond, C), dout.dtype, xp, True)
+        dxgrid.fill(0)
         W = self.params["W"]  # (k, k, C, F)
         for i in range(k):
             for j in range(k):
                 s = origin + (i - p) * Wc + (j - p)  # from 0 to origin + beyond
                 if not matmul_add(D2, W[i, j].T, dxgrid[s : s + D2.shape[0]]):
                     return None
-        # a contiguous copy: the layer below (a ReLU) runs faster over it than over the view
+        # a contiguous copy (never the kept grid itself): the layer below (a ReLU) runs
+        # faster over it than over a view
         images = dxgrid[origin : origin + N * Hc * Wc].reshape(N, Hc, Wc, C)
-        return xp.ascontiguousarray(images[:, :H, :W_])
+        return images[:, :H, :W_].copy()
 
     def config(self) -> dict[str, Any]:
         return {
