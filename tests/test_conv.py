@@ -169,7 +169,7 @@ def test_conv_input_gradient_by_shifts_equals_col2im(k, pad, w, monkeypatch):
 @pytest.mark.parametrize("C, pool", [(3, 2), (3, 0), (1, 2)])
 def test_working_arrays_kept_between_training_steps_change_nothing(C, pool):
     """A training step rewrites the padded input, the patches and the gradient grids in
-    arrays kept from the step before (Conv2D._work): results equal a layer's with new arrays,
+    arrays kept from the step before (Conv2D.work): results equal a layer's with new arrays,
     whatever the batch before (other values, another size), and nothing returned is a kept
     array. Inference gives the arrays back."""
     rng = np.random.default_rng(C + pool)

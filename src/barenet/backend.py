@@ -29,3 +29,15 @@ def to_numpy(x: Any) -> np.ndarray:
         return x
     get = getattr(x, "get", None)
     return get() if callable(get) else np.asarray(x)
+
+
+def kept_array(
+    store: dict[str, Any], name: str, shape: tuple[int, ...], dtype: Any, xp: Any
+) -> Any:
+    """store[name] if it is an array of this shape, dtype and module, else a new zero array put
+    there: a layer's working array kept from one training step to the next (`Conv2D.work`
+    says why). The caller rewrites what it uses; what no step writes stays zero."""
+    kept = store.get(name)
+    if kept is None or kept.shape != shape or kept.dtype != dtype or array_module(kept) is not xp:
+        kept = store[name] = xp.zeros(shape, dtype=dtype)
+    return kept

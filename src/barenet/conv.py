@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_module
+from .backend import array_module, kept_array
 from .blas import matmul_add, matmul_long
 from .layers import Array, column_sums, fold, init_weights
 from .threads import in_blocks
@@ -174,7 +174,7 @@ class Conv2D:
             if w > 1:  # (w, w, N, OH/w, OW/w, k, k, C), a view
                 windows = windows.reshape(N, OH // w, w, OW // w, w, k, k, C)
                 windows = windows.transpose(2, 4, 0, 1, 3, 5, 6, 7)
-            cols = self._work("cols", (N * OH * OW, k * k * C), x.dtype, xp, keep=training)
+            cols = self.work("cols", (N * OH * OW, k * k * C), x.dtype, xp, keep=training)
             cols.reshape(windows.shape)[...] = windows  # the copy
             out = cols @ self.params["W"].reshape(k * k * C, F)  # (N*OH*OW, F)
             r = fold(out.shape[0], F)  # the bias added over (M / r, r F) views: longer loops
@@ -208,7 +208,7 @@ class Conv2D:
         (`barenet.fused`): x: (N, H, W, 1) -> colsT: (k*k + 1, N*OH*OW), the transpose of cols
         with a last row of ones, its columns in the order of `forward(x, pool=pool)`'s
         outputs, and the shape of those outputs without F: (N, OH, OW) or (w*w, N, OH/w,
-        OW/w). training: in arrays kept for the next step (`_work`), valid until then."""
+        OW/w). training: in arrays kept for the next step (`work`), valid until then."""
         if self.in_channels != 1:
             raise ValueError("Conv2D.patches is for one-channel inputs")
         xpad, OH, OW = self._padded(x, keep=training)
@@ -216,32 +216,23 @@ class Conv2D:
         colsT = self._unfold_one_channel(xpad, OH, OW, w, keep=training)
         return colsT, _positions(x.shape[0], OH, OW, w)
 
-    def _work(
+    def work(
         self, name: str, shape: tuple[int, ...], dtype: Any, xp: ModuleType, keep: bool
     ) -> Array:
-        """An array for this layer's own work within a step: a new one, or with keep (while
-        training) the same array from one step to the next, made zero once. What a step does
+        """An array for work within a step (this layer's, or a fused pair's, `barenet.fused`):
+        a new one, or with keep (while training) the same array from one step to the next,
+        made zero once. What a step does
         not write stays as the last one left it: zero, where no step writes (the padding).
 
         Why keep them: a fresh array of tens of MB each step costs page faults and the
         kernel's zeroing of every page as it is first written; for the `cnn` recipe's second
         convolution (its padded input and 29 MB of patches) ~3.5 ms of a ~50 ms step."""
-        if not keep:
-            return xp.empty(shape, dtype=dtype)
-        kept = self._kept.get(name)
-        if (
-            kept is None
-            or kept.shape != shape
-            or kept.dtype != dtype
-            or array_module(kept) is not xp
-        ):
-            kept = self._kept[name] = xp.zeros(shape, dtype=dtype)
-        return kept
+        return kept_array(self._kept, name, shape, dtype, xp) if keep else xp.empty(shape, dtype)
 
     def _padded(self, x: Array, keep: bool = False) -> tuple[Array, int, int]:
         """x: (N, H, W, C) -> the zero-padded input (N, H + 2p, W + 2p, C), OH and OW; a
         ValueError if x does not have C channels or the kernel does not fit. keep: in an
-        array kept between steps (`_work`), whose border stays zero."""
+        array kept between steps (`work`), whose border stays zero."""
         N, H, W_, C = x.shape
         if C != self.in_channels:
             raise ValueError(f"Conv2D expects {self.in_channels} input channels, got {C}")
@@ -254,7 +245,7 @@ class Conv2D:
         xp = array_module(x)
         if not keep:
             return xp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), OH, OW
-        xpad = self._work("xpad", (N, H + 2 * p, W_ + 2 * p, C), x.dtype, xp, keep=True)
+        xpad = self.work("xpad", (N, H + 2 * p, W_ + 2 * p, C), x.dtype, xp, keep=True)
         xpad[:, p : p + H, p : p + W_] = x
         return xpad, OH, OW
 
@@ -273,7 +264,7 @@ class Conv2D:
         k, s = self.kernel_size, self.stride
         N = xpad.shape[0]
         PH, PW, step = OH // w, OW // w, s * w
-        colsT = self._work("colsT", (k * k + 1, w * w, N, PH, PW), xpad.dtype, xp, keep)
+        colsT = self.work("colsT", (k * k + 1, w * w, N, PH, PW), xpad.dtype, xp, keep)
         for i in range(k):
             for j in range(k):
                 for a in range(w):
@@ -358,7 +349,7 @@ class Conv2D:
         if xp is not np or p > k - 1:  # p > k - 1: outputs would fall beyond an image's cell
             return None
         Hc, Wc = H + p, W_ + p
-        D = self._work("D", (N, Hc, Wc, F), dout.dtype, xp, keep=True)  # zero where no output
+        D = self.work("D", (N, Hc, Wc, F), dout.dtype, xp, keep=True)  # zero where no output
         # dout, plain (N, OH, OW, F) or window-major (w*w, N, OH/w, OW/w, F), put in place
         D[:, :OH, :OW].reshape(N, OH // w, w, OW // w, w, F)[...] = dout.reshape(
             w, w, N, OH // w, OW // w, F
@@ -366,7 +357,7 @@ class Conv2D:
         D2 = D.reshape(-1, F)
         # shifts reach p*(Wc + 1) rows back and (k - 1 - p)*(Wc + 1) on: room on both sides
         origin, beyond = p * (Wc + 1), (k - 1 - p) * (Wc + 1)
-        dxgrid = self._work("dxgrid", (origin + N * Hc * Wc + beyond, C), dout.dtype, xp, True)
+        dxgrid = self.work("dxgrid", (origin + N * Hc * Wc + beyond, C), dout.dtype, xp, True)
         dxgrid.fill(0)
         W = self.params["W"]  # (k, k, C, F)
         for i in range(k):

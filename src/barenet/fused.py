@@ -61,14 +61,17 @@ class ConvBatchNorm:
 
     def forward(self, x: Array, pool: int = 0) -> Array:
         """x: (N, H, W, 1) -> y = bn(conv(x)): (N, OH, OW, F), with the batch's statistics;
-        updates bn's running statistics. pool: as for `Conv2D.forward` (y window-major)."""
+        updates bn's running statistics. pool: as for `Conv2D.forward` (y window-major).
+        y, like the patches, lies in an array that the next forward pass rewrites
+        (`Conv2D.work`): the layers after the pair use it within the step."""
         xp = array_module(x)
         conv, bn = self.conv, self.bn
         P, shape = conv.patches(x, pool)  # (K, M), the output's shape without F
         M = P.shape[1]
         if M < 2:
             raise ValueError("BatchNorm needs at least 2 values per feature while training")
-        P64 = P.astype(np.float64)
+        P64 = conv.work("patches, float64", P.shape, np.float64, xp, keep=True)
+        P64[...] = P
         G = _float64(P64 @ P64.T) / M  # (K, K) second moments; its last row is m
         m = G[-1].copy()
         S = G - np.outer(m, m)
@@ -83,7 +86,8 @@ class ConvBatchNorm:
         dtype = P.dtype
         bn.update_running(xp.asarray(mu.astype(dtype)), xp.asarray(var.astype(dtype)), M)
         self._P, self._moments = P, (m, S, Wb, mu, inv_std)
-        y = P.T @ xp.asarray(Wb_folded.astype(dtype))  # (M, F)
+        y = conv.work("pair output", (M, conv.out_channels), dtype, xp, keep=True)
+        xp.matmul(P.T, xp.asarray(Wb_folded.astype(dtype)), out=y)  # (M, F)
         return y.reshape(*shape, -1)
 
     def backward(self, dy: Array) -> None:
@@ -173,7 +177,8 @@ class BatchNormMaxPool:
         M = xc.shape[0]
         s = bn.params["gamma"] * inv_std
         r = fold(M, F)
-        dx = xc.reshape(-1, r * F) * xp.tile(-s * bn.grads["gamma"] * inv_std / M, r)
+        dx = bn.work("max-pool pair's input gradient", (M // r, r * F), xc.dtype, xp)
+        xp.multiply(xc.reshape(-1, r * F), xp.tile(-s * bn.grads["gamma"] * inv_std / M, r), out=dx)
         dx -= xp.tile(s * bn.grads["beta"] / M, r)
         rq = fold(*d2.shape)
         routed = d2.reshape(-1, rq * F) * xp.tile(s, rq)  # s dout

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .backend import array_module
+from .backend import array_module, kept_array
 
 Array = Any  # an ndarray of the engine's array module (NumPy, or CuPy on a GPU)
 
@@ -398,6 +398,7 @@ class BatchNorm:
         }
         self._xc: Array | None = None  # x - mu, shape (M, F), kept for backward
         self._inv_std: Array | None = None  # 1 / sqrt(var + eps), shape (F,)
+        self._kept: dict[str, Array] = {}  # working arrays kept between training steps
 
     def forward(self, x: Array, training: bool = False) -> Array:
         """x: (..., F) -> out: same shape and dtype.
@@ -417,6 +418,7 @@ class BatchNorm:
             out = xc.reshape(-1, r * F) * xp.tile(self.params["gamma"] * inv_std, r)
             out += xp.tile(self.params["beta"], r)
         else:
+            self._kept.clear()  # training is over or paused: give the working arrays back
             # out = x s + (beta - mu s): two passes
             s = self.params["gamma"] / xp.sqrt(self.buffers["running_var"] + x.dtype.type(self.eps))
             out = x2.reshape(-1, r * F) * xp.tile(s, r)
@@ -433,12 +435,18 @@ class BatchNorm:
             raise ValueError("BatchNorm needs at least 2 values per feature while training")
         r = fold(M, F)
         mu = column_sums(x2) / M
-        xc = (x2.reshape(-1, r * F) - xp.tile(mu, r)).reshape(M, F)
+        xc = self.work("xc", (M, F), x2.dtype, xp)  # x - mu, rewritten every step
+        xp.subtract(x2.reshape(-1, r * F), xp.tile(mu, r), out=xc.reshape(-1, r * F))
         var = xp.einsum("mf,mf->f", xc, xc) / M
         inv_std = 1.0 / xp.sqrt(var + x2.dtype.type(self.eps))
         self._xc, self._inv_std = xc, inv_std
         self.update_running(mu, var, M)
         return xc, inv_std
+
+    def work(self, name: str, shape: tuple[int, ...], dtype: Any, xp: ModuleType) -> Array:
+        """An array kept from one training step to the next, for this layer's work or a fused
+        pair's (`backend.kept_array`; `Conv2D.work` says why)."""
+        return kept_array(self._kept, name, shape, dtype, xp)
 
     def update_running(self, mu: Array, var: Array, M: int) -> None:
         """Move the running statistics towards a batch's mean and (biased) variance, (F,)
