@@ -243,37 +243,27 @@ def check_all(seed: int = 0) -> list[CheckResult]:
     xc, yc = _away_from_kinks(cnn, rng, (4, 36)), rng.integers(0, 4, 4)
     results += _check_network("cnn", cnn, xc, yc)
 
+    def with_batchnorm(*convolutions: Conv2D) -> Sequential:
+        """The network above with these convolutions, a BatchNorm (positive gammas) and the pool."""
+        bn = BatchNorm(3, dtype=np.float64)
+        bn.params["gamma"][...] = rng.uniform(0.5, 2.0, 3)
+        bn.params["beta"][...] = rng.standard_normal(3)
+        return Sequential([Reshape((6, 6, 1)), *convolutions, bn, MaxPool2D(2), Flatten(),
+                           Dense(27, 4, rng=rng, dtype=np.float64)])  # fmt: skip
+
     # The same network with a BatchNorm after its one-channel convolution: Sequential trains
     # the pair as one (barenet.fused), from the patches' moments. The convolution's bias is
     # left out here for the reason above (tests/test_fused.py checks that its gradient is 0).
-    bn = BatchNorm(3, dtype=np.float64)
-    bn.params["gamma"][...] = rng.uniform(0.5, 2.0, 3)
-    bn.params["beta"][...] = rng.standard_normal(3)
-    fused = Sequential([
-        Reshape((6, 6, 1)),
-        Conv2D(1, 3, 3, padding=1, rng=rng, dtype=np.float64),
-        bn,
-        MaxPool2D(2),
-        Flatten(),
-        Dense(27, 4, rng=rng, dtype=np.float64),
-    ])  # fmt: skip
+    fused = with_batchnorm(Conv2D(1, 3, 3, padding=1, rng=rng, dtype=np.float64))
     xc = _away_from_kinks(fused, rng, (4, 36))
     results += _check_network("cnn with BatchNorm (fused pair)", fused, xc, yc, {"layers.1.b"})
 
     # A BatchNorm between a (two-channel) convolution and a max-pool, with positive gammas:
     # Sequential normalises only the pooled values (barenet.fused.BatchNormMaxPool).
-    bn = BatchNorm(3, dtype=np.float64)
-    bn.params["gamma"][...] = rng.uniform(0.5, 2.0, 3)
-    bn.params["beta"][...] = rng.standard_normal(3)
-    pooled = Sequential([
-        Reshape((6, 6, 1)),
+    pooled = with_batchnorm(
         Conv2D(1, 2, 3, padding=1, rng=rng, dtype=np.float64),
         Conv2D(2, 3, 3, padding=1, rng=rng, dtype=np.float64),
-        bn,
-        MaxPool2D(2),
-        Flatten(),
-        Dense(27, 4, rng=rng, dtype=np.float64),
-    ])  # fmt: skip
+    )
     xc = _away_from_kinks(pooled, rng, (4, 36))
     label = "cnn with BatchNorm and max-pool (fused)"
     results += _check_network(label, pooled, xc, yc, {"layers.2.b"})
