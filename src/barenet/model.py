@@ -39,7 +39,9 @@ class Sequential:
         whose output reaches a max-pool writes it window-major for that pool (`Conv2D.forward`,
         `_pooled_convolutions`): the same values in another order. A BatchNorm that receives
         such an output, with the pool right after it, normalises only the pooled values
-        (`barenet.fused.BatchNormMaxPool`, while its gammas are positive)."""
+        (`barenet.fused.BatchNormMaxPool`, while its gammas are positive). Convolutions and
+        BatchNorms keep their large working arrays from one training step to the next
+        (`Conv2D.work`); a forward pass at inference gives them back."""
         self._pair = self._conv_batchnorm() if training else None
         self._bn_pools = {}
         pools = self._pooled_convolutions()
