@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from .backend import array_module
+
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enumerations
 
 
@@ -122,8 +124,6 @@ def matmul_long(a: Any, b: Any, chunk: int = 1024) -> Any:
     the same product as 98 chunks of 1024, one batched matmul (each chunk's small product runs
     whole on one thread) and a sum, takes 0.63 ms. The sum over chunks changes only the order
     of the additions. Any array module (NumPy's matmul or CuPy's)."""
-    from .backend import array_module
-
     xp = array_module(a)
     (m, K), n = a.shape, b.shape[1]
     c = K // chunk

@@ -221,8 +221,8 @@ class Conv2D:
     ) -> Array:
         """An array for work within a step (this layer's, or a fused pair's, `barenet.fused`):
         a new one, or with keep (while training) the same array from one step to the next,
-        made zero once. What a step does
-        not write stays as the last one left it: zero, where no step writes (the padding).
+        made zero once. What a step does not write stays as the last one left it: zero, where
+        no step writes (the padding).
 
         Why keep them: a fresh array of tens of MB each step costs page faults and the
         kernel's zeroing of every page as it is first written; for the `cnn` recipe's second
