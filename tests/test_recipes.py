@@ -28,13 +28,20 @@ def test_cnn_recipe_architecture():
     assert kinds.count(BatchNorm) == 3
     assert model.layers[kinds.index(Conv2D)].params["W"].shape == (3, 3, 1, 32)
     ensemble = RECIPES["cnn-ensemble"]
-    assert ensemble.members == 5 and ensemble.convs_per_block == 2  # five cnn-deep members
+    assert ensemble.members == 5  # five cnn members
     same = {
         k: v for k, v in ensemble.to_dict().items() if k not in ("name", "description", "members")
     }
-    assert same == {k: v for k, v in RECIPES["cnn-deep"].to_dict().items() if k in same}
-    deep = [type(layer) for layer in build_model(RECIPES["cnn-deep"], (28, 28), 10).layers]
-    assert deep.count(Conv2D) == 4 and deep.count(MaxPool2D) == 2 and deep.count(BatchNorm) == 5
+    assert same == {k: v for k, v in RECIPES["cnn"].to_dict().items() if k in same}
+    deep = RECIPES["cnn-deep"]
+    kinds = [type(layer) for layer in build_model(deep, (28, 28), 10).layers]
+    assert kinds.count(Conv2D) == 4 and kinds.count(MaxPool2D) == 2 and kinds.count(BatchNorm) == 5
+    # the elastic distortion on top of cnn's rotation, scale and shift
+    assert RECIPES["cnn"].augment.elastic_alpha == 0 < deep.augment.elastic_alpha
+    assert (
+        dataclasses.replace(deep.augment, elastic_alpha=0, elastic_sigma=4)
+        == RECIPES["cnn"].augment
+    )
 
 
 def test_conv_dropout_closes_every_convolution_block():
@@ -87,7 +94,7 @@ def test_from_dict_rejects_unknown_fields():
 def test_recipes_have_fashion_settings_where_mnist_ones_do_not_suit():
     mnist, fashion = get_recipe("cnn"), get_recipe("cnn", "fashion-mnist")
     assert fashion.name == "cnn" and fashion.augment.flip and not mnist.augment.flip
-    assert fashion.augment.elastic_alpha == 0 < mnist.augment.elastic_alpha
+    assert fashion.augment.rotate == fashion.augment.scale == 0 < mnist.augment.rotate
     assert get_recipe("mlp", "fashion-mnist").augment.flip
     assert get_recipe("seed", "fashion-mnist") == get_recipe("seed")  # no settings of its own
     for recipe in (fashion, get_recipe("mlp", "fashion-mnist")):

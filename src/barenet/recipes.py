@@ -247,7 +247,7 @@ RECIPES = {
         name="cnn",
         description="One convolutional net with augmentation: two blocks of 3x3 convolution, "
         "BatchNorm, ReLU and 2x2 max-pooling (32 and 64 channels), a 256-unit dense layer with "
-        "dropout, trained on randomly rotated, scaled, shifted and elastically distorted digits.",
+        "dropout, trained on randomly rotated, scaled and shifted digits.",
         arch="cnn",
         conv=(32, 64),
         kernel_size=3,
@@ -255,10 +255,10 @@ RECIPES = {
         hidden=(256,),
         dropout=0.3,
         l2=5e-4,
-        # Validation accuracy of seed 0 (this recipe: 99.48%): without the elastic distortion
-        # 99.56% (99.54% with it, an earlier engine); 30 epochs 99.50%: within one seed's
-        # noise. Two convolutions per block were ahead on seeds 0-2: the `cnn-deep` recipe.
-        augment=Augment(rotate=10.0, scale=0.1, shift=2.0, elastic_alpha=34.0, elastic_sigma=4.0),
+        # Validation accuracy, seeds 0-2: 99.58%, 99.66%, 99.54% without the elastic
+        # distortion, 99.52%, 99.50%, 99.50% with it (alpha 34, sigma 4; the same engine).
+        # With it: 30 epochs instead of 15, 99.50% (seed 0); label smoothing 0.1, 99.52%.
+        augment=Augment(rotate=10.0, scale=0.1, shift=2.0),
         epochs=15,
         batch_size=128,
         lr=0.05,
@@ -269,16 +269,19 @@ RECIPES["cnn-deep"] = dataclasses.replace(
     RECIPES["cnn"],
     name="cnn-deep",
     description="The `cnn` network with two 3x3 convolutions in each block (32-32 and 64-64 "
-    "channels, VGG-style), the same augmentation: about four times the training time.",
-    # Validation accuracy, seeds 0-2: 99.54%, 99.54%, 99.48% (`cnn`: 99.50%, 99.48%, 99.38%).
+    "channels, VGG-style), trained on elastically distorted digits as well: about four times "
+    "the training time.",
+    # Validation accuracy, seeds 0-2: 99.54%, 99.54%, 99.48% (`cnn` with the elastic
+    # distortion: 99.50%, 99.48%, 99.38%, an earlier engine).
     convs_per_block=2,
+    augment=Augment(rotate=10.0, scale=0.1, shift=2.0, elastic_alpha=34.0, elastic_sigma=4.0),
 )
 RECIPES["cnn-ensemble"] = dataclasses.replace(
-    RECIPES["cnn-deep"],
+    RECIPES["cnn"],
     name="cnn-ensemble",
-    description="Five `cnn-deep` members with seeds 0-4, their probabilities averaged.",
-    # Validation accuracy of the averaged probabilities: five `cnn-deep` members 99.56%,
-    # five `cnn` members 99.48%, all ten 99.56%.
+    description="Five `cnn` members with seeds 0-4, their probabilities averaged.",
+    # Validation accuracy of the averaged probabilities: five `cnn` members 99.62%; five
+    # `cnn-deep` members 99.56%; five `cnn` members with the elastic distortion 99.48%.
     members=5,
 )
 
