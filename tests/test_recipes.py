@@ -28,7 +28,7 @@ def test_cnn_recipe_architecture():
     assert kinds.count(BatchNorm) == 3
     assert model.layers[kinds.index(Conv2D)].params["W"].shape == (3, 3, 1, 32)
     ensemble = RECIPES["cnn-ensemble"]
-    assert ensemble.members == 3  # three cnn-deep members
+    assert ensemble.members == 4  # four cnn-deep members
     same = {
         k: v for k, v in ensemble.to_dict().items() if k not in ("name", "description", "members")
     }
