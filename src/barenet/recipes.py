@@ -238,7 +238,10 @@ RECIPES = {
         max_norm=3.0,
         l2=0.0,
         augment=Augment(rotate=10.0, scale=0.1, shift=2.0, elastic_alpha=34.0, elastic_sigma=4.0),
-        epochs=60,
+        # Validation accuracy, seed 0, one engine: 60 epochs 99.28% (training accuracy on the
+        # distorted digits 94.8%: underfit), 150 epochs 99.36%; 60 epochs without the elastic
+        # distortion also 99.36%, but the distortion is what this recipe is about.
+        epochs=150,
         batch_size=128,
         lr=0.1,
         warmup_epochs=1.0,
