@@ -90,3 +90,37 @@ def test_flip_mirrors_about_half_of_the_images_exactly():
     assert Augment(flip=True).active
     with pytest.raises(ValueError, match="flip"):
         Augment(flip="yes").check()  # type: ignore[arg-type]
+
+
+def test_erase_replaces_one_rectangle_of_each_chosen_image_with_noise():
+    x = np.zeros((400, 28, 28), np.uint8)  # black: every erased pixel turns to noise > 0
+    out = augment(x, np.random.default_rng(7), Augment(erase=1.0))
+    areas = []
+    for image in out:
+        rows, cols = np.nonzero(image)
+        assert len(rows), "every image is erased at p = 1"
+        box = image[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert (box > 0).all()  # the changed pixels fill their bounding box: one rectangle
+        assert image.max() <= 255
+        areas.append(box.size / 784)
+    # area shares drawn from [0.02, 0.4] (whole pixels; tall draws cut to the image's height)
+    assert 0.01 <= min(areas) < 0.05 and 0.3 < max(areas) <= 0.45
+    aspects = [np.ptp(np.nonzero(o)[0]) / np.ptp(np.nonzero(o)[1]) for o in out if np.ptp(np.nonzero(o)[1])]
+    assert min(aspects) < 0.6 and max(aspects) > 1.6  # both tall and wide rectangles
+    np.testing.assert_array_equal(out, augment(x, np.random.default_rng(7), Augment(erase=1.0)))
+    floats = augment(x.astype(np.float32), np.random.default_rng(7), Augment(erase=1.0))
+    assert 0.5 < floats.max() <= 1.0  # float images: noise in [0, 1]
+
+
+def test_erase_chooses_images_with_its_probability_and_leaves_the_rest():
+    x = digits(2000, seed=1)
+    out = augment(x, np.random.default_rng(2), Augment(erase=0.5))
+    changed = (out != x).any(axis=(1, 2))
+    assert 0.45 < changed.mean() < 0.55
+    assert Augment(erase=0.5).active
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, float("nan"), "half"])
+def test_erase_must_be_a_probability(value):
+    with pytest.raises(ValueError, match="erase"):
+        Augment(erase=value).check()

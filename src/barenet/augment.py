@@ -8,7 +8,12 @@ Every image of a batch gets its own random transform, and the whole batch is res
        a field of uniform(-1, 1) values per pixel and axis, smoothed by a Gaussian of width
        sigma and scaled by alpha. The Gaussian is separable, so smoothing the (N, 28, 28)
        fields is two batched products with a (28, 28) Gaussian matrix: G f G^T;
-    3. bilinear interpolation reads the input at those points (zero outside the image).
+    3. bilinear interpolation reads the input at those points (zero outside the image);
+    4. random erasing (Zhong et al. 2017), with probability `erase` per image: a rectangle of
+       area s H W, s ~ U[0.02, 0.4], and aspect ratio h / w = exp(U[log 0.3, log 1/0.3]),
+       placed uniformly inside the image, is filled with uniform noise in the input's range.
+       The rectangles of the batch are one (N, H, W) mask built by broadcasting row and column
+       ranges; a side longer than the image is cut to the image's.
 All of it is NumPy arithmetic over the whole batch: a handful of array passes, no Python loop
 over images. `benchmarks/augment.py` measures its cost against the training step.
 """
@@ -32,10 +37,11 @@ class Augment:
     elastic_alpha: float = 0.0  # strength of the elastic displacement, pixels (0: none)
     elastic_sigma: float = 4.0  # smoothness of the elastic field, pixels (Simard et al.: 4)
     flip: bool = False  # mirror each image left to right with probability 1/2
+    erase: float = 0.0  # probability of erasing a random rectangle of each image (0: never)
 
     @property
     def active(self) -> bool:
-        return any((self.rotate, self.scale, self.shift, self.elastic_alpha, self.flip))
+        return any((self.rotate, self.scale, self.shift, self.elastic_alpha, self.flip, self.erase))
 
     def check(self) -> None:
         for name in ("rotate", "scale", "shift", "elastic_alpha", "elastic_sigma"):
@@ -46,6 +52,8 @@ class Augment:
             raise ValueError(f"augmentation scale must be below 1, not {self.scale}")
         if self.elastic_alpha and self.elastic_sigma <= 0:
             raise ValueError("elastic distortion needs elastic_sigma > 0")
+        if not (isinstance(self.erase, (int, float)) and 0 <= self.erase <= 1):
+            raise ValueError(f"augmentation erase is a probability in [0, 1], not {self.erase!r}")
         if not isinstance(self.flip, bool):
             raise ValueError(f"augmentation flip must be true or false, not {self.flip!r}")
 
@@ -104,7 +112,39 @@ def augment(images: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.nd
     if aug.flip:  # output pixel (y, x) of a mirrored image shows input pixel (y, W - 1 - x)
         mirrored = rng.random(N) < 0.5
         src_x[mirrored] = f32(W - 1) - src_x[mirrored]
-    return _bilinear(images, src_y, src_x)
+    out = _bilinear(images, src_y, src_x)
+    if aug.erase:
+        top = 255.0 if images.dtype == np.uint8 else 1.0  # the input's range: [0, top]
+        _erase(out, rng, aug.erase, f32(top))
+    return out
+
+
+# Random erasing's ranges (Zhong et al. 2017): the rectangle's share of the image's area and
+# its aspect ratio height / width (log-uniform between the bounds).
+ERASE_AREA = (0.02, 0.4)
+ERASE_ASPECT = (0.3, 1 / 0.3)
+
+
+def _erase(images: np.ndarray, rng: np.random.Generator, p: float, top: np.float32) -> None:
+    """Random erasing, in place: each image (N, H, W) float32, with probability p, gets a
+    random rectangle (area and aspect ratio drawn from ERASE_AREA, ERASE_ASPECT) replaced by
+    uniform noise in [0, top]."""
+    N, H, W = images.shape
+    area = rng.uniform(*ERASE_AREA, N) * (H * W)
+    aspect = np.exp(rng.uniform(np.log(ERASE_ASPECT[0]), np.log(ERASE_ASPECT[1]), N))
+    h = np.clip(np.rint(np.sqrt(area * aspect)), 1, H).astype(np.intp)  # (N,)
+    w = np.clip(np.rint(np.sqrt(area / aspect)), 1, W).astype(np.intp)
+    y0 = (rng.random(N) * (H - h + 1)).astype(np.intp)  # top-left corner: the whole
+    x0 = (rng.random(N) * (W - w + 1)).astype(np.intp)  # rectangle inside the image
+    chosen = rng.random(N) < p
+    rows = np.arange(H)[None, :]
+    cols = np.arange(W)[None, :]
+    in_rows = (rows >= y0[:, None]) & (rows < (y0 + h)[:, None]) & chosen[:, None]  # (N, H)
+    in_cols = (cols >= x0[:, None]) & (cols < (x0 + w)[:, None])  # (N, W)
+    mask = in_rows[:, :, None] & in_cols[:, None, :]  # (N, H, W)
+    noise = rng.random((N, H, W), dtype=np.float32)
+    noise *= top
+    np.copyto(images, noise, where=mask)
 
 
 def _bilinear(images: np.ndarray, y: np.ndarray, x: np.ndarray) -> np.ndarray:
