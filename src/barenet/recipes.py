@@ -321,10 +321,11 @@ DATASET_SETTINGS: dict[tuple[str, str], Recipe] = {
         "distortion.",
         # Validation: the MNIST settings 91.26% (15 epochs); mirror + shift 2, 20 epochs: 93.52%;
         # and with 512 dense units, 30 epochs: 94.48% (an earlier engine; on the current one,
-        # seeds 0-2: 94.16%, 93.96%, 94.16%).
+        # seeds 0-2: 94.16%, 93.96%, 94.16%); 45 epochs, seeds 0-2: 94.54%, 94.30%, 94.22%.
+        # Random erasing (erase=0.5, 30 epochs, seed 0): 92.44%, underfit.
         hidden=(512,),
         augment=Augment(shift=2.0, flip=True),
-        epochs=30,
+        epochs=45,
     ),
 }
 
