@@ -136,7 +136,7 @@ def _erase(images: np.ndarray, rng: np.random.Generator, p: float, top: np.float
     w = np.clip(np.rint(np.sqrt(area / aspect)), 1, W).astype(np.intp)
     y0 = (rng.random(N) * (H - h + 1)).astype(np.intp)  # top-left corner: the whole
     x0 = (rng.random(N) * (W - w + 1)).astype(np.intp)  # rectangle inside the image
-    chosen = rng.random(N) < p
+    chosen = np.less(rng.random(N), p)  # (N,) bool
     rows = np.arange(H)[None, :]
     cols = np.arange(W)[None, :]
     in_rows = (rows >= y0[:, None]) & (rows < (y0 + h)[:, None]) & chosen[:, None]  # (N, H)
