@@ -53,6 +53,27 @@ def test_seeded_and_every_image_gets_its_own_transform():
     assert c.sum() / x.astype(float).sum() == pytest.approx(1.0, rel=0.03)
 
 
+def test_elastic_field_has_the_smoothed_uniform_statistics():
+    # On a linear ramp, bilinear reading is exact: output - input is 9 times the displacement.
+    # Ramps along x and along y, drawn with the same seed, read the same two fields.
+    n, alpha, sigma = 3000, 34.0, 4.0
+    ramp = np.broadcast_to(9 * np.arange(28, dtype=np.uint8), (n, 28, 28))
+    aug = Augment(elastic_alpha=alpha, elastic_sigma=sigma)
+    dx = (augment(ramp, np.random.default_rng(3), aug) - ramp) / 9
+    dy = (augment(ramp.transpose(0, 2, 1), np.random.default_rng(3), aug) - ramp.mT) / 9
+    # at the centre: alpha * sum_ij G[c, i] u_ij G[c, j] with u ~ U(-1, 1), variance 1/3
+    g = _gaussian_matrix(28, sigma)[14].astype(float)
+    expected_std = alpha * np.sqrt(1 / 3) * (g**2).sum()
+    for d in (dx, dy):
+        assert abs(d[:, 14, 14].mean()) < 4 * expected_std / np.sqrt(n)
+        assert d[:, 14, 14].std() == pytest.approx(expected_std, rel=0.05)
+    # smooth: neighbours move together as the kernel's overlap says; x and y independent
+    g_next = _gaussian_matrix(28, sigma)[15].astype(float)
+    expected_corr = (g * g_next).sum() / (g**2).sum()
+    assert np.corrcoef(dx[:, 14, 14], dx[:, 14, 15])[0, 1] == pytest.approx(expected_corr, abs=0.02)
+    assert abs(np.corrcoef(dx[:, 14, 14], dy[:, 14, 14])[0, 1]) < 0.08
+
+
 def test_rotation_by_180_degrees_flips_the_image():
     x = digits(2)
     out = augment(x, np.random.default_rng(0), Augment(rotate=180))
