@@ -232,15 +232,16 @@ RECIPES = {
     "mlp-augment": Recipe(
         name="mlp-augment",
         description="Fully connected only, trained on elastically distorted digits (Simard et "
-        "al. 2003; Ciresan et al. 2010): 784-1200-1200-10, dropout 0.3, max-norm 3.",
+        "al. 2003; Ciresan et al. 2010): 784-1200-1200-10, max-norm 3, no dropout.",
         hidden=(1200, 1200),
-        dropout=0.3,
         max_norm=3.0,
         l2=0.0,
         augment=Augment(rotate=10.0, scale=0.1, shift=2.0, elastic_alpha=34.0, elastic_sigma=4.0),
-        # Validation accuracy, seed 0, one engine: 60 epochs 99.28% (training accuracy on the
-        # distorted digits 94.8%: underfit), 150 epochs 99.36%; 60 epochs without the elastic
-        # distortion also 99.36%, but the distortion is what this recipe is about.
+        # Validation accuracy, seed 0: with dropout 0.3, 60 epochs 99.28% (training accuracy
+        # on the distorted digits 94.8%: underfit), 150 epochs 99.36%. Without dropout (the
+        # distortion regularises enough): 60 epochs 99.46%, 150 epochs 99.52% (seeds 1-2:
+        # 99.52%, 99.56%); sigma 6 instead of 4 (60 epochs): 99.40%. On the byte-drawn
+        # elastic field (commit 0e17311), seeds 0-2: 99.60%, 99.58%, 99.48%.
         epochs=150,
         batch_size=128,
         lr=0.1,
