@@ -224,7 +224,9 @@ RECIPES = {
         dropout=0.5,
         max_norm=3.0,
         l2=0.0,  # max-norm bounds the weights instead
-        epochs=60,  # validation, seed 0, one engine: 150 epochs 98.94%, 60 epochs 98.98%
+        # Validation, seed 0, one engine: 150 epochs 98.94%, 60 epochs 98.98%; 2048-2048, 60
+        # epochs: 99.00% at twice the time.
+        epochs=60,
         batch_size=128,
         lr=0.1,
         warmup_epochs=1.0,
