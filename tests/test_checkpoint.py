@@ -31,13 +31,13 @@ def _toy(n=400, seed=0):
     return x.astype(np.uint8), y.astype(np.uint8)
 
 
-# Every source of randomness at once: dropout, DropConnect, augmentation, BatchNorm buffers,
-# Adam's moments and its step count.
+# Every source of randomness at once: dropout, DropConnect, augmentation, virtual adversarial
+# perturbations, BatchNorm buffers, Adam's moments and its step count.
 RECIPE = Recipe(
     name="toy", description="toy", arch="cnn", conv=(4,), kernel_size=3, batchnorm=True,
     hidden=(8,), dropout=0.3, dropconnect=0.2, optimizer="adam", lr=0.01, epochs=3,
     batch_size=32, val_size=50, augment=Augment(rotate=10, shift=1, elastic_alpha=8),
-    schedule="onecycle", max_norm=2.0, label_smoothing=0.1,
+    schedule="onecycle", max_norm=2.0, label_smoothing=0.1, vat_eps=1.0,
 )  # fmt: skip
 
 

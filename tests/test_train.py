@@ -69,7 +69,8 @@ def test_divergence_stops_with_a_clear_message():
     ("field", "value", "message"),
     [("epochs", 0, "epochs"), ("batch_size", 0, "batch size"), ("lr", -0.1, "learning rate"),
      ("lr", float("nan"), "learning rate"), ("momentum", 1.0, "momentum"), ("l2", -1.0, "l2"),
-     ("schedule", "linear", "schedule"), ("warmup_epochs", 99.0, "warmup"), ("hidden", (0,), "hidden")],
+     ("schedule", "linear", "schedule"), ("warmup_epochs", 99.0, "warmup"), ("hidden", (0,), "hidden"),
+     ("vat_eps", -1.0, "vat eps"), ("vat_weight", float("inf"), "vat weight")],
 )  # fmt: skip
 def test_recipe_check(field, value, message):
     with pytest.raises(BarenetError, match=message):

@@ -205,6 +205,15 @@ def check_all(seed: int = 0) -> list[CheckResult]:
         )
     )
 
+    from .adversarial import kl_divergence, softmax
+
+    target = softmax(rng.standard_normal((5, 4)))
+    _, dscores = kl_divergence(target, scores)
+    index, numeric = numerical_gradient(lambda: kl_divergence(target, scores)[0], scores)
+    results.append(
+        CheckResult("kl_divergence dscores", relative_error(dscores.reshape(-1)[index], numeric))
+    )
+
     W = rng.standard_normal((3, 4))
     _, (dW,) = l2_penalty([W], 0.3)
     index, numeric = numerical_gradient(lambda: l2_penalty([W], 0.3)[0], W)
@@ -228,6 +237,14 @@ def check_all(seed: int = 0) -> list[CheckResult]:
         results.append(
             CheckResult(f"mlp {name}", relative_error(analytic.reshape(-1)[index], numeric))
         )
+    # The gradient of the network's input (virtual adversarial training reads it).
+    _, ds = softmax_cross_entropy(net.forward(xb, training=True, input_grad=True), yb)
+    dx = net.backward(ds, input_grad=True)
+    assert dx is not None
+    index, numeric = numerical_gradient(
+        lambda: softmax_cross_entropy(net.forward(xb, training=True), yb)[0], xb
+    )
+    results.append(CheckResult("mlp input", relative_error(dx.reshape(-1)[index], numeric)))
 
     # A small convolutional network, end to end, with label smoothing:
     # Reshape-Conv2D-MaxPool2D-Flatten-Dense. No ReLU (its kinks are checked above) and no

@@ -29,7 +29,7 @@ class Sequential:
         self._pair: tuple[int, ConvBatchNorm] | None = None  # the last forward's fused pair
         self._bn_pools: dict[int, BatchNormMaxPool] = {}  # {BatchNorm's index: pair} (same)
 
-    def forward(self, x: Array, training: bool = False) -> Array:
+    def forward(self, x: Array, training: bool = False, input_grad: bool = False) -> Array:
         """x: (N, D) inputs -> scores: (N, C) unnormalised class scores.
 
         training=True: Dropout and DropConnect draw masks, BatchNorm uses (and updates) batch
@@ -41,8 +41,10 @@ class Sequential:
         such an output, with the pool right after it, normalises only the pooled values
         (`barenet.fused.BatchNormMaxPool`, while its gammas are positive). Convolutions and
         BatchNorms keep their large working arrays from one training step to the next
-        (`Conv2D.work`); a forward pass at inference gives them back."""
-        self._pair = self._conv_batchnorm() if training else None
+        (`Conv2D.work`); a forward pass at inference gives them back. input_grad=True (with
+        training): the backward pass after it may ask for the gradient of the input, so the
+        first convolution and its BatchNorm run as separate layers."""
+        self._pair = self._conv_batchnorm() if training and not input_grad else None
         self._bn_pools = {}
         pools = self._pooled_convolutions()
         for i, layer in enumerate(self.layers):
@@ -92,29 +94,35 @@ class Sequential:
             return i, ConvBatchNorm(conv, bn)
         return None
 
-    def backward(self, dscores: Array) -> None:
+    def backward(self, dscores: Array, input_grad: bool = False) -> Array | None:
         """Backpropagate dL/dscores (N, C) through every layer, filling each layer's grads.
 
-        No gradient is computed for the network's input, nor for what the first layer with
-        parameters reads: nothing uses them. Layers before that one (a Reshape, an input
-        Dropout) have no parameters and are not visited at all.
+        input_grad=False: no gradient is computed for the network's input, nor for what the
+        first layer with parameters reads: nothing uses them. Layers before that one (a
+        Reshape, an input Dropout) have no parameters and are not visited at all; returns None.
+        input_grad=True (after a forward with input_grad=True): returns dL/dx, the shape of
+        the forward's input x (virtual adversarial training reads it: `barenet.adversarial`).
         """
-        first = self._first_with_params()
+        if input_grad and self._pair is not None:
+            raise RuntimeError("the input gradient needs a forward pass with input_grad=True")
+        first = 0 if input_grad else self._first_with_params()
         dout = dscores
         i = len(self.layers) - 1
         while i >= first:
             if self._pair is not None and i == self._pair[0] + 1:
                 self._pair[1].backward(dout)  # both layers of the pair; they start at `first`
-                return
+                return None
+            layer: Layer | BatchNormMaxPool = self.layers[i]
             if i - 1 in self._bn_pools:  # a BatchNorm (i - 1) and its max-pool (i) as one
                 i -= 1
-                dx = self._bn_pools[i].backward(dout, need_dx=i > first)
-            else:
-                dx = self.layers[i].backward(dout, need_dx=i > first)
-            if i > first:
+                layer = self._bn_pools[i]
+            need_dx = input_grad or i > first
+            dx = layer.backward(dout, need_dx=need_dx)
+            if need_dx:
                 assert dx is not None
                 dout = dx
             i -= 1
+        return dout if input_grad else None
 
     def predict_proba(self, x: Array, batch_size: int = 2000) -> Array:
         """x: (N, D) -> class probabilities: (N, C), rows sum to 1; computed in batches."""

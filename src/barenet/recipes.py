@@ -49,6 +49,10 @@ class Recipe:
     label_smoothing: float = 0.0
     l2: float = 1e-4  # lambda of 0.5 * lambda * sum W^2 (weights only); 5e-4 was no better
     augment: Augment = field(default_factory=Augment)  # random transforms of training images
+    # Virtual adversarial training (`barenet.adversarial`): the length of the perturbation
+    # (L2 over the input, pixels in [0, 1]; 0: off) and the weight of its KL penalty.
+    vat_eps: float = 0.0
+    vat_weight: float = 1.0
     # Optimisation.
     optimizer: str = "sgd"  # "sgd" (momentum), "adam" or "adamw"
     epochs: int = 4  # validation accuracy plateaus at ~98.5% from 4 epochs on (4, 6, 8 tried)
@@ -107,6 +111,10 @@ class Recipe:
                 raise bad(name.replace("_", " "), v, "must be in [0, 1)")
         if not (math.isfinite(self.max_norm) and self.max_norm >= 0):
             raise bad("max norm", self.max_norm, "must be >= 0 (0: off)")
+        if not (math.isfinite(self.vat_eps) and self.vat_eps >= 0):
+            raise bad("vat eps", self.vat_eps, "must be >= 0 (0: off)")
+        if not (math.isfinite(self.vat_weight) and self.vat_weight >= 0):
+            raise bad("vat weight", self.vat_weight, "must be >= 0")
         try:
             self.augment.check()
         except ValueError as e:

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from .adversarial import virtual_adversarial_step
 from .augment import augment
 from .checkpoint import load_checkpoint, restore_model, save_checkpoint
 from .data.datasets import Dataset
@@ -158,6 +159,7 @@ def train(
     rngs = {
         "shuffle": np.random.default_rng([seed, 1]),
         "augment": np.random.default_rng([seed, 3]),
+        **({"perturb": np.random.default_rng([seed, 4])} if recipe.vat_eps else {}),
         **random_layers(model),
     }
     optimizer = make_optimizer(recipe, model)
@@ -217,6 +219,9 @@ def train(
                     )
                 loss_sum += loss * len(yb)
                 model.backward(dscores)
+                if recipe.vat_eps:
+                    virtual_adversarial_step(model, xb, scores, recipe.vat_eps,
+                                             recipe.vat_weight, rngs["perturb"])  # fmt: skip
                 lr = schedule(epoch + i / steps)
                 optimizer.step(lr)
                 if recipe.max_norm:
