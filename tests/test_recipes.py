@@ -50,7 +50,7 @@ def test_conv_dropout_closes_every_convolution_block():
 
 
 def test_random_layers_get_their_own_seeded_generators():
-    recipe = dataclasses.replace(RECIPES["mlp"], dropconnect=0.3)
+    recipe = dataclasses.replace(RECIPES["mlp"], input_dropout=0.2, dropout=0.5, dropconnect=0.3)
     a, b = build_model(recipe, (28, 28), 10), build_model(recipe, (28, 28), 10)
     random = [layer for layer in a.layers if isinstance(layer, Dropout | DropConnect)]
     assert len(random) >= 4

@@ -225,19 +225,22 @@ RECIPES = {
     ),
     "mlp": Recipe(
         name="mlp",
-        description="Fully connected only, no augmentation: 784-1200-1200-10 with input dropout "
-        "0.2, hidden dropout 0.5 and max-norm 3 (Srivastava et al. 2014).",
+        description="Fully connected only, no augmentation: 784-1200-1200-10 with BatchNorm and "
+        "virtual adversarial training (Miyato et al. 2016: eps 2), Adam.",
         hidden=(1200, 1200),
-        input_dropout=0.2,
-        dropout=0.5,
-        max_norm=3.0,
-        l2=0.0,  # max-norm bounds the weights instead
-        # Validation, seed 0, one engine: 150 epochs 98.94%, 60 epochs 98.98%; 2048-2048, 60
-        # epochs: 99.00% at twice the time.
-        epochs=60,
+        batchnorm=True,
+        vat_eps=2.0,
+        l2=0.0,
+        optimizer="adam",
+        lr=0.002,
+        # Validation, seed 0 (test after): input dropout 0.2, dropout 0.5, max-norm 3, SGD lr
+        # 0.1, 60 epochs (the recipe before virtual adversarial training): 98.98% (98.75%);
+        # 150 epochs 98.94%; 2048-2048 99.00%. With it, 20 epochs: no dropout, max-norm 3, SGD,
+        # eps 2: 99.04%, eps 4: 99.22% (40 epochs: 99.20%), eps 8: 99.02%, eps 4 with weight 3:
+        # 98.78%, with input dropout 0.2: 98.98%, with the dropouts: 98.56%; BatchNorm and SGD,
+        # eps 2: 99.06%; these settings: 99.28%.
+        epochs=20,
         batch_size=128,
-        lr=0.1,
-        warmup_epochs=1.0,
     ),
     "mlp-augment": Recipe(
         name="mlp-augment",
@@ -325,6 +328,10 @@ DATASET_SETTINGS: dict[tuple[str, str], Recipe] = {
         max_norm=0.0,
         l2=1e-4,
         augment=Augment(shift=1.0, flip=True),
+        vat_eps=0.0,
+        optimizer="sgd",
+        lr=0.1,
+        warmup_epochs=1.0,
         epochs=30,
     ),
     ("cnn", "fashion-mnist"): dataclasses.replace(
