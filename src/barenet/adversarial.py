@@ -123,7 +123,9 @@ def virtual_adversarial_step(
     Returns:
         the penalty's KL divergence (before the weight), for the record.
     BatchNorm's running statistics are kept as the clean pass left them: the perturbed
-    passes must not count as data the network will see.
+    passes must not count as data the network will see. Dropout and DropConnect would draw
+    new masks in each pass, adding their noise to the KL divergence; the `mlp` recipe, which
+    trains with this penalty, has neither.
     """
     saved_grads = [g.copy() for layer in model.layers for g in layer.grads.values()]
     saved_buffers = [b.copy() for layer in model.layers for b in layer.buffers.values()]
