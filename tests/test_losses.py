@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from barenet.gradcheck import TOLERANCE, numerical_gradient, relative_error
-from barenet.losses import l2_penalty, softmax_cross_entropy
+from barenet.losses import kl_divergence, l2_penalty, softmax_cross_entropy
 
 
 def test_uniform_scores_give_log_C():
@@ -66,3 +66,20 @@ def test_label_smoothing_value_and_gradient():
     np.testing.assert_allclose(d, (p - q) / 5, atol=1e-15)
     index, numeric = numerical_gradient(lambda: softmax_cross_entropy(s, y, 0.2)[0], s)
     assert relative_error(d.reshape(-1)[index], numeric) < 1e-7
+
+
+def test_kl_divergence_value_and_gradient():
+    rng = np.random.default_rng(0)
+    p = np.exp(rng.standard_normal((4, 5)))
+    p /= p.sum(axis=1, keepdims=True)
+    p[0] = [0.5, 0.5, 0, 0, 0]  # zero probabilities count 0 log 0 = 0
+    s = rng.standard_normal((4, 5))
+    q = np.exp(s) / np.exp(s).sum(axis=1, keepdims=True)
+    expected = np.mean([sum(a * math.log(a / b) for a, b in zip(pr, qr) if a > 0)
+                        for pr, qr in zip(p, q)])  # fmt: skip
+    loss, ds = kl_divergence(p, s)
+    assert loss == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_allclose(ds, (q - p) / 4, rtol=1e-12)
+    index, numeric = numerical_gradient(lambda: kl_divergence(p, s)[0], s)
+    assert relative_error(ds.reshape(-1)[index], numeric) < TOLERANCE
+    assert kl_divergence(p, np.log(p + 1e-300))[0] == pytest.approx(0, abs=1e-12)

@@ -24,7 +24,7 @@ difference of gradients:
     g = d/dr KL(p || q(r)) at r = xi d  ~  xi H d,    d <- g / ||g||
 
 (per example; `iterations` times, one in the paper). The gradient of the KL divergence with
-respect to the scores is (q - p) / N (docs/backprop.md, "Virtual adversarial training").
+respect to the scores is (q - p) / N (`losses.kl_divergence`; docs/backprop.md, section 8).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import numpy as np
 
 from .backend import array_module
 from .layers import Array
+from .losses import kl_divergence
 from .model import Sequential
 
 XI = 0.1  # length of the probe xi d; see `perturbation`
@@ -43,26 +44,6 @@ def softmax(scores: Array) -> Array:
     xp = array_module(scores)
     e = xp.exp(scores - scores.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
-
-
-def kl_divergence(p: Array, scores: Array) -> tuple[float, Array]:
-    """Mean KL(p_n || q_n) over the batch, q = softmax(scores), and its gradient.
-
-    Arguments:
-        p: (N, C) target probabilities (held constant).
-        scores: (N, C) unnormalised class scores.
-    Returns:
-        loss: (1/N) sum_n sum_c p_nc (log p_nc - log q_nc), with 0 log 0 = 0.
-        dscores: dL/dscores = (q - p) / N, (N, C), the dtype of scores.
-    """
-    xp = array_module(scores)
-    N = scores.shape[0]
-    shifted = scores - scores.max(axis=1, keepdims=True)
-    log_q = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
-    positive = p > 0
-    log_p = xp.log(xp.where(positive, p, 1))
-    loss = float((p * xp.where(positive, log_p - log_q, 0)).sum()) / max(N, 1)
-    return loss, ((xp.exp(log_q) - p) / max(N, 1)).astype(scores.dtype, copy=False)
 
 
 def _unit_rows(v: Array) -> Array:

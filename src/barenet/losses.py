@@ -54,6 +54,26 @@ def softmax_cross_entropy(
     return loss, dscores
 
 
+def kl_divergence(p: Array, scores: Array) -> tuple[float, Array]:
+    """Mean KL(p_n || q_n) over the batch, q = softmax(scores), and its gradient.
+
+    Arguments:
+        p: (N, C) target probabilities (held constant).
+        scores: (N, C) unnormalised class scores.
+    Returns:
+        loss: (1/N) sum_n sum_c p_nc (log p_nc - log q_nc), with 0 log 0 = 0.
+        dscores: dL/dscores = (q - p) / N, (N, C), the dtype of scores.
+    """
+    xp = array_module(scores)
+    N = scores.shape[0]
+    shifted = scores - scores.max(axis=1, keepdims=True)
+    log_q = shifted - xp.log(xp.exp(shifted).sum(axis=1, keepdims=True))
+    positive = p > 0
+    log_p = xp.log(xp.where(positive, p, 1))
+    loss = float((p * xp.where(positive, log_p - log_q, 0)).sum()) / max(N, 1)
+    return loss, ((xp.exp(log_q) - p) / max(N, 1)).astype(scores.dtype, copy=False)
+
+
 def l2_penalty(weights: Sequence[Array], lam: float) -> tuple[float, list[Array]]:
     """The L2 penalty 0.5 * lam * sum of squares of `weights` (biases are not passed in).
 
