@@ -33,17 +33,10 @@ import numpy as np
 
 from .backend import array_module
 from .layers import Array
-from .losses import kl_divergence
+from .losses import kl_divergence, softmax
 from .model import Sequential
 
 XI = 0.1  # length of the probe xi d; see `perturbation`
-
-
-def softmax(scores: Array) -> Array:
-    """scores: (N, C) -> probabilities (N, C), rows summing to 1."""
-    xp = array_module(scores)
-    e = xp.exp(scores - scores.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _unit_rows(v: Array) -> Array:
@@ -108,16 +101,14 @@ def virtual_adversarial_step(
     new masks in each pass, adding their noise to the KL divergence; the `mlp` recipe, which
     trains with this penalty, has neither.
     """
-    saved_grads = [g.copy() for layer in model.layers for g in layer.grads.values()]
-    saved_buffers = [b.copy() for layer in model.layers for b in layer.buffers.values()]
+    saved_grads = [g.copy() for _, _, g in model.parameters()]
+    saved_buffers = [b.copy() for _, b in model.buffers()]
     p = softmax(scores.astype(np.float64))
     r = perturbation(model, x, p, eps, rng)
     kl, dscores = kl_divergence(p, model.forward(x + r, training=True))
     model.backward(dscores * dscores.dtype.type(weight))
-    grads = (g for layer in model.layers for g in layer.grads.values())
-    for g, clean in zip(grads, saved_grads, strict=True):
+    for (_, _, g), clean in zip(model.parameters(), saved_grads, strict=True):
         g += clean
-    buffers = (b for layer in model.layers for b in layer.buffers.values())
-    for b, kept in zip(buffers, saved_buffers, strict=True):
+    for (_, b), kept in zip(model.buffers(), saved_buffers, strict=True):
         b[...] = kept
     return kl

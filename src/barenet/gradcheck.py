@@ -148,10 +148,9 @@ def _runner_up_gap(pool, x: np.ndarray) -> float:
 
 def check_all(seed: int = 0) -> list[CheckResult]:
     """Check every layer, every loss and a whole network, on small random float64 inputs."""
-    from .adversarial import softmax
     from .conv import Conv2D, MaxPool2D
     from .layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, ReLU, Reshape
-    from .losses import kl_divergence, l2_penalty, softmax_cross_entropy
+    from .losses import kl_divergence, l2_penalty, softmax, softmax_cross_entropy
     from .model import Sequential, mlp
 
     rng = np.random.default_rng(seed)

@@ -12,6 +12,13 @@ from .backend import array_module
 from .layers import Array
 
 
+def softmax(scores: Array) -> Array:
+    """scores: (N, C) -> probabilities (N, C), rows summing to 1."""
+    xp = array_module(scores)
+    e = xp.exp(scores - scores.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
 def softmax_cross_entropy(
     scores: Array, y: Array, label_smoothing: float = 0.0
 ) -> tuple[float, Array]:

@@ -13,6 +13,7 @@ from .backend import array_module
 from .conv import Conv2D, MaxPool2D
 from .fused import BatchNormMaxPool, ConvBatchNorm
 from .layers import Array, BatchNorm, Dense, Dropout, Layer, ReLU, layer_from_config
+from .losses import softmax
 
 
 class Sequential:
@@ -127,12 +128,8 @@ class Sequential:
     def predict_proba(self, x: Array, batch_size: int = 2000) -> Array:
         """x: (N, D) -> class probabilities: (N, C), rows sum to 1; computed in batches."""
         xp = array_module(x)
-        chunks = []
-        for i in range(0, x.shape[0], batch_size):
-            s = self.forward(x[i : i + batch_size])
-            s = s - s.max(axis=1, keepdims=True)
-            e = xp.exp(s)
-            chunks.append(e / e.sum(axis=1, keepdims=True))
+        chunks = [softmax(self.forward(x[i : i + batch_size]))
+                  for i in range(0, x.shape[0], batch_size)]  # fmt: skip
         return xp.concatenate(chunks) if chunks else xp.zeros((0, self.num_classes))
 
     def predict(self, x: Array, batch_size: int = 2000) -> Array:
