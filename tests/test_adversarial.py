@@ -44,6 +44,38 @@ def test_input_gradient_matches_finite_differences(recipe):
     assert relative_error(dx.reshape(-1)[index], numeric) < TOLERANCE
 
 
+@pytest.mark.parametrize(
+    "recipe",
+    [Recipe(name="m", description="", hidden=(12, 7), dropout=0.0, batchnorm=True),
+     Recipe(name="c", description="", arch="cnn", conv=(3, 4), kernel_size=3, batchnorm=True,
+            convs_per_block=2, hidden=(6,), dropconnect=0.5)],
+    ids=["mlp-batchnorm", "cnn-dropconnect"],
+)  # fmt: skip
+def test_input_gradient_alone_skips_the_weight_gradients_and_is_the_same(recipe):
+    rng = np.random.default_rng(2)
+    x = rng.random((5, 64)).astype(np.float32)
+    ds = rng.standard_normal((5, 4)).astype(np.float32)
+    results = []
+    for param_grads in (True, False):
+        model = build_model(recipe, (8, 8), 4, seed=0)  # the same masks in both passes
+        for _, _, g in model.parameters():
+            g[...] = 7.0
+        model.forward(x, training=True, input_grad=True)
+        results.append(model.backward(ds, input_grad=True, param_grads=param_grads))
+        grads = {name: g.copy() for name, _, g in model.parameters()}
+        # Dense and Conv2D leave their grads as they were; BatchNorm makes dx from its own.
+        weights = {name: g for name, g in grads.items() if not name.endswith(("gamma", "beta"))}
+        assert all((g == 7.0).all() != param_grads for g in weights.values()), param_grads
+    np.testing.assert_array_equal(results[0], results[1])
+
+
+def test_a_backward_pass_must_compute_something():
+    model = build_model(Recipe(name="m", description="", hidden=(5,)), (8, 8), 4, seed=0)
+    scores = model.forward(np.zeros((2, 64), np.float32), training=True, input_grad=True)
+    with pytest.raises(ValueError, match="input_grad or param_grads"):
+        model.backward(scores, param_grads=False)
+
+
 def test_input_gradient_needs_a_forward_that_allows_it():
     recipe = Recipe(name="c", description="", arch="cnn", conv=(3,), kernel_size=3,
                     batchnorm=True, hidden=(6,))  # fmt: skip

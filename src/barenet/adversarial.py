@@ -76,7 +76,7 @@ def perturbation(
         scores = model.forward(x + x.dtype.type(xi) * _unit_rows(d), training=True,
                                input_grad=True)  # fmt: skip
         _, dscores = kl_divergence(p, scores)
-        d = model.backward(dscores, input_grad=True)
+        d = model.backward(dscores, input_grad=True, param_grads=False)
     return x.dtype.type(eps) * _unit_rows(d)
 
 

@@ -280,9 +280,9 @@ class Conv2D:
         F = self.out_channels
         return xp.concatenate([self.params["W"].reshape(-1, F), self.params["b"][None]])
 
-    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
+    def backward(self, dout: Array, need_dx: bool = True, need_grads: bool = True) -> Array | None:
         """dout: (N, OH, OW, F), or window-major (w*w, N, OH/w, OW/w, F) if forward wrote its
-        output so -> dx: (N, H, W, C). Fills grads W: (k, k, C, F) and b: (F,).
+        output so -> dx: (N, H, W, C). Fills grads W: (k, k, C, F) and b: (F,) (need_grads).
 
         With dout2 = dout.reshape(N*OH*OW, F): dW = cols^T dout2, db = sum of dout2's rows,
         dcols = dout2 W^T, and dx is dcols folded back onto the input ("col2im"), the share
@@ -298,17 +298,19 @@ class Conv2D:
         blocks = (w, w, N, *dout.shape[-3:-1])  # (w, w, N, OH/w, OW/w); w = 1: plain
         W2 = self.params["W"].reshape(-1, F)  # (k*k*C, F), a view
         if self._x_shape[3] == 1:  # cols is colsT (k*k + 1, N*OH*OW): _forward_one_channel
-            dWb = matmul_long(cols, dout2)  # (k*k + 1, F): [dW; db]
-            self.grads["W"].reshape(-1, F)[...] = dWb[:-1]
-            self.grads["b"][...] = dWb[-1]
+            if need_grads:
+                dWb = matmul_long(cols, dout2)  # (k*k + 1, F): [dW; db]
+                self.grads["W"].reshape(-1, F)[...] = dWb[:-1]
+                self.grads["b"][...] = dWb[-1]
             if not need_dx:
                 return None
             dcols = (W2 @ dout2.T).reshape(k, k, *blocks, 1)  # dcolsT, a block per offset
             return _scatter_windows(dcols, self._x_shape, self.stride, p)
         # dW^T = dout2^T cols: the same product as cols^T dout2, but OpenBLAS runs this
         # orientation (long contiguous rows on both sides) about 20% faster.
-        self.grads["W"].reshape(-1, F)[...] = (dout2.T @ cols).T
-        self.grads["b"][...] = column_sums(dout2)
+        if need_grads:
+            self.grads["W"].reshape(-1, F)[...] = (dout2.T @ cols).T
+            self.grads["b"][...] = column_sums(dout2)
         if not need_dx:
             return None
         if self.stride == 1:
@@ -470,7 +472,11 @@ class MaxPool2D:
         return out
 
     def backward(
-        self, dout: Array, need_dx: bool = True, add_to: Array | None = None
+        self,
+        dout: Array,
+        need_dx: bool = True,
+        need_grads: bool = True,
+        add_to: Array | None = None,
     ) -> Array | None:
         """dout: (N, OH, OW, C) -> dx: (N, H, W, C), or window-major like forward's input.
 

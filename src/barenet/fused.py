@@ -161,9 +161,9 @@ class BatchNormMaxPool:
         self._xc, self._pooled, self._inv_std, self._shape = xc, pooled, inv_std, x.shape
         return out.reshape(pooled.shape)
 
-    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
+    def backward(self, dout: Array, need_dx: bool = True, need_grads: bool = True) -> Array | None:
         """dout: (N, OH, OW, F) -> dx: window-major like forward's input. Fills bn's grads
-        gamma and beta: (F,)."""
+        gamma and beta: (F,) (always: dx is made from them)."""
         xc, pooled, inv_std = self._xc, self._pooled, self._inv_std
         if xc is None or pooled is None or inv_std is None:
             raise RuntimeError("BatchNormMaxPool.backward called without a forward before it")

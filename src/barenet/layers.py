@@ -2,8 +2,10 @@
 
 Every layer has the same small interface:
     forward(x, training) -> out      keeps what backward needs (named `self._x`, `self._out`)
-    backward(dout, need_dx=True) -> dx (or None when need_dx is False)
+    backward(dout, need_dx=True, need_grads=True) -> dx (or None when need_dx is False)
     params / grads                   dicts with the same keys; grads are filled by backward
+                                     (need_grads=False: the products that only weight
+                                     gradients need are skipped, and grads may hold anything)
     buffers                          non-trainable state that is saved with the model
                                      (BatchNorm's running statistics); empty for most layers
     config() -> dict                 JSON-able description, inverse of `layer_from_config`
@@ -33,7 +35,9 @@ class Layer(Protocol):
 
     def forward(self, x: Array, training: bool = False) -> Array: ...
 
-    def backward(self, dout: Array, need_dx: bool = True) -> Array | None: ...
+    def backward(
+        self, dout: Array, need_dx: bool = True, need_grads: bool = True
+    ) -> Array | None: ...
 
     def config(self) -> dict[str, Any]: ...
 
@@ -120,22 +124,25 @@ class Dense:
         out += self.params["b"]  # (N, H) + (H,): broadcast over the batch
         return out
 
-    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
-        """dout: (N, H) -> dx: (N, D). Fills grads W: (D, H) and b: (H,).
+    def backward(self, dout: Array, need_dx: bool = True, need_grads: bool = True) -> Array | None:
+        """dout: (N, H) -> dx: (N, D). Fills grads W: (D, H) and b: (H,) (need_grads).
 
         dW = x^T dout, db = sum_n dout[n], dx = dout W^T (docs/backprop.md, "Dense").
         """
-        return self._backward(dout, self.params["W"], need_dx)
+        return self._backward(dout, self.params["W"], need_dx, need_grads)
 
-    def _backward(self, dout: Array, W: Array, need_dx: bool) -> Array | None:
+    def _backward(self, dout: Array, W: Array, need_dx: bool, need_grads: bool) -> Array | None:
         x = self._x
         if x is None:
             raise RuntimeError(
                 f"{type(self).__name__}.backward called without a forward(training=True) before it"
             )
         xp = array_module(dout)
-        xp.matmul(dout.T, x, out=self.grads["W"].T)  # dW^T = dout^T x, into the (H, D) memory
-        dout.sum(axis=0, out=self.grads["b"])
+        # A pass that only wants dx (virtual adversarial training's probe) skips dW: a product
+        # as large as the one for dx.
+        if need_grads:
+            xp.matmul(dout.T, x, out=self.grads["W"].T)  # dW^T = dout^T x, into (H, D) memory
+            dout.sum(axis=0, out=self.grads["b"])
         # The network's input needs no gradient: skipping it saves a third of this layer's work.
         if not need_dx:
             return None
@@ -207,12 +214,13 @@ class DropConnect(Dense):
         self._x = x
         return self._affine(x, self._masked, training)
 
-    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
+    def backward(self, dout: Array, need_dx: bool = True, need_grads: bool = True) -> Array | None:
         """dout: (N, H) -> dx: (N, D). Fills grads W: (D, H) and b: (H,)."""
         if self._mask is None or self._masked is None:
-            return super().backward(dout, need_dx)
-        dx = self._backward(dout, self._masked, need_dx)
-        self.grads["W"] *= self._mask  # only kept weights took part: the others get no gradient
+            return super().backward(dout, need_dx, need_grads)
+        dx = self._backward(dout, self._masked, need_dx, need_grads)
+        if need_grads:
+            self.grads["W"] *= self._mask  # only kept weights took part: the others get none
         return dx
 
     def config(self) -> dict[str, Any]:
@@ -240,7 +248,7 @@ class ReLU:
         self._out = out if training else None
         return out
 
-    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
+    def backward(self, dout: Array, need_dx: bool = True, need_grads: bool = True) -> Array | None:
         """dout: same shape as out -> dx: same shape."""
         out = self._out
         if out is None:
@@ -288,7 +296,7 @@ class Dropout:
         self._mask = xp.asarray(keep, dtype=x.dtype) * x.dtype.type(1.0 / (1.0 - self.p))
         return x * self._mask
 
-    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
+    def backward(self, dout: Array, need_dx: bool = True, need_grads: bool = True) -> Array | None:
         """dout: same shape as out -> dx: same shape."""
         if not need_dx:
             return None
@@ -316,7 +324,7 @@ class Flatten:
         self._shape = x.shape
         return x.reshape(x.shape[0], -1)
 
-    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
+    def backward(self, dout: Array, need_dx: bool = True, need_grads: bool = True) -> Array | None:
         if self._shape is None:
             raise RuntimeError("Flatten.backward called without a forward before it")
         return dout.reshape(self._shape) if need_dx else None
@@ -457,8 +465,9 @@ class BatchNorm:
         self.buffers["running_var"] *= 1 - m
         self.buffers["running_var"] += (m * M / (M - 1)) * var
 
-    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
-        """dout: (..., F) -> dx: same shape. Fills grads gamma and beta: (F,).
+    def backward(self, dout: Array, need_dx: bool = True, need_grads: bool = True) -> Array | None:
+        """dout: (..., F) -> dx: same shape. Fills grads gamma and beta: (F,) (always: dx is
+        made from them).
 
         With x_hat = xc / std (xc = x - mu, kept by forward): dgamma = sum(dout * xc) / std,
         and dx = (gamma / std) (dout - dbeta / M - xc (dgamma / (M std)))."""
@@ -514,7 +523,7 @@ class Reshape:
         self._in_shape = x.shape
         return x.reshape(x.shape[0], *self.shape)
 
-    def backward(self, dout: Array, need_dx: bool = True) -> Array | None:
+    def backward(self, dout: Array, need_dx: bool = True, need_grads: bool = True) -> Array | None:
         if self._in_shape is None:
             raise RuntimeError("Reshape.backward called without a forward before it")
         return dout.reshape(self._in_shape) if need_dx else None

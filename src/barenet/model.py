@@ -95,7 +95,9 @@ class Sequential:
             return i, ConvBatchNorm(conv, bn)
         return None
 
-    def backward(self, dscores: Array, input_grad: bool = False) -> Array | None:
+    def backward(
+        self, dscores: Array, input_grad: bool = False, param_grads: bool = True
+    ) -> Array | None:
         """Backpropagate dL/dscores (N, C) through every layer, filling each layer's grads.
 
         input_grad=False: no gradient is computed for the network's input, nor for what the
@@ -103,9 +105,13 @@ class Sequential:
         Reshape, an input Dropout) have no parameters and are not visited at all; returns None.
         input_grad=True (after a forward with input_grad=True): returns dL/dx, the shape of
         the forward's input x (virtual adversarial training reads it: `barenet.adversarial`).
+        param_grads=False (with input_grad=True): the weight gradients' products are skipped
+        (about a third of the pass) and the layers' grads may hold anything afterwards.
         """
         if input_grad and self._pair is not None:
             raise RuntimeError("the input gradient needs a forward pass with input_grad=True")
+        if not (input_grad or param_grads):
+            raise ValueError("a backward pass needs input_grad or param_grads (or both)")
         first = 0 if input_grad else self._first_with_params()
         dout = dscores
         i = len(self.layers) - 1
@@ -118,7 +124,7 @@ class Sequential:
                 i -= 1
                 layer = self._bn_pools[i]
             need_dx = input_grad or i > first
-            dx = layer.backward(dout, need_dx=need_dx)
+            dx = layer.backward(dout, need_dx=need_dx, need_grads=param_grads)
             if need_dx:
                 assert dx is not None
                 dout = dx
