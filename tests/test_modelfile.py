@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from barenet.errors import ModelFileError
 from barenet.model import mlp
-from barenet.modelfile import load_model, save_model
+from barenet.modelfile import load_model, model_arrays, save_model
 
 
 @pytest.fixture
@@ -135,6 +135,21 @@ def test_fuzz_byte_flips_never_crash(saved, data):
     finally:
         path.write_bytes(original)
     assert again.config() == net.config()  # a flip the loader accepts kept the structure intact
+
+
+def test_a_null_byte_in_any_array_header_is_a_clear_error(saved):
+    # Found by the fuzz test above: NumPy's header parser then raises tokenize.TokenError.
+    net, path = saved
+    original = path.read_bytes()
+    key = b"'shape': ("
+    starts = [i for i in range(len(original)) if original.startswith(key, i)]
+    assert len(starts) == len(model_arrays(net)) + 2  # every array, architecture, metadata
+    for i in starts:
+        blob = bytearray(original)
+        blob[original.index(b")", i)] = 0  # the shape's closing parenthesis
+        path.write_bytes(bytes(blob))
+        with pytest.raises(ModelFileError):  # a JSON member read to its end: a CRC error
+            load_model(path)
 
 
 def test_zip_with_huge_declared_shape_is_refused_before_allocating(saved):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import tokenize
 import zipfile
 import zlib
 from pathlib import Path
@@ -135,6 +136,8 @@ def load_model(path: str | os.PathLike[str]) -> tuple[Sequential, dict[str, Any]
         zlib.error,
         UnicodeDecodeError,
         NotImplementedError,
+        SyntaxError,  # an .npy header that NumPy cannot parse (it reads it as a Python literal)
+        tokenize.TokenError,
     ) as e:
         raise ModelFileError(f"{path}: corrupt model file ({type(e).__name__}: {e})") from None
 
