@@ -152,3 +152,22 @@ def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
               progress=False, checkpoint=ckpt)  # fmt: skip
     assert ckpt.read_bytes() == before
     assert [p.name for p in Path(tmp_path).iterdir()] == ["c.npz"]
+
+
+def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
+    """Damage found by fuzzing model files, which checkpoints share: an .npy header NumPy
+    cannot parse, and a member flagged as encrypted."""
+    x, y = _toy()
+    ckpt = tmp_path / "c.npz"
+    one = dataclasses.replace(RECIPE, epochs=1)
+    train(build_model(one, (28, 28), 3), one, x[:350], y[:350], x[350:], y[350:],
+          progress=False, checkpoint=ckpt)  # fmt: skip
+    original = ckpt.read_bytes()
+    header = bytearray(original)
+    header[original.index(b")", original.index(b"'shape': ("))] = 0
+    flagged = bytearray(original)
+    flagged[original.rindex(b"PK\x01\x02") + 8] |= 1
+    for blob in (header, flagged):
+        ckpt.write_bytes(bytes(blob))
+        with pytest.raises(ModelFileError, match="corrupt checkpoint"):
+            load_checkpoint(ckpt)

@@ -152,6 +152,17 @@ def test_a_null_byte_in_any_array_header_is_a_clear_error(saved):
             load_model(path)
 
 
+def test_a_member_flagged_as_encrypted_is_a_clear_error(saved):
+    # Found by fuzzing: zipfile raises RuntimeError ("password required") for such a member.
+    _, path = saved
+    blob = bytearray(path.read_bytes())
+    central = blob.rindex(b"PK\x01\x02")  # the last member's central directory entry
+    blob[central + 8] |= 1  # general purpose flags, bit 0: encrypted
+    path.write_bytes(bytes(blob))
+    with pytest.raises(ModelFileError, match="corrupt model file"):
+        load_model(path)
+
+
 def test_zip_with_huge_declared_shape_is_refused_before_allocating(saved):
     _, path = saved
     with np.load(path, allow_pickle=False) as z:

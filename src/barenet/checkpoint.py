@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ import numpy as np
 from .atomic import atomic_write
 from .errors import ModelFileError
 from .model import Sequential
-from .modelfile import model_arrays
+from .modelfile import READ_ERRORS, model_arrays
 
 FORMAT, VERSION = "barenet-checkpoint", 1
 
@@ -91,15 +90,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
         raise
     except FileNotFoundError:
         raise ModelFileError(f"{path}: no such checkpoint") from None
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        TypeError,
-        EOFError,
-        zipfile.BadZipFile,
-        zlib.error,
-    ) as e:
+    except (*READ_ERRORS, TypeError, zipfile.BadZipFile) as e:
         raise ModelFileError(f"{path}: corrupt checkpoint ({type(e).__name__}: {e})") from None
 
 

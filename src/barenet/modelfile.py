@@ -31,6 +31,21 @@ FORMAT, VERSION = "barenet-model", 1
 MAX_JSON = 1 << 20  # architecture and metadata are small; refuse anything bigger
 
 
+# What reading a damaged .npz archive can raise (checkpoints too), besides zipfile.BadZipFile.
+READ_ERRORS = (
+    OSError,
+    EOFError,
+    ValueError,
+    KeyError,
+    zlib.error,
+    UnicodeDecodeError,
+    NotImplementedError,
+    SyntaxError,  # an .npy header that NumPy cannot parse (it reads it as a Python literal)
+    tokenize.TokenError,
+    RuntimeError,  # zipfile: a member whose flags say it is encrypted
+)
+
+
 def resolve(path: str | os.PathLike[str]) -> Path:
     """A model path: the .npz file itself, or a run directory that holds model.npz."""
     p = Path(path)
@@ -128,17 +143,7 @@ def load_model(path: str | os.PathLike[str]) -> tuple[Sequential, dict[str, Any]
         raise ModelFileError(
             f"{path}: not a barenet model file (not a valid .npz archive)"
         ) from None
-    except (
-        OSError,
-        EOFError,
-        ValueError,
-        KeyError,
-        zlib.error,
-        UnicodeDecodeError,
-        NotImplementedError,
-        SyntaxError,  # an .npy header that NumPy cannot parse (it reads it as a Python literal)
-        tokenize.TokenError,
-    ) as e:
+    except READ_ERRORS as e:
         raise ModelFileError(f"{path}: corrupt model file ({type(e).__name__}: {e})") from None
 
 
