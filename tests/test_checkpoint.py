@@ -134,13 +134,17 @@ def test_resume_errors_are_one_line(tmp_path):
     assert p.returncode == 1 and "unknown dataset 'cifar'" in p.stderr, p.stderr
 
 
-def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
-    """A crash while writing leaves the previous checkpoint whole."""
+def _train_one_epoch(ckpt: Path) -> None:
     x, y = _toy()
-    ckpt = tmp_path / "c.npz"
     one = dataclasses.replace(RECIPE, epochs=1)
     train(build_model(one, (28, 28), 3), one, x[:350], y[:350], x[350:], y[350:],
           progress=False, checkpoint=ckpt)  # fmt: skip
+
+
+def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
+    """A crash while writing leaves the previous checkpoint whole."""
+    ckpt = tmp_path / "c.npz"
+    _train_one_epoch(ckpt)
     before = ckpt.read_bytes()
 
     def crash(*a, **k):
@@ -148,8 +152,7 @@ def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(np, "savez", crash)
     with pytest.raises(OSError):
-        train(build_model(one, (28, 28), 3), one, x[:350], y[:350], x[350:], y[350:],
-              progress=False, checkpoint=ckpt)  # fmt: skip
+        _train_one_epoch(ckpt)
     assert ckpt.read_bytes() == before
     assert [p.name for p in Path(tmp_path).iterdir()] == ["c.npz"]
 
@@ -157,11 +160,8 @@ def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
 def test_a_damaged_checkpoint_is_a_clear_error(tmp_path):
     """Damage found by fuzzing model files, which checkpoints share: an .npy header NumPy
     cannot parse, and a member flagged as encrypted."""
-    x, y = _toy()
     ckpt = tmp_path / "c.npz"
-    one = dataclasses.replace(RECIPE, epochs=1)
-    train(build_model(one, (28, 28), 3), one, x[:350], y[:350], x[350:], y[350:],
-          progress=False, checkpoint=ckpt)  # fmt: skip
+    _train_one_epoch(ckpt)
     original = ckpt.read_bytes()
     header = bytearray(original)
     header[original.index(b")", original.index(b"'shape': ("))] = 0
