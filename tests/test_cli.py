@@ -127,6 +127,14 @@ def test_bad_flags_and_files_one_line(args, fragment):
     assert_one_line_error(run(*args), fragment)
 
 
+def test_evaluate_refuses_a_dataset_the_model_was_not_trained_on(trained):
+    out, _ = trained
+    for command in ("evaluate", "plot"):
+        p = run(command, str(out), "--dataset", "fashion-mnist")
+        assert_one_line_error(p, "the model was trained on mnist, not fashion-mnist")
+    assert not (out / "plots").exists()
+
+
 def test_corrupt_model_file(tmp_path):
     bad = tmp_path / "model.npz"
     bad.write_bytes(b"PK\x03\x04 not really a zip")

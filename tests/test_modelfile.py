@@ -65,6 +65,14 @@ def _rewrite(path, change):
                                                               "layers": [{"type": "Magic"}]}))},
          "invalid architecture"),
         (lambda a: {**a, "metadata": np.zeros(3)}, "metadata is not a JSON text"),
+        (lambda a: {**a, "metadata": np.array(json.dumps({"dataset": "mnist"}))},
+         "metadata's dataset is not a name and 10 class names"),
+        (lambda a: {**a, "metadata": np.array(json.dumps({"dataset": {"name": 7}}))},
+         "metadata's dataset"),
+        (lambda a: {**a, "metadata": np.array(json.dumps({"dataset": {"classes": ["0", "1"]}}))},
+         "metadata's dataset"),
+        (lambda a: {**a, "metadata": np.array(json.dumps({"dataset": {"classes": list(range(10))}}))},
+         "metadata's dataset"),
     ],
 )  # fmt: skip
 def test_tampered_files_are_one_clear_error(saved, change, message):
@@ -72,6 +80,13 @@ def test_tampered_files_are_one_clear_error(saved, change, message):
     _rewrite(path, change)
     with pytest.raises(ModelFileError, match=message):
         load_model(path)
+
+
+def test_dataset_metadata_with_a_name_only_loads(saved):
+    _, path = saved
+    meta = {"dataset": {"name": "fashion-mnist"}}
+    _rewrite(path, lambda a: {**a, "metadata": np.array(json.dumps(meta))})
+    assert load_model(path)[1] == meta
 
 
 def test_object_array_is_refused_without_unpickling(saved):

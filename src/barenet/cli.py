@@ -229,16 +229,40 @@ def _check_fits(models: Sequence[Any], inputs: int, classes: int | None, what: s
             raise BarenetError(f"the model's input or output size does not fit {what}")
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .ensemble import average_proba, load_ensemble
+def _models_test_set(
+    args: argparse.Namespace, models: Sequence[Any], metas: Sequence[dict[str, Any]]
+) -> tuple[datasets.Dataset, np.ndarray]:
+    """The test set to measure models on, and its inputs (N, 784): that of --dataset or of the
+    dataset they were trained on (ensemble.load_ensemble has made sure the members agree);
+    MNIST for a file that names none. A model trained on one dataset measured on another would
+    print a meaningless accuracy: refused."""
+    from .ensemble import dataset_name
     from .train import to_inputs
 
-    models, metas = load_ensemble(args.models)
-    name = args.dataset or (metas[0].get("dataset") or {}).get("name", "mnist")
+    own = dataset_name(metas[0])
+    if args.dataset and own and args.dataset != own:
+        raise BarenetError(
+            f"the model was trained on {own}, not {args.dataset}: leave --dataset out"
+        )
+    name = args.dataset or own or "mnist"
     dataset = _load_dataset(name, args.data_dir)
     inputs = to_inputs(dataset.test_images)
-    C = len(dataset.spec.classes)
-    _check_fits(models, inputs.shape[1], C, name)
+    _check_fits(models, inputs.shape[1], len(dataset.spec.classes), name)
+    return dataset, inputs
+
+
+def _class_names(models: Sequence[Any], metas: Sequence[dict[str, Any]]) -> list[str]:
+    """The class names the models' metadata holds (checked by load_model), else "0", "1", ..."""
+    named = (metas[0].get("dataset") or {}).get("classes")
+    return list(named) if named else [str(c) for c in range(models[0].num_classes)]
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .ensemble import average_proba, load_ensemble
+
+    models, metas = load_ensemble(args.models)
+    dataset, inputs = _models_test_set(args, models, metas)
+    name, C = dataset.spec.name, len(dataset.spec.classes)
     predicted = average_proba(models, inputs).argmax(axis=1)
     y = dataset.test_labels.astype(np.int64)
     confusion = np.zeros((C, C), dtype=np.int64)
@@ -270,9 +294,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not image_paths:
         raise BarenetError("no image to classify: give one or more image files after the model")
     models, metas = load_ensemble(model_paths or [default_model_path()])
-    classes = (metas[0].get("dataset") or {}).get("classes") or [
-        str(c) for c in range(models[0].num_classes)
-    ]
+    classes = _class_names(models, metas)
     images = np.stack([load_digit(p) for p in image_paths])  # (K, 28, 28) uint8
     _check_fits(models, 28 * 28, None, "28x28 images")
     probs = average_proba(models, to_inputs(images))
@@ -302,11 +324,12 @@ def cmd_plot(args: argparse.Namespace) -> int:
     from .ensemble import average_proba, load_ensemble
     from .modelfile import resolve_all
     from .plots import plot_confusion, plot_curves, plot_first_layer, plot_mistakes
-    from .train import to_inputs
 
     source = Path(args.model)
     files = resolve_all(source)
     models, metas = load_ensemble([source])
+    dataset, inputs = _models_test_set(args, models, metas)  # refusals before any writing
+    C = len(dataset.spec.classes)
     out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -322,11 +345,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
         written.append(plot_curves(histories, out / "curves.png"))
     else:
         _say(f"no history.json next to {files[0]}: no training curves")
-    name = args.dataset or (metas[0].get("dataset") or {}).get("name", "mnist")
-    dataset = _load_dataset(name, args.data_dir)
-    inputs = to_inputs(dataset.test_images)
-    C = len(dataset.spec.classes)
-    _check_fits(models, inputs.shape[1], C, name)
     proba = average_proba(models, inputs)
     y = dataset.test_labels.astype(np.int64)
     confusion = np.zeros((C, C), dtype=np.int64)
@@ -345,10 +363,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
     models, metas = load_ensemble(args.models or [default_model_path()])
-    classes = (metas[0].get("dataset") or {}).get("classes") or [
-        str(c) for c in range(models[0].num_classes)
-    ]
-    serve(models, [str(c) for c in classes], args.host, args.port, args.min_confidence)
+    classes = _class_names(models, metas)
+    serve(models, classes, args.host, args.port, args.min_confidence)
     return 0
 
 

@@ -32,16 +32,17 @@ def load_ensemble(
         raise BarenetError("no model given")
     loaded = [load_model(file) for file in files]
     models, metas = [m for m, _ in loaded], [meta for _, meta in loaded]
-    first, dataset = models[0], _dataset_name(metas[0])
+    first, dataset = models[0], dataset_name(metas[0])
     for model, meta, file in zip(models[1:], metas[1:], files[1:]):
         if model.input_size != first.input_size or model.num_classes != first.num_classes:
             raise BarenetError(f"{file}: its input or output size differs from the other models'")
-        if _dataset_name(meta) != dataset:
-            raise BarenetError(f"{file}: trained on {_dataset_name(meta)}, the others on {dataset}")
+        if dataset_name(meta) != dataset:
+            raise BarenetError(f"{file}: trained on {dataset_name(meta)}, the others on {dataset}")
     return models, metas
 
 
-def _dataset_name(meta: dict[str, Any]) -> str | None:
+def dataset_name(meta: dict[str, Any]) -> str | None:
+    """The name of the dataset a model's metadata says it was trained on, None if it names none."""
     d = meta.get("dataset")
     return d.get("name") if isinstance(d, dict) else None
 

@@ -163,6 +163,7 @@ def _load(z: zipfile.ZipFile, path: Path) -> tuple[Sequential, dict[str, Any]]:
     except ValueError as e:
         raise ModelFileError(f"{path}: invalid architecture ({e})") from None
 
+    _check_dataset(metadata.get("dataset"), model.num_classes, path)
     expected = model_arrays(model)
     present = {n[:-4] for n in z.namelist() if n.endswith(".npy")} - {"architecture", "metadata"}
     if present - expected.keys():
@@ -189,3 +190,19 @@ def _load(z: zipfile.ZipFile, path: Path) -> tuple[Sequential, dict[str, Any]]:
             raise ModelFileError(f"{path}: array {name} holds NaN or infinite values")
         target[...] = data
     return model, metadata
+
+
+def _check_dataset(dataset: Any, classes: int, path: Path) -> None:
+    """The metadata's dataset, where a file names one: {"name": str, "classes": [str] * C, ...}
+    (`barenet train` writes its checksums too); the commands print its name and class names."""
+    if dataset is None:
+        return
+    names = dataset.get("classes", [""] * classes) if isinstance(dataset, dict) else None
+    if not (
+        isinstance(dataset, dict)
+        and isinstance(dataset.get("name", ""), str)
+        and isinstance(names, list)
+        and len(names) == classes
+        and all(isinstance(n, str) for n in names)
+    ):
+        raise ModelFileError(f"{path}: metadata's dataset is not a name and {classes} class names")
