@@ -229,6 +229,9 @@ def _check_fits(models: Sequence[Any], inputs: int, classes: int | None, what: s
             raise BarenetError(f"the model's input or output size does not fit {what}")
 
 
+MODEL_DATASET_HELP = "the model's own (the default; mnist for a file that names none)"
+
+
 def _models_test_set(
     args: argparse.Namespace, models: Sequence[Any], metas: Sequence[dict[str, Any]]
 ) -> tuple[datasets.Dataset, np.ndarray]:
@@ -445,7 +448,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="model.npz files or run directories; several are averaged as an "
                    "ensemble")  # fmt: skip
-    p.add_argument("--dataset", choices=data_names, help="default: the model's own")
+    p.add_argument("--dataset", choices=data_names, help=MODEL_DATASET_HELP)
     _add_data_dir(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -472,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="training curves, confusion matrix, mistakes, weights (PNG)")
     p.add_argument("model", help="a run directory (with history.json) or a model.npz file")
     p.add_argument("--out", help="where to write the PNG files (default: <run dir>/plots)")
-    p.add_argument("--dataset", choices=data_names, help="default: the model's own")
+    p.add_argument("--dataset", choices=data_names, help=MODEL_DATASET_HELP)
     _add_data_dir(p)
     p.set_defaults(func=cmd_plot)
 
