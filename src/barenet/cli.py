@@ -235,7 +235,7 @@ MODEL_DATASET_HELP = "the model's own (the default; mnist for a file that names 
 def _models_test_set(
     args: argparse.Namespace, models: Sequence[Any], metas: Sequence[dict[str, Any]]
 ) -> tuple[datasets.Dataset, np.ndarray]:
-    """The test set to measure models on, and its inputs (N, 784): that of --dataset or of the
+    """The test set to measure models on, and its inputs (N, H*W): that of --dataset or of the
     dataset they were trained on (ensemble.load_ensemble has made sure the members agree);
     MNIST for a file that names none. A model trained on one dataset measured on another would
     print a meaningless accuracy: refused."""
