@@ -197,12 +197,13 @@ def _check_dataset(dataset: Any, classes: int, path: Path) -> None:
     (`barenet train` writes its checksums too); the commands print its name and class names."""
     if dataset is None:
         return
-    names = dataset.get("classes", [""] * classes) if isinstance(dataset, dict) else None
-    if not (
-        isinstance(dataset, dict)
-        and isinstance(dataset.get("name", ""), str)
-        and isinstance(names, list)
-        and len(names) == classes
-        and all(isinstance(n, str) for n in names)
-    ):
-        raise ModelFileError(f"{path}: metadata's dataset is not a name and {classes} class names")
+    if isinstance(dataset, dict):
+        name, names = dataset.get("name", ""), dataset.get("classes", [""] * classes)
+        if (
+            isinstance(name, str)
+            and isinstance(names, list)
+            and len(names) == classes
+            and all(isinstance(n, str) for n in names)
+        ):
+            return
+    raise ModelFileError(f"{path}: metadata's dataset is not a name and {classes} class names")
