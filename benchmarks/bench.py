@@ -35,9 +35,9 @@ import numpy as np
 
 from barenet import __version__
 from barenet.data.datasets import load
-from barenet.model import mlp
-from barenet.recipes import get_recipe
-from barenet.train import to_inputs, train
+from barenet.nn.model import mlp
+from barenet.train.loop import to_inputs, train
+from barenet.train.recipes import get_recipe
 
 N_TRAIN, BATCH, HIDDEN, LR = 55_000, 128, 1024, 0.1
 
@@ -166,7 +166,7 @@ class Sklearn:
 # from inside because a forked child's ru_maxrss starts from the parent's size before exec.
 _TRAIN_WRAPPER = """
 import sys
-from barenet.cli import main
+from barenet.apps.cli import main
 rc = main(sys.argv[1:])
 hwm = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print("peak-rss-kib", hwm, file=sys.stderr)

@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from barenet.augment import augment
 from barenet.data.datasets import load
-from barenet.losses import softmax_cross_entropy
-from barenet.recipes import RECIPES, build_model
-from barenet.train import make_optimizer, to_inputs, train
+from barenet.nn.losses import softmax_cross_entropy
+from barenet.train.augment import augment
+from barenet.train.loop import make_optimizer, to_inputs, train
+from barenet.train.recipes import RECIPES, build_model
 
 BATCH, STEPS_PER_EPOCH, WARMUP = 128, 430, 5
 RECIPE = dataclasses.replace(RECIPES["cnn"], augment=dataclasses.replace(RECIPES["cnn"].augment,

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from barenet.adversarial import perturbation, virtual_adversarial_step
-from barenet.gradcheck import TOLERANCE, _away_from_kinks, numerical_gradient, relative_error
-from barenet.layers import Dense
-from barenet.losses import kl_divergence, softmax, softmax_cross_entropy
-from barenet.model import Sequential
-from barenet.recipes import Recipe, build_model
+from barenet.nn.gradcheck import TOLERANCE, _away_from_kinks, numerical_gradient, relative_error
+from barenet.nn.layers import Dense
+from barenet.nn.losses import kl_divergence, softmax, softmax_cross_entropy
+from barenet.nn.model import Sequential
+from barenet.train.adversarial import perturbation, virtual_adversarial_step
+from barenet.train.recipes import Recipe, build_model
 
 
 def _float64(model: Sequential) -> Sequential:

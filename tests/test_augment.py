@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from barenet.augment import Augment, _gaussian_matrix, augment
+from barenet.train.augment import Augment, _gaussian_matrix, augment
 
 
 def digits(n=16, seed=0):

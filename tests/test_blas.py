@@ -4,10 +4,10 @@ import os
 import numpy as np
 import pytest
 
-import barenet.blas
-import barenet.optim
-from barenet.blas import _numpy_openblas_path, level1, matmul_long
-from barenet.optim import SGD
+import barenet.backend.blas
+import barenet.nn.optim
+from barenet.backend.blas import _numpy_openblas_path, level1, matmul_long
+from barenet.nn.optim import SGD
 
 
 def _numpy_ships_openblas() -> bool:
@@ -88,7 +88,7 @@ def test_fused_sgd_update_equals_numpys(kwargs, monkeypatch):
     results = []
     for fused in (True, False):
         if not fused:
-            monkeypatch.setattr(barenet.optim, "level1", lambda *arrays: None)
+            monkeypatch.setattr(barenet.nn.optim, "level1", lambda *arrays: None)
         W, g = W0.copy(order="F"), np.zeros_like(W0, order="F")
         opt = SGD([("W", W, g)], decayed=["W"], **kwargs)
         for grad in grads:
@@ -100,7 +100,7 @@ def test_fused_sgd_update_equals_numpys(kwargs, monkeypatch):
 
 
 def test_without_numpys_openblas_the_optimiser_uses_numpy(monkeypatch):
-    monkeypatch.setattr(barenet.blas, "_load", lambda: None)
+    monkeypatch.setattr(barenet.backend.blas, "_load", lambda: None)
     W, g = np.ones(4, np.float32), np.full(4, 2.0, np.float32)
     assert level1(W, g) is None
     SGD([("W", W, g)], momentum=0.0).step(0.5)
@@ -121,7 +121,7 @@ def test_matmul_add_adds_the_product_in_place(dtype):
         store = rng.standard_normal((12, 6)).astype(dtype)
         c = store[2:9, 1:4]  # (7, 3), rows of a larger array
         expected, untouched = c + a @ b, store.copy()
-        if not barenet.blas.matmul_add(a, b, c):
+        if not barenet.backend.blas.matmul_add(a, b, c):
             assert not _numpy_ships_openblas()
             return
         tol = 1e-5 if dtype == np.float32 else 1e-13
@@ -134,17 +134,19 @@ def test_matmul_add_adds_the_product_in_place(dtype):
 def test_matmul_add_refuses_what_blas_cannot_take():
     a, b = np.ones((4, 3), np.float32), np.ones((3, 2), np.float32)
     c = np.zeros((4, 2), np.float32)
-    if not barenet.blas.matmul_add(a, b, c):
+    if not barenet.backend.blas.matmul_add(a, b, c):
         assert not _numpy_ships_openblas()
         return
-    assert not barenet.blas.matmul_add(a, b, np.zeros((2, 4), np.float32).T)  # c transposed
-    assert not barenet.blas.matmul_add(a, b, np.zeros((4, 3), np.float32))  # shapes
-    assert not barenet.blas.matmul_add(a, b.astype(np.float64), c)  # mixed dtypes
-    assert not barenet.blas.matmul_add(np.ones((4, 6), np.float32)[:, ::2], b, c)  # strided
-    assert not barenet.blas.matmul_add(a.astype(np.int64), b.astype(np.int64), c.astype(np.int64))
+    assert not barenet.backend.blas.matmul_add(a, b, np.zeros((2, 4), np.float32).T)  # c transposed
+    assert not barenet.backend.blas.matmul_add(a, b, np.zeros((4, 3), np.float32))  # shapes
+    assert not barenet.backend.blas.matmul_add(a, b.astype(np.float64), c)  # mixed dtypes
+    assert not barenet.backend.blas.matmul_add(np.ones((4, 6), np.float32)[:, ::2], b, c)  # strided
+    assert not barenet.backend.blas.matmul_add(
+        a.astype(np.int64), b.astype(np.int64), c.astype(np.int64)
+    )
     frozen = np.zeros((4, 2), np.float32)
     frozen.flags.writeable = False
-    assert not barenet.blas.matmul_add(a, b, frozen)
+    assert not barenet.backend.blas.matmul_add(a, b, frozen)
     np.testing.assert_array_equal(c, 3 * np.ones((4, 2)))  # only the first call added
 
 

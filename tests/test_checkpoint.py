@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from barenet.augment import Augment
-from barenet.checkpoint import load_checkpoint
 from barenet.errors import ModelFileError
-from barenet.modelfile import load_model, model_arrays
-from barenet.recipes import Recipe, build_model
-from barenet.train import train
+from barenet.files.modelfile import load_model, model_arrays
+from barenet.train.augment import Augment
+from barenet.train.checkpoint import load_checkpoint
+from barenet.train.loop import train
+from barenet.train.recipes import Recipe, build_model
 
 
 def _toy(n=400, seed=0):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from barenet.modelfile import load_model
+from barenet.files.modelfile import load_model
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -169,7 +169,7 @@ def test_missing_data_everywhere_is_one_error(tmp_path, monkeypatch):
                         "import sys; from barenet.data import datasets as d\n"
                         "d.DATASETS['fashion-mnist'] = d.DatasetSpec('fashion-mnist', d.DATASETS['fashion-mnist'].md5, ('x',),"
                         " mirrors=('http://127.0.0.1:9/',), system_dirs=())\n"
-                        "from barenet.cli import main; sys.exit(main(sys.argv[1:]))",
+                        "from barenet.apps.cli import main; sys.exit(main(sys.argv[1:]))",
                         "data", "fetch", "fashion-mnist", "--data-dir", str(empty)],
                        capture_output=True, text=True, timeout=120)  # fmt: skip
     assert_one_line_error(p, "could not get fashion-mnist")

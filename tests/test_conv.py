@@ -3,11 +3,11 @@ import copy
 import numpy as np
 import pytest
 
-import barenet.blas
-import barenet.conv
-from barenet.conv import Conv2D, MaxPool2D
-from barenet.gradcheck import TOLERANCE, check_layer
-from barenet.layers import layer_from_config
+import barenet.backend.blas
+import barenet.nn.conv
+from barenet.nn.config import layer_from_config
+from barenet.nn.conv import Conv2D, MaxPool2D
+from barenet.nn.gradcheck import TOLERANCE, check_layer
 
 
 def naive_conv(x, W, b, stride, pad):
@@ -159,9 +159,9 @@ def test_conv_input_gradient_by_shifts_equals_col2im(k, pad, w, monkeypatch):
     out = conv.forward(x, training=True, pool=w)
     dout = rng.standard_normal(out.shape)
     shifted = conv.backward(dout)
-    blas_adds = barenet.blas.matmul_add(np.ones((1, 1)), np.ones((1, 1)), np.zeros((1, 1)))
+    blas_adds = barenet.backend.blas.matmul_add(np.ones((1, 1)), np.ones((1, 1)), np.zeros((1, 1)))
     assert (conv._input_gradient_by_shifts(dout) is not None) == (blas_adds and pad <= k - 1)
-    monkeypatch.setattr(barenet.conv, "matmul_add", lambda a, b, c: False)
+    monkeypatch.setattr(barenet.nn.conv, "matmul_add", lambda a, b, c: False)
     assert conv._input_gradient_by_shifts(dout) is None
     np.testing.assert_allclose(shifted, conv.backward(dout), rtol=1e-12, atol=1e-13)
 

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from barenet.ensemble import average_proba, load_ensemble
 from barenet.errors import BarenetError, ModelFileError
-from barenet.model import mlp
-from barenet.modelfile import resolve_all, save_model
-from barenet.recipes import Recipe
-from barenet.train import to_inputs, train
+from barenet.files.modelfile import resolve_all, save_model
+from barenet.nn.model import mlp
+from barenet.train.ensemble import average_proba, load_ensemble
+from barenet.train.loop import to_inputs, train
+from barenet.train.recipes import Recipe
 
 META = {"dataset": {"name": "mnist", "classes": [str(c) for c in range(10)]}}
 

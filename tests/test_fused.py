@@ -1,4 +1,4 @@
-"""The fused pairs (barenet.fused) against their layers run apart: the one-channel Conv2D +
+"""The fused pairs (barenet.nn.fused) against their layers run apart: the one-channel Conv2D +
 BatchNorm, and the BatchNorm + max-pool."""
 
 import copy
@@ -6,13 +6,13 @@ import copy
 import numpy as np
 import pytest
 
-from barenet.conv import Conv2D, MaxPool2D
-from barenet.fused import BatchNormMaxPool, ConvBatchNorm
-from barenet.gradcheck import _away_from_kinks, numerical_gradient
-from barenet.layers import BatchNorm, Dense, Flatten, ReLU, Reshape
-from barenet.losses import softmax_cross_entropy
-from barenet.model import Sequential
-from barenet.recipes import RECIPES, build_model
+from barenet.nn.conv import Conv2D, MaxPool2D
+from barenet.nn.fused import BatchNormMaxPool, ConvBatchNorm
+from barenet.nn.gradcheck import _away_from_kinks, numerical_gradient
+from barenet.nn.layers import BatchNorm, Dense, Flatten, ReLU, Reshape
+from barenet.nn.losses import softmax_cross_entropy
+from barenet.nn.model import Sequential
+from barenet.train.recipes import RECIPES, build_model
 
 
 def _pair(k, stride, padding, dtype, seed=0):

@@ -1,7 +1,7 @@
 import numpy as np
 
-from barenet.gradcheck import TOLERANCE, check_all, check_layer
-from barenet.layers import Dense
+from barenet.nn.gradcheck import TOLERANCE, check_all, check_layer
+from barenet.nn.layers import Dense
 
 
 def test_every_check_passes():

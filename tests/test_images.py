@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image, ImageFilter
 
+from barenet.data.images import decode_image, load_digit, prepare_digit
 from barenet.errors import ImageError
-from barenet.images import decode_image, load_digit, prepare_digit
-from barenet.modelfile import default_model_path, load_model
-from barenet.train import to_inputs
+from barenet.files.modelfile import default_model_path, load_model
+from barenet.train.loop import to_inputs
 
 
 def photo(digit: np.ndarray, rng: np.random.Generator, *, thin: bool = False,

@@ -1,8 +1,9 @@
 import numpy as np
 import pytest
 
-from barenet.gradcheck import TOLERANCE, check_layer
-from barenet.layers import (
+from barenet.nn.config import layer_from_config
+from barenet.nn.gradcheck import TOLERANCE, check_layer
+from barenet.nn.layers import (
     BatchNorm,
     Dense,
     DropConnect,
@@ -11,7 +12,6 @@ from barenet.layers import (
     ReLU,
     Reshape,
     fold,
-    layer_from_config,
 )
 
 

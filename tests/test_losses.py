@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from barenet.gradcheck import TOLERANCE, numerical_gradient, relative_error
-from barenet.losses import kl_divergence, l2_penalty, softmax_cross_entropy
+from barenet.nn.gradcheck import TOLERANCE, numerical_gradient, relative_error
+from barenet.nn.losses import kl_divergence, l2_penalty, softmax_cross_entropy
 
 
 def test_uniform_scores_give_log_C():

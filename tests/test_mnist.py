@@ -4,9 +4,9 @@ import dataclasses
 
 import numpy as np
 
-from barenet.modelfile import load_model, save_model
-from barenet.recipes import get_recipe
-from barenet.train import accuracy, fit, to_inputs
+from barenet.files.modelfile import load_model, save_model
+from barenet.train.loop import accuracy, fit, to_inputs
+from barenet.train.recipes import get_recipe
 
 
 def test_one_epoch_of_seed_recipe_and_model_file_round_trip(mnist, tmp_path):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from barenet.layers import Dense, ReLU
-from barenet.model import Sequential, mlp
+from barenet import Sequential, mlp
+from barenet.nn.layers import Dense, ReLU
 
 
 def test_mlp_structure_and_counts():

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from barenet.errors import ModelFileError
-from barenet.model import mlp
-from barenet.modelfile import load_model, model_arrays, save_model
+from barenet.files.modelfile import load_model, model_arrays, save_model
+from barenet.nn.model import mlp
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from barenet.optim import SGD, Adam, AdamW, ConstantLR, CosineLR, OneCycleLR, StepLR, max_norm_
+from barenet.nn.optim import SGD, Adam, AdamW, ConstantLR, CosineLR, OneCycleLR, StepLR, max_norm_
 
 
 def _one_param(value, grad):
@@ -153,17 +153,17 @@ def test_optimiser_state_round_trips():
 def test_threaded_update_is_identical_to_one_thread(make, monkeypatch):
     """Large parameters are updated in blocks on several threads: the same bits as one pass.
     (SGD's NumPy path; its fused BLAS path is compared with it in tests/test_blas.py.)"""
-    import barenet.optim
-    import barenet.threads
+    import barenet.backend.threads
+    import barenet.nn.optim
 
-    monkeypatch.setattr(barenet.optim, "level1", lambda *arrays: None)
+    monkeypatch.setattr(barenet.nn.optim, "level1", lambda *arrays: None)
 
     rng = np.random.default_rng(0)
     W0 = rng.standard_normal((300, 301)).astype(np.float32)  # 90,300 elements: split
     grads = [rng.standard_normal(W0.shape).astype(np.float32) for _ in range(3)]
     results = []
     for threads in (1, 3):
-        monkeypatch.setattr(barenet.threads, "threads", lambda n=threads: n)
+        monkeypatch.setattr(barenet.backend.threads, "threads", lambda n=threads: n)
         W, g = W0.copy(), np.zeros_like(W0)
         opt = make([("W", W, g)])
         for grad in grads:

@@ -3,10 +3,10 @@ import dataclasses
 import numpy as np
 import pytest
 
-from barenet.conv import Conv2D, MaxPool2D
 from barenet.errors import BarenetError
-from barenet.layers import BatchNorm, DropConnect, Dropout, Reshape
-from barenet.recipes import RECIPES, Recipe, build_model, get_recipe
+from barenet.nn.conv import Conv2D, MaxPool2D
+from barenet.nn.layers import BatchNorm, DropConnect, Dropout, Reshape
+from barenet.train.recipes import RECIPES, Recipe, build_model, get_recipe
 
 
 @pytest.mark.parametrize("name", list(RECIPES))

@@ -22,9 +22,9 @@ from hypothesis import strategies as st
 from PIL import Image
 from starlette.testclient import TestClient
 
-from barenet.ensemble import load_ensemble
-from barenet.modelfile import default_model_path
-from barenet.serve import MAX_BODY, create_app
+from barenet.apps.serve import MAX_BODY, create_app
+from barenet.files.modelfile import default_model_path
+from barenet.train.ensemble import load_ensemble
 
 CLASSES = [str(c) for c in range(10)]
 
@@ -191,7 +191,7 @@ def test_drawing_in_a_real_browser(live_server):
 
 
 def test_dense_models_report_their_most_active_hidden_units(mnist):
-    from barenet.model import mlp
+    from barenet.nn.model import mlp
 
     net = mlp([784, 32, 10], rng=np.random.default_rng(0))
     with TestClient(create_app([net], CLASSES)) as c:

@@ -1,13 +1,13 @@
 import numpy as np
 import pytest
 
-import barenet.threads
-from barenet.conv import MaxPool2D
-from barenet.threads import in_blocks
+import barenet.backend.threads
+from barenet.backend.threads import in_blocks
+from barenet.nn.conv import MaxPool2D
 
 
 def test_blocks_cover_every_row_once(monkeypatch):
-    monkeypatch.setattr(barenet.threads, "threads", lambda: 3)
+    monkeypatch.setattr(barenet.backend.threads, "threads", lambda: 3)
     a = np.zeros((1000, 100), np.float32)  # 100,000 elements: split in 3
     seen = []
 
@@ -22,13 +22,13 @@ def test_blocks_cover_every_row_once(monkeypatch):
 def test_small_arrays_and_one_cpu_are_one_call(monkeypatch):
     calls = []
     in_blocks(lambda a: calls.append(a.shape), np.zeros((10, 10)))
-    monkeypatch.setattr(barenet.threads, "threads", lambda: 1)
+    monkeypatch.setattr(barenet.backend.threads, "threads", lambda: 1)
     in_blocks(lambda a: calls.append(a.shape), np.zeros((1000, 100)))
     assert calls == [(10, 10), (1000, 100)]
 
 
 def test_an_error_in_a_block_is_raised(monkeypatch):
-    monkeypatch.setattr(barenet.threads, "threads", lambda: 2)
+    monkeypatch.setattr(barenet.backend.threads, "threads", lambda: 2)
 
     def work(block):
         if block[0, 0] == 1:
@@ -48,7 +48,7 @@ def test_max_pool_on_threads_is_identical_to_one_thread(kernel, stride, monkeypa
     dout = rng.standard_normal(MaxPool2D(kernel, stride).forward(x).shape).astype(np.float32)
     results = []
     for n in (1, 4):
-        monkeypatch.setattr(barenet.threads, "threads", lambda n=n: n)
+        monkeypatch.setattr(barenet.backend.threads, "threads", lambda n=n: n)
         pool = MaxPool2D(kernel, stride)
         results.append((pool.forward(x, training=True), pool.backward(dout)))
     np.testing.assert_array_equal(results[0][0], results[1][0])

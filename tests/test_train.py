@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from barenet.errors import BarenetError, TrainingDiverged
-from barenet.model import mlp
-from barenet.recipes import RECIPES, Recipe, get_recipe
-from barenet.train import accuracy, to_inputs, train
+from barenet.nn.model import mlp
+from barenet.train.loop import accuracy, to_inputs, train
+from barenet.train.recipes import RECIPES, Recipe, get_recipe
 
 
 def _toy(n=600, seed=0):
@@ -86,9 +86,9 @@ def test_seed_recipe_is_the_seeds_network():
 
 
 def test_batchnorm_recalibration_averages_clean_batch_statistics():
-    from barenet.layers import BatchNorm, Dense, Dropout
-    from barenet.model import Sequential
-    from barenet.train import recalibrate_batchnorm
+    from barenet.nn.layers import BatchNorm, Dense, Dropout
+    from barenet.nn.model import Sequential
+    from barenet.train.loop import recalibrate_batchnorm
 
     rng = np.random.default_rng(0)
     dense = Dense(784, 6, rng=rng)

@@ -7,15 +7,15 @@ net.evaluate(x_test, y_test)    # {"loss": ..., "accuracy": ...}
 net.predict(inputs)             # classes; net.predict_proba(inputs): probabilities
 """
 
-from .augment import Augment
-from .conv import Conv2D, MaxPool2D
 from .errors import BarenetError, DataError, ImageError, ModelFileError, TrainingDiverged
-from .layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, ReLU, Reshape
-from .losses import l2_penalty, softmax_cross_entropy
-from .model import Sequential, mlp
-from .modelfile import load_model, save_model
-from .optim import SGD, Adam, AdamW, ConstantLR, CosineLR, OneCycleLR, StepLR
-from .recipes import RECIPES, Recipe, build_model
+from .files.modelfile import load_model, save_model
+from .nn.conv import Conv2D, MaxPool2D
+from .nn.layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, ReLU, Reshape
+from .nn.losses import l2_penalty, softmax_cross_entropy
+from .nn.optim import SGD, Adam, AdamW, ConstantLR, CosineLR, OneCycleLR, StepLR
+from .train.loop.augment import Augment
+from .train.loop.keras import Sequential, mlp
+from .train.loop.recipes import RECIPES, Recipe, build_model
 
 __version__ = "0.1.0"
 

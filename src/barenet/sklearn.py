@@ -23,9 +23,9 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("barenet.sklearn needs scikit-learn: pip install 'barenet[sklearn]'") from e
 
-from .model import Sequential
-from .recipes import Recipe, build_model
-from .train import train
+from .nn.model import Sequential
+from .train.loop import train
+from .train.loop.recipes import Recipe, build_model
 
 
 class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
@@ -42,7 +42,7 @@ class NeuralNetClassifier(ClassifierMixin, BaseEstimator):
         verbose: print one line per epoch.
 
     Learned attributes: classes_ (C,), n_features_in_, model_ (barenet.Sequential),
-    history_ (barenet.train.History).
+    history_ (barenet.train.loop.History).
     Inputs: X (n_samples, n_features) numbers, ideally scaled to about [0, 1] or unit variance;
     y (n_samples,) class labels of any type.
     """

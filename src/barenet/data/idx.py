@@ -23,8 +23,8 @@ from typing import BinaryIO
 
 import numpy as np
 
-from ..atomic import atomic_write
 from ..errors import DataError
+from ..files.atomic import atomic_write
 
 TYPE_CODES: dict[int, np.dtype] = {
     0x08: np.dtype("u1"),

@@ -18,12 +18,12 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from . import __version__
-from .atomic import atomic_write
-from .data import datasets
-from .errors import BarenetError
-from .modelfile import default_model_path
-from .recipes import RECIPES, Recipe, get_recipe
+from .. import __version__
+from ..data import datasets
+from ..errors import BarenetError
+from ..files.atomic import atomic_write
+from ..files.modelfile import default_model_path
+from ..train.loop.recipes import RECIPES, Recipe, get_recipe
 
 
 def _say(line: str) -> None:
@@ -164,9 +164,9 @@ def cmd_train(args: argparse.Namespace) -> int:
                     f"or continue it with --resume {out}"
                 )
     dataset = _load_dataset(dataset_name, args.data_dir)
-    from .ensemble import average_proba
-    from .modelfile import load_model, save_model
-    from .train import fit, to_inputs
+    from ..files.modelfile import load_model, save_model
+    from ..train.loop.ensemble import average_proba
+    from ..train.loop import fit, to_inputs
 
     if args.resume is None:
         out.mkdir(parents=True, exist_ok=True)
@@ -239,8 +239,8 @@ def _models_test_set(
     dataset they were trained on (ensemble.load_ensemble has made sure the members agree);
     MNIST for a file that names none. A model trained on one dataset measured on another would
     print a meaningless accuracy: refused."""
-    from .ensemble import dataset_name
-    from .train import to_inputs
+    from ..train.loop.ensemble import dataset_name
+    from ..train.loop import to_inputs
 
     own = dataset_name(metas[0])
     if args.dataset and own and args.dataset != own:
@@ -261,7 +261,7 @@ def _class_names(models: Sequence[Any], metas: Sequence[dict[str, Any]]) -> list
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .ensemble import average_proba, load_ensemble
+    from ..train.loop.ensemble import average_proba, load_ensemble
 
     models, metas = load_ensemble(args.models)
     dataset, inputs = _models_test_set(args, models, metas)
@@ -287,9 +287,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .ensemble import average_proba, load_ensemble
-    from .images import load_digit
-    from .train import to_inputs
+    from ..data.images import load_digit
+    from ..train.loop.ensemble import average_proba, load_ensemble
+    from ..train.loop import to_inputs
 
     # Model paths (.npz files, run directories) come first, then the images.
     split = next((i for i, a in enumerate(args.paths) if not _is_model_path(a)), len(args.paths))
@@ -324,8 +324,8 @@ def _is_model_path(text: str) -> bool:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .ensemble import average_proba, load_ensemble
-    from .modelfile import resolve_all
+    from ..files.modelfile import resolve_all
+    from ..train.loop.ensemble import average_proba, load_ensemble
     from .plots import plot_confusion, plot_curves, plot_first_layer, plot_mistakes
 
     source = Path(args.model)
@@ -362,7 +362,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .ensemble import load_ensemble
+    from ..train.loop.ensemble import load_ensemble
     from .serve import serve
 
     models, metas = load_ensemble(args.models or [default_model_path()])
@@ -372,7 +372,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_gradcheck(args: argparse.Namespace) -> int:
-    from .gradcheck import TOLERANCE, check_all
+    from ..nn.gradcheck import TOLERANCE, check_all
 
     results = check_all(seed=args.seed)
     width = max(len(r.name) for r in results)

@@ -34,7 +34,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from ..errors import ImageError
 
 BLANK = "the image is blank: no ink stands out from the background"
 MAX_PIXELS = 50_000_000  # a larger image is refused before it is decoded (decompression bombs)

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import BarenetError
-from .model import Sequential
-from .modelfile import load_model, resolve_all
+from ..errors import BarenetError
+from ..files.modelfile import load_model, resolve_all
+from ..nn.model import Sequential
 
 
 def load_ensemble(

@@ -9,11 +9,21 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_module
+from ..backend.arrays.arrays import array_module
+from ..config import layer_from_config
 from .conv import Conv2D, MaxPool2D
 from .fused import BatchNormMaxPool, ConvBatchNorm
-from .layers import Array, BatchNorm, Dense, Dropout, Layer, ReLU, layer_from_config
-from .losses import softmax
+from .layers import Array, BatchNorm, Dense, Dropout, Layer, ReLU
+from .losses import softmax, softmax_cross_entropy
+
+
+def to_inputs(images: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
+    """images: (N, 28, 28) uint8 -> network inputs (N, 784) in [0, 1], `dtype`.
+
+    Any other dtype is taken as features already scaled: (N, ...) -> (N, D) of `dtype`."""
+    if images.dtype != np.uint8:
+        return np.asarray(images.reshape(len(images), -1), dtype=dtype)
+    return np.multiply(images.reshape(len(images), -1), dtype(1 / 255), dtype=dtype)
 
 
 class Sequential:
@@ -35,12 +45,12 @@ class Sequential:
 
         training=True: Dropout and DropConnect draw masks, BatchNorm uses (and updates) batch
         statistics, and every layer keeps what its backward pass needs. A first layer that is a
-        one-channel Conv2D with a BatchNorm after it trains as one pair (`barenet.fused`): the
+        one-channel Conv2D with a BatchNorm after it trains as one pair (`barenet.nn.fused`): the
         same function and gradients, without passes over the convolution's output. A Conv2D
         whose output reaches a max-pool writes it window-major for that pool (`Conv2D.forward`,
         `_pooled_convolutions`): the same values in another order. A BatchNorm that receives
         such an output, with the pool right after it, normalises only the pooled values
-        (`barenet.fused.BatchNormMaxPool`, while its gammas are positive). Convolutions and
+        (`barenet.nn.fused.BatchNormMaxPool`, while its gammas are positive). Convolutions and
         BatchNorms keep their large working arrays from one training step to the next
         (`Conv2D.work`); a forward pass at inference gives them back. input_grad=True (with
         training): the backward pass after it may ask for the gradient of the input, so the
@@ -104,7 +114,7 @@ class Sequential:
         first layer with parameters reads: nothing uses them. Layers before that one (a
         Reshape, an input Dropout) have no parameters and are not visited at all; returns None.
         input_grad=True (after a forward with input_grad=True): returns dL/dx, the shape of
-        the forward's input x (virtual adversarial training reads it: `barenet.adversarial`).
+        the forward's input x (virtual adversarial training reads it: `barenet.train.adversarial`).
         param_grads=False (with input_grad=True): the weight gradients' products are skipped
         (about a third of the pass) and the layers' grads may hold anything afterwards.
         """
@@ -147,59 +157,9 @@ class Sequential:
         ]
         return xp.concatenate(chunks) if chunks else xp.zeros(0, dtype=np.int64)
 
-    def fit(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        *,
-        epochs: int = 10,
-        batch_size: int = 128,
-        lr: float = 0.1,
-        optimizer: str = "sgd",
-        momentum: float = 0.9,
-        l2: float = 1e-4,
-        schedule: str = "cosine",
-        label_smoothing: float = 0.0,
-        max_norm: float = 0.0,
-        validation_data: tuple[np.ndarray, np.ndarray] | None = None,
-        seed: int = 0,
-        verbose: bool = True,
-    ) -> Any:
-        """Train in place, Keras-style; returns the per-epoch `train.History`.
-
-        Arguments:
-            x: (N, H, W) uint8 images (scaled by 1/255 here), or (N, D) float features.
-            y: (N,) integer class labels in [0, C).
-            optimizer: "sgd" (momentum, Nesterov), "adam" or "adamw"; lr: its peak rate.
-            schedule: "constant", "step", "cosine" or "onecycle" over the epochs.
-            validation_data: (x_val, y_val), measured after each epoch.
-            verbose: a progress bar and one line per epoch on stderr.
-        Raises: ValueError for inconsistent data; BarenetError for impossible settings.
-        """
-        import sys
-
-        from .recipes import Recipe
-        from .train import train
-
-        x, y = np.asarray(x), np.asarray(y)
-        if x.ndim < 2 or y.shape != (len(x),):
-            raise ValueError(f"x must be (N, ...) and y (N,): got {x.shape} and {y.shape}")
-        if y.size and (y.min() < 0 or y.max() >= self.num_classes):
-            raise ValueError(f"labels must be integers in [0, {self.num_classes})")
-        recipe = Recipe(name="fit", description="Sequential.fit", epochs=epochs,
-                        batch_size=batch_size, lr=lr, optimizer=optimizer, momentum=momentum,
-                        nesterov=momentum > 0, l2=l2, schedule=schedule,
-                        label_smoothing=label_smoothing, max_norm=max_norm, seed=seed)  # fmt: skip
-        x_val, y_val = validation_data if validation_data is not None else (None, None)
-        log = (lambda line: print(line, file=sys.stderr)) if verbose else None
-        return train(self, recipe, x, y.astype(np.int64), x_val, y_val, progress=verbose, log=log)
-
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """Mean cross-entropy and accuracy on (x, y), with inference behaviour (no dropout,
         BatchNorm's running statistics). x as in `fit`."""
-        from .losses import softmax_cross_entropy
-        from .train import to_inputs
-
         inputs, y = to_inputs(np.asarray(x)), np.asarray(y).astype(np.int64)
         total, correct = 0.0, 0
         for i in range(0, len(inputs), 2000):

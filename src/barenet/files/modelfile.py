@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ModelFileError
+from ..nn.model import Sequential
 from .atomic import atomic_write
-from .errors import ModelFileError
-from .model import Sequential
 
 FORMAT, VERSION = "barenet-model", 1
 MAX_JSON = 1 << 20  # architecture and metadata are small; refuse anything bigger
@@ -55,7 +55,7 @@ def resolve(path: str | os.PathLike[str]) -> Path:
 def default_model_path() -> Path:
     """The trained model that ships inside the package (barenet/models/default.npz), used by
     `barenet predict` and `barenet serve` when no model is given."""
-    path = Path(__file__).parent / "models" / "default.npz"
+    path = Path(__file__).parent.parent / "models" / "default.npz"
     if not path.is_file():
         raise ModelFileError(f"{path}: the packaged default model is missing; give a model")
     return path

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_write
-from .errors import ModelFileError
-from .model import Sequential
-from .modelfile import READ_ERRORS, model_arrays
+from ..errors import ModelFileError
+from ..files.atomic import atomic_write
+from ..files.modelfile import READ_ERRORS, model_arrays
+from ..nn.model import Sequential
 
 FORMAT, VERSION = "barenet-checkpoint", 1
 

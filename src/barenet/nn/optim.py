@@ -14,10 +14,10 @@ from functools import partial
 
 import numpy as np
 
-from .backend import array_module
-from .blas import level1
+from ..backend.arrays.arrays import array_module
+from ..backend.arrays.blas import level1
+from ..backend.arrays.threads import in_blocks
 from .layers import Array
-from .threads import in_blocks
 
 
 def _load_into(buffers: dict[str, Array], prefix: str, state: dict[str, Array]) -> None:

@@ -22,10 +22,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .atomic import atomic_write  # noqa: E402
-from .conv import Conv2D  # noqa: E402
-from .layers import Dense  # noqa: E402
-from .model import Sequential  # noqa: E402
+from ..files.atomic import atomic_write  # noqa: E402
+from ..nn.conv import Conv2D  # noqa: E402
+from ..nn.layers import Dense  # noqa: E402
+from ..nn.model import Sequential  # noqa: E402
 
 
 def _save(fig: Figure, path: Path) -> Path:

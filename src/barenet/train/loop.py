@@ -17,27 +17,18 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ..data.datasets import Dataset
+from ..errors import ModelFileError, TrainingDiverged
+from ..nn.layers import BatchNorm, DropConnect, Dropout
+from ..nn.losses import l2_penalty, softmax_cross_entropy
+from ..nn.model import Sequential, to_inputs
+from ..nn.optim import SGD, Adam, max_norm_
 from .adversarial import virtual_adversarial_step
 from .augment import augment
 from .checkpoint import load_checkpoint, restore_model, save_checkpoint
-from .data.datasets import Dataset
-from .errors import ModelFileError, TrainingDiverged
-from .layers import BatchNorm, DropConnect, Dropout
-from .losses import l2_penalty, softmax_cross_entropy
-from .model import Sequential
-from .optim import SGD, Adam, max_norm_
 from .recipes import Recipe, build_model
 
 Log = Callable[[str], None]
-
-
-def to_inputs(images: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
-    """images: (N, 28, 28) uint8 -> network inputs (N, 784) in [0, 1], `dtype`.
-
-    Any other dtype is taken as features already scaled: (N, ...) -> (N, D) of `dtype`."""
-    if images.dtype != np.uint8:
-        return np.asarray(images.reshape(len(images), -1), dtype=dtype)
-    return np.multiply(images.reshape(len(images), -1), dtype(1 / 255), dtype=dtype)
 
 
 @dataclass

@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import BarenetError
+from ..nn.conv import Conv2D, MaxPool2D
+from ..nn.layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, Layer, ReLU, Reshape
+from ..nn.model import Sequential
+from ..nn.optim import ConstantLR, CosineLR, OneCycleLR, StepLR
 from .augment import Augment
-from .conv import Conv2D, MaxPool2D
-from .errors import BarenetError
-from .layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, Layer, ReLU, Reshape
-from .model import Sequential
-from .optim import ConstantLR, CosineLR, OneCycleLR, StepLR
 
 ARCHS = ("mlp", "cnn")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -49,7 +49,7 @@ class Recipe:
     label_smoothing: float = 0.0
     l2: float = 1e-4  # lambda of 0.5 * lambda * sum W^2 (weights only); 5e-4 was no better
     augment: Augment = field(default_factory=Augment)  # random transforms of training images
-    # Virtual adversarial training (`barenet.adversarial`): the length of the perturbation
+    # Virtual adversarial training (`barenet.train.adversarial`): the length of the perturbation
     # (L2 over the input, pixels in [0, 1]; 0: off) and the weight of its KL penalty.
     vat_eps: float = 0.0
     vat_weight: float = 1.0

@@ -2,7 +2,7 @@
 
 Built on Starlette (ASGI) and served by uvicorn. Two routes:
 
-    GET  /              the draw-a-digit page (barenet/web/index.html)
+    GET  /              the draw-a-digit page (barenet/apps/web/index.html)
     POST /api/predict   JSON in, JSON out (docs/web.md):
         request   {"image": "data:image/png;base64,..."}   a drawing or photo of one digit, or
                   {"pixels": [[...28 numbers 0-255...] x 28]}  an MNIST-style image as it is
@@ -33,11 +33,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from .ensemble import average_proba
-from .errors import BarenetError, ImageError
-from .images import decode_image, prepare_digit
-from .layers import Dense, ReLU
-from .model import Sequential
+from ..data.images import decode_image, prepare_digit
+from ..errors import BarenetError, ImageError
+from ..nn.layers import Dense, ReLU
+from ..nn.model import Sequential
+from ..train.loop.ensemble import average_proba
 
 MAX_BODY = 2_000_000  # bytes: a 280x280 canvas PNG is ~10 kB; a phone photo should be resized
 PAGE = Path(__file__).parent / "web" / "index.html"

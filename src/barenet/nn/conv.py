@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from .backend import array_module, kept_array
-from .blas import matmul_add, matmul_long
+from ..backend.arrays.arrays import array_module, kept_array
+from ..backend.arrays.blas import matmul_add, matmul_long
+from ..backend.arrays.threads import in_blocks
 from .layers import Array, column_sums, fold, init_weights
-from .threads import in_blocks
 
 
 def _windows(x: Array, kh: int, kw: int, stride: int) -> Array:
@@ -205,7 +205,7 @@ class Conv2D:
         self, x: Array, pool: int = 0, training: bool = True
     ) -> tuple[Array, tuple[int, ...]]:
         """The unfolded patches of a one-channel input, for work that needs them directly
-        (`barenet.fused`): x: (N, H, W, 1) -> colsT: (k*k + 1, N*OH*OW), the transpose of cols
+        (`barenet.nn.fused`): x: (N, H, W, 1) -> colsT: (k*k + 1, N*OH*OW), the transpose of cols
         with a last row of ones, its columns in the order of `forward(x, pool=pool)`'s
         outputs, and the shape of those outputs without F: (N, OH, OW) or (w*w, N, OH/w,
         OW/w). training: in arrays kept for the next step (`work`), valid until then."""
@@ -219,7 +219,7 @@ class Conv2D:
     def work(
         self, name: str, shape: tuple[int, ...], dtype: Any, xp: ModuleType, keep: bool
     ) -> Array:
-        """An array for work within a step (this layer's, or a fused pair's, `barenet.fused`):
+        """An array for work within a step (this layer's, or a fused pair's, `barenet.nn.fused`):
         a new one, or with keep (while training) the same array from one step to the next,
         made zero once. What a step does not write stays as the last one left it: zero, where
         no step writes (the padding).
@@ -481,7 +481,7 @@ class MaxPool2D:
         """dout: (N, OH, OW, C) -> dx: (N, H, W, C), or window-major like forward's input.
 
         add_to: an array of dx's shape to add the routed gradient onto, in place (returned as
-        dx), for a caller whose input gradient has other terms (`barenet.fused`)."""
+        dx), for a caller whose input gradient has other terms (`barenet.nn.fused`)."""
         winner = self._winner
         if winner is None:
             raise RuntimeError(

@@ -267,14 +267,14 @@ def check_all(seed: int = 0) -> list[CheckResult]:
                            Dense(27, 4, rng=rng, dtype=np.float64)])  # fmt: skip
 
     # The same network with a BatchNorm after its one-channel convolution: Sequential trains
-    # the pair as one (barenet.fused), from the patches' moments. The convolution's bias is
+    # the pair as one (barenet.nn.fused), from the patches' moments. The convolution's bias is
     # left out here for the reason above (tests/test_fused.py checks that its gradient is 0).
     fused = with_batchnorm(Conv2D(1, 3, 3, padding=1, rng=rng, dtype=np.float64))
     xc = _away_from_kinks(fused, rng, (4, 36))
     results += _check_network("cnn with BatchNorm (fused pair)", fused, xc, yc, {"layers.1.b"})
 
     # A BatchNorm between a (two-channel) convolution and a max-pool, with positive gammas:
-    # Sequential normalises only the pooled values (barenet.fused.BatchNormMaxPool).
+    # Sequential normalises only the pooled values (barenet.nn.fused.BatchNormMaxPool).
     pooled = with_batchnorm(
         Conv2D(1, 2, 3, padding=1, rng=rng, dtype=np.float64),
         Conv2D(2, 3, 3, padding=1, rng=rng, dtype=np.float64),

@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .backend import array_module
-from .layers import Array
-from .losses import kl_divergence, softmax
-from .model import Sequential
+from ..backend.arrays.arrays import array_module
+from ..nn.layers import Array
+from ..nn.losses import kl_divergence, softmax
+from ..nn.model import Sequential
 
 XI = 0.1  # length of the probe xi d; see `perturbation`
 
