@@ -13,9 +13,9 @@ from .nn.conv import Conv2D, MaxPool2D
 from .nn.layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, ReLU, Reshape
 from .nn.losses import l2_penalty, softmax_cross_entropy
 from .nn.optim import SGD, Adam, AdamW, ConstantLR, CosineLR, OneCycleLR, StepLR
-from .train.loop.augment import Augment
-from .train.loop.keras import Sequential, mlp
-from .train.loop.recipes import RECIPES, Recipe, build_model
+from .train.augment import Augment
+from .train.keras import Sequential, mlp
+from .train.recipes import RECIPES, Recipe, build_model
 
 __version__ = "0.1.0"
 

@@ -25,7 +25,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 
 from .nn.model import Sequential
 from .train.loop import train
-from .train.loop.recipes import Recipe, build_model
+from .train.recipes import Recipe, build_model
 
 
 class NeuralNetClassifier(ClassifierMixin, BaseEstimator):

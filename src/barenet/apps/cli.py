@@ -23,7 +23,7 @@ from ..data import datasets
 from ..errors import BarenetError
 from ..files.atomic import atomic_write
 from ..files.modelfile import default_model_path
-from ..train.loop.recipes import RECIPES, Recipe, get_recipe
+from ..train.recipes import RECIPES, Recipe, get_recipe
 
 
 def _say(line: str) -> None:
@@ -165,7 +165,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 )
     dataset = _load_dataset(dataset_name, args.data_dir)
     from ..files.modelfile import load_model, save_model
-    from ..train.loop.ensemble import average_proba
+    from ..train.ensemble import average_proba
     from ..train.loop import fit, to_inputs
 
     if args.resume is None:
@@ -239,7 +239,7 @@ def _models_test_set(
     dataset they were trained on (ensemble.load_ensemble has made sure the members agree);
     MNIST for a file that names none. A model trained on one dataset measured on another would
     print a meaningless accuracy: refused."""
-    from ..train.loop.ensemble import dataset_name
+    from ..train.ensemble import dataset_name
     from ..train.loop import to_inputs
 
     own = dataset_name(metas[0])
@@ -261,7 +261,7 @@ def _class_names(models: Sequence[Any], metas: Sequence[dict[str, Any]]) -> list
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..train.loop.ensemble import average_proba, load_ensemble
+    from ..train.ensemble import average_proba, load_ensemble
 
     models, metas = load_ensemble(args.models)
     dataset, inputs = _models_test_set(args, models, metas)
@@ -288,7 +288,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ..data.images import load_digit
-    from ..train.loop.ensemble import average_proba, load_ensemble
+    from ..train.ensemble import average_proba, load_ensemble
     from ..train.loop import to_inputs
 
     # Model paths (.npz files, run directories) come first, then the images.
@@ -325,7 +325,7 @@ def _is_model_path(text: str) -> bool:
 
 def cmd_plot(args: argparse.Namespace) -> int:
     from ..files.modelfile import resolve_all
-    from ..train.loop.ensemble import average_proba, load_ensemble
+    from ..train.ensemble import average_proba, load_ensemble
     from .plots import plot_confusion, plot_curves, plot_first_layer, plot_mistakes
 
     source = Path(args.model)
@@ -362,7 +362,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..train.loop.ensemble import load_ensemble
+    from ..train.ensemble import load_ensemble
     from .serve import serve
 
     models, metas = load_ensemble(args.models or [default_model_path()])

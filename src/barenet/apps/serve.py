@@ -37,7 +37,7 @@ from ..data.images import decode_image, prepare_digit
 from ..errors import BarenetError, ImageError
 from ..nn.layers import Dense, ReLU
 from ..nn.model import Sequential
-from ..train.loop.ensemble import average_proba
+from ..train.ensemble import average_proba
 
 MAX_BODY = 2_000_000  # bytes: a 280x280 canvas PNG is ~10 kB; a phone photo should be resized
 PAGE = Path(__file__).parent / "web" / "index.html"

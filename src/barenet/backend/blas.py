@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from ..arrays import array_module
+from .arrays import array_module
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enumerations
 

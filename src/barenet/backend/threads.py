@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ..arrays import array_module
+from .arrays import array_module
 
 _pool: ThreadPoolExecutor | None = None
 

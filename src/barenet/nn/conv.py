@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from ..backend.arrays.arrays import array_module, kept_array
-from ..backend.arrays.blas import matmul_add, matmul_long
-from ..backend.arrays.threads import in_blocks
+from ..backend.arrays import array_module, kept_array
+from ..backend.blas import matmul_add, matmul_long
+from ..backend.threads import in_blocks
 from .layers import Array, column_sums, fold, init_weights
 
 

@@ -42,8 +42,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend.arrays.arrays import array_module, to_numpy
-from ..backend.arrays.blas import matmul_long
+from ..backend.arrays import array_module, to_numpy
+from ..backend.blas import matmul_long
 from .conv import Conv2D, MaxPool2D
 from .layers import Array, BatchNorm, column_sums, fold
 

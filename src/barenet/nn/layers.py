@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..backend.arrays.arrays import array_module, kept_array
+from ..backend.arrays import array_module, kept_array
 
 Array = Any  # an ndarray of the engine's array module (NumPy, or CuPy on a GPU)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..backend.arrays.arrays import array_module
+from ..backend.arrays import array_module
 from .layers import Array
 
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..backend.arrays.arrays import array_module
-from ..config import layer_from_config
+from ..backend.arrays import array_module
+from .config import layer_from_config
 from .conv import Conv2D, MaxPool2D
 from .fused import BatchNormMaxPool, ConvBatchNorm
 from .layers import Array, BatchNorm, Dense, Dropout, Layer, ReLU

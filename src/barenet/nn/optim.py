@@ -14,9 +14,9 @@ from functools import partial
 
 import numpy as np
 
-from ..backend.arrays.arrays import array_module
-from ..backend.arrays.blas import level1
-from ..backend.arrays.threads import in_blocks
+from ..backend.arrays import array_module
+from ..backend.blas import level1
+from ..backend.threads import in_blocks
 from .layers import Array
 
 

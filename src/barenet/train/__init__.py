@@ -5,7 +5,7 @@ the engine imports it.
 """
 
 from .loop import EpochRecord, History, Result, accuracy, fit, recalibrate_batchnorm, train
-from .loop.recipes import RECIPES, Recipe, build_model, get_recipe
+from .recipes import RECIPES, Recipe, build_model, get_recipe
 
 __all__ = [
     "RECIPES",

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend.arrays.arrays import array_module
+from ..backend.arrays import array_module
 from ..nn.layers import Array
 from ..nn.losses import kl_divergence, softmax
 from ..nn.model import Sequential

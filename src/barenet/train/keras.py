@@ -13,7 +13,7 @@ import numpy as np
 
 from ..nn import model
 from .loop import History, train
-from .loop.recipes import Recipe
+from .recipes import Recipe
 
 
 class Sequential(model.Sequential):
