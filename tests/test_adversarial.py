@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from barenet.nn.gradcheck import TOLERANCE, _away_from_kinks, numerical_gradient, relative_error
+from barenet.nn.gradcheck import TOLERANCE, away_from_kinks, numerical_gradient, relative_error
 from barenet.nn.layers import Dense
 from barenet.nn.losses import kl_divergence, softmax, softmax_cross_entropy
 from barenet.nn.model import Sequential
@@ -32,7 +32,7 @@ def _float64(model: Sequential) -> Sequential:
 def test_input_gradient_matches_finite_differences(recipe):
     rng = np.random.default_rng(1)
     model = _float64(build_model(recipe, (8, 8), 4, seed=0))
-    x, p = _away_from_kinks(model, rng, (5, 64)), softmax(rng.standard_normal((5, 4)))
+    x, p = away_from_kinks(model, rng, (5, 64)), softmax(rng.standard_normal((5, 4)))
 
     def loss() -> float:
         return kl_divergence(p, model.forward(x, training=True, input_grad=True))[0]

@@ -8,10 +8,11 @@ import pytest
 
 from barenet.nn.conv import Conv2D, MaxPool2D
 from barenet.nn.fused import BatchNormMaxPool, ConvBatchNorm
-from barenet.nn.gradcheck import _away_from_kinks, numerical_gradient
+from barenet.nn.gradcheck import away_from_kinks, numerical_gradient
 from barenet.nn.layers import BatchNorm, Dense, Flatten, ReLU, Reshape
 from barenet.nn.losses import softmax_cross_entropy
 from barenet.nn.model import Sequential
+from barenet.nn.plan import BatchNormPoolStep, ConvBatchNormStep, plan, pooled_convolutions
 from barenet.train.recipes import RECIPES, build_model
 
 
@@ -106,13 +107,13 @@ def _net(dtype=np.float64, seed=0):
 def test_sequential_trains_the_pair_and_its_gradients_match_finite_differences():
     rng = np.random.default_rng(3)
     net = _net()
-    x, y = _away_from_kinks(net, rng, (4, 36)), rng.integers(0, 4, 4)
+    x, y = away_from_kinks(net, rng, (4, 36)), rng.integers(0, 4, 4)
 
     def loss():
         return softmax_cross_entropy(net.forward(x, training=True), y)[0]
 
     _, ds = softmax_cross_entropy(net.forward(x, training=True), y)
-    assert net._pair is not None and net._pair[0] == 1
+    assert [type(s) for s in plan(net.layers, training=True)][1] is ConvBatchNormStep
     net.backward(ds)
     for name, p, g in net.parameters():
         index, numeric = numerical_gradient(loss, p)
@@ -123,10 +124,8 @@ def test_sequential_trains_the_pair_and_its_gradients_match_finite_differences()
 
 
 def test_sequential_uses_the_pair_only_where_it_applies():
-    x = np.random.default_rng(0).uniform(0, 1, (4, 36))
-    net = _net()
-    net.forward(x)  # inference: the layers run one by one, with the running statistics
-    assert net._pair is None
+    # inference: the layers run one by one, with the running statistics
+    assert not any(isinstance(s, ConvBatchNormStep) for s in plan(_net().layers, training=False))
     rng = np.random.default_rng(0)
     cases = [
         # three input channels
@@ -137,10 +136,12 @@ def test_sequential_uses_the_pair_only_where_it_applies():
         [Dense(36, 36, rng=rng), Reshape((6, 6, 1)), Conv2D(1, 2, 3, rng=rng), BatchNorm(2)],
     ]
     for layers in cases:
-        net = Sequential([*layers, Flatten()])
-        net.forward(x.astype(np.float32), training=True)
-        assert net._pair is None
-    assert build_model(RECIPES["cnn"], (28, 28), 10)._conv_batchnorm() is not None
+        steps = plan([*layers, Flatten()], training=True)
+        assert not any(isinstance(s, ConvBatchNormStep) for s in steps)
+    # with input_grad (virtual adversarial training) the first convolution runs alone
+    cnn = build_model(RECIPES["cnn"], (28, 28), 10).layers
+    assert isinstance(plan(cnn, training=True)[1], ConvBatchNormStep)
+    assert not isinstance(plan(cnn, training=True, input_grad=True)[1], ConvBatchNormStep)
 
 
 def test_pair_refuses_what_it_cannot_do():
@@ -184,10 +185,14 @@ def _check_step(net, rng, negative):
     if negative:
         for model in (seq, apart):
             model.layers[9].params["gamma"][2] = -0.5
-    assert seq._pooled_convolutions() == {4: 2, 8: 2}
+    assert pooled_convolutions(seq.layers) == {4: 2, 8: 2}
     x, y = rng.uniform(0, 1, (5, 64)), rng.integers(0, 3, 5)
+    steps, h = plan(copy.deepcopy(seq.layers), training=True), x
+    for step in steps:
+        h = step.forward(h, True)
+    fused = [s.start for s in steps if isinstance(s, BatchNormPoolStep) and s.fused is not None]
+    assert fused == ([5] if negative else [5, 9])  # a pair with a negative gamma runs apart
     scores = seq.forward(x, training=True)
-    assert sorted(seq._bn_pools) == ([5] if negative else [5, 9])
     _, ds = softmax_cross_entropy(scores, y)
     seq.backward(ds)
     h = x

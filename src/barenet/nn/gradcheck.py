@@ -108,7 +108,7 @@ def check_layer(
     return results
 
 
-def _away_from_kinks(
+def away_from_kinks(
     net, rng: np.random.Generator, shape: tuple[int, ...], margin: float = 0.02
 ) -> np.ndarray:
     """An input batch for which no ReLU of `net` sees a pre-activation within `margin` of 0, and
@@ -219,7 +219,7 @@ def check_all(seed: int = 0) -> list[CheckResult]:
 
     # The whole network: cross-entropy + L2 through Dense-ReLU-Dense-ReLU-Dense.
     net = mlp([6, 8, 7, 3], rng=rng, dtype=np.float64)
-    xb, yb, lam = _away_from_kinks(net, rng, (5, 6)), rng.integers(0, 3, 5), 0.1
+    xb, yb, lam = away_from_kinks(net, rng, (5, 6)), rng.integers(0, 3, 5), 0.1
     decayed = net.decayed()
 
     def loss() -> float:
@@ -255,7 +255,7 @@ def check_all(seed: int = 0) -> list[CheckResult]:
         Flatten(),
         Dense(27, 4, rng=rng, dtype=np.float64),
     ])  # fmt: skip
-    xc, yc = _away_from_kinks(cnn, rng, (4, 36)), rng.integers(0, 4, 4)
+    xc, yc = away_from_kinks(cnn, rng, (4, 36)), rng.integers(0, 4, 4)
     results += _check_network("cnn", cnn, xc, yc)
 
     def with_batchnorm(*convolutions: Conv2D) -> Sequential:
@@ -270,7 +270,7 @@ def check_all(seed: int = 0) -> list[CheckResult]:
     # the pair as one (barenet.nn.fused), from the patches' moments. The convolution's bias is
     # left out here for the reason above (tests/test_fused.py checks that its gradient is 0).
     fused = with_batchnorm(Conv2D(1, 3, 3, padding=1, rng=rng, dtype=np.float64))
-    xc = _away_from_kinks(fused, rng, (4, 36))
+    xc = away_from_kinks(fused, rng, (4, 36))
     results += _check_network("cnn with BatchNorm (fused pair)", fused, xc, yc, {"layers.1.b"})
 
     # A BatchNorm between a (two-channel) convolution and a max-pool, with positive gammas:
@@ -279,7 +279,7 @@ def check_all(seed: int = 0) -> list[CheckResult]:
         Conv2D(1, 2, 3, padding=1, rng=rng, dtype=np.float64),
         Conv2D(2, 3, 3, padding=1, rng=rng, dtype=np.float64),
     )
-    xc = _away_from_kinks(pooled, rng, (4, 36))
+    xc = away_from_kinks(pooled, rng, (4, 36))
     label = "cnn with BatchNorm and max-pool (fused)"
     results += _check_network(label, pooled, xc, yc, {"layers.2.b"})
     return results

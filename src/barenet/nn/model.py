@@ -11,10 +11,10 @@ import numpy as np
 
 from ..backend.arrays import array_module
 from .config import layer_from_config
-from .conv import Conv2D, MaxPool2D
-from .fused import BatchNormMaxPool, ConvBatchNorm
-from .layers import Array, BatchNorm, Dense, Dropout, Layer, ReLU
+from .layers import Array, Dense, Layer, ReLU
 from .losses import softmax, softmax_cross_entropy
+from .plan import Step, first_with_params, plan
+from .reference import ReferenceStep
 
 
 def to_inputs(images: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
@@ -33,77 +33,30 @@ class Sequential:
         layers: the layers; the first one receives inputs of shape (N, D).
     """
 
-    def __init__(self, layers: Sequence[Layer]) -> None:
+    def __init__(self, layers: Sequence[Layer], *, fast: bool = True) -> None:
         if not layers:
             raise ValueError("Sequential needs at least one layer")
         self.layers = list(layers)
-        self._pair: tuple[int, ConvBatchNorm] | None = None  # the last forward's fused pair
-        self._bn_pools: dict[int, BatchNormMaxPool] = {}  # {BatchNorm's index: pair} (same)
+        self.fast = fast  # False: every layer runs its plain maths from `reference.py`
+        self._steps: list[Step] = []  # how the last forward pass ran the layers
 
     def forward(self, x: Array, training: bool = False, input_grad: bool = False) -> Array:
         """x: (N, D) inputs -> scores: (N, C) unnormalised class scores.
 
         training=True: Dropout and DropConnect draw masks, BatchNorm uses (and updates) batch
-        statistics, and every layer keeps what its backward pass needs. A first layer that is a
-        one-channel Conv2D with a BatchNorm after it trains as one pair (`barenet.nn.fused`): the
-        same function and gradients, without passes over the convolution's output. A Conv2D
-        whose output reaches a max-pool writes it window-major for that pool (`Conv2D.forward`,
-        `_pooled_convolutions`): the same values in another order. A BatchNorm that receives
-        such an output, with the pool right after it, normalises only the pooled values
-        (`barenet.nn.fused.BatchNormMaxPool`, while its gammas are positive). Convolutions and
-        BatchNorms keep their large working arrays from one training step to the next
-        (`Conv2D.work`); a forward pass at inference gives them back. input_grad=True (with
-        training): the backward pass after it may ask for the gradient of the input, so the
-        first convolution and its BatchNorm run as separate layers."""
-        self._pair = self._conv_batchnorm() if training and not input_grad else None
-        self._bn_pools = {}
-        pools = self._pooled_convolutions()
-        for i, layer in enumerate(self.layers):
-            following = self.layers[i + 1] if i + 1 < len(self.layers) else None
-            if self._pair is not None and i == self._pair[0]:
-                x = self._pair[1].forward(x, pool=pools.get(i, 0))
-            elif self._pair is not None and i == self._pair[0] + 1:
-                continue  # the pair's BatchNorm: done
-            elif i - 1 in self._bn_pools:
-                continue  # the max-pool of a BatchNormMaxPool: done
-            elif (
-                training and isinstance(layer, BatchNorm) and isinstance(following, MaxPool2D)
-                and BatchNormMaxPool.applies(layer, following, x)
-            ):  # fmt: skip
-                self._bn_pools[i] = BatchNormMaxPool(layer, following)
-                x = self._bn_pools[i].forward(x)
-            elif isinstance(layer, Conv2D):
-                x = layer.forward(x, training, pool=pools.get(i, 0))
-            else:
-                x = layer.forward(x, training)
+        statistics, and every layer keeps what its backward pass needs. input_grad=True (with
+        training): the backward pass after it may ask for the gradient of the input.
+
+        The layers run in order, each as a step of the fast plan (`plan.py`: a few
+        neighbouring layers run as one, with the same function and gradients), or, with
+        fast=False, each through its plain maths (`reference.py`)."""
+        if self.fast:
+            self._steps = plan(self.layers, training, input_grad)
+        else:
+            self._steps = [ReferenceStep(self.layers, i) for i in range(len(self.layers))]
+        for step in self._steps:
+            x = step.forward(x, training)
         return x
-
-    def _pooled_convolutions(self) -> dict[int, int]:
-        """{i: k} for every Conv2D i whose output reaches a k x k max-pool with stride k
-        through per-channel layers only (BatchNorm, ReLU, Dropout): it may write its output
-        window-major for that pool (`Conv2D.forward`), which every layer in between treats
-        alike, whatever the order of its rows."""
-        pools = {}
-        for i, layer in enumerate(self.layers):
-            if isinstance(layer, MaxPool2D) and layer.stride == layer.kernel_size > 1:
-                j = i - 1
-                while j >= 0 and isinstance(self.layers[j], BatchNorm | ReLU | Dropout):
-                    j -= 1
-                if j >= 0 and isinstance(self.layers[j], Conv2D):
-                    pools[j] = layer.kernel_size
-        return pools
-
-    def _first_with_params(self) -> int:
-        return next((i for i, layer in enumerate(self.layers) if layer.params), 0)
-
-    def _conv_batchnorm(self) -> tuple[int, ConvBatchNorm] | None:
-        """(i, pair) if layers i and i + 1 are a one-channel Conv2D, the first layer with
-        parameters (nothing needs its input gradient), and a BatchNorm; else None."""
-        i = self._first_with_params()
-        conv, bn = self.layers[i], self.layers[i + 1] if i + 1 < len(self.layers) else None
-        if isinstance(conv, Conv2D) and conv.in_channels == 1 and isinstance(bn, BatchNorm):
-            return i, ConvBatchNorm(conv, bn)
-        return None
 
     def backward(
         self, dscores: Array, input_grad: bool = False, param_grads: bool = True
@@ -114,31 +67,22 @@ class Sequential:
         first layer with parameters reads: nothing uses them. Layers before that one (a
         Reshape, an input Dropout) have no parameters and are not visited at all; returns None.
         input_grad=True (after a forward with input_grad=True): returns dL/dx, the shape of
-        the forward's input x (virtual adversarial training reads it: `barenet.train.adversarial`).
+        the forward's input x (virtual adversarial training reads it: `barenet.adversarial`).
         param_grads=False (with input_grad=True): the weight gradients' products are skipped
         (about a third of the pass) and the layers' grads may hold anything afterwards.
         """
-        if input_grad and self._pair is not None:
-            raise RuntimeError("the input gradient needs a forward pass with input_grad=True")
         if not (input_grad or param_grads):
             raise ValueError("a backward pass needs input_grad or param_grads (or both)")
-        first = 0 if input_grad else self._first_with_params()
+        first = 0 if input_grad else first_with_params(self.layers)
         dout = dscores
-        i = len(self.layers) - 1
-        while i >= first:
-            if self._pair is not None and i == self._pair[0] + 1:
-                self._pair[1].backward(dout)  # both layers of the pair; they start at `first`
-                return None
-            layer: Layer | BatchNormMaxPool = self.layers[i]
-            if i - 1 in self._bn_pools:  # a BatchNorm (i - 1) and its max-pool (i) as one
-                i -= 1
-                layer = self._bn_pools[i]
-            need_dx = input_grad or i > first
-            dx = layer.backward(dout, need_dx=need_dx, need_grads=param_grads)
+        for step in reversed(self._steps):
+            if step.stop <= first:
+                break
+            need_dx = input_grad or step.start > first
+            dx = step.backward(dout, need_dx, param_grads)
             if need_dx:
                 assert dx is not None
                 dout = dx
-            i -= 1
         return dout if input_grad else None
 
     def predict_proba(self, x: Array, batch_size: int = 2000) -> Array:

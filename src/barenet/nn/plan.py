@@ -1,0 +1,144 @@
+"""The fast plan: how a Sequential's layers run in one training or inference pass.
+
+A network's maths is its layers applied one after the other (`Sequential`, and the plain
+functions of `reference.py`). Three speed-ups change how neighbouring layers run, never what
+they compute (tests/test_fused.py and tests/test_reference.py compare them with the layers run
+one by one):
+  - a Conv2D whose output reaches a k x k, stride-k max-pool through per-channel layers only
+    (BatchNorm, ReLU, Dropout) writes that output window-major for the pool
+    (`Conv2D.forward(pool=k)`): the same values in another order, which every layer in
+    between treats alike;
+  - while training, a one-channel Conv2D that is the first layer with parameters, with a
+    BatchNorm after it, runs as one pair (`fused.ConvBatchNorm`): BatchNorm's statistics from
+    the patches' moments, no pass over the convolution's output;
+  - while training, a BatchNorm with the max-pool right after it normalises only the pooled
+    values (`fused.BatchNormMaxPool`), in a step where its input is window-major and every
+    gamma positive; otherwise the two run apart.
+
+`plan(layers, training, input_grad)` returns the steps of one pass. Every step runs layers
+[start, stop) with the layer interface: forward(x, training) and backward(dout, need_dx,
+need_grads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from .conv import Conv2D, MaxPool2D
+from .fused import BatchNormMaxPool, ConvBatchNorm
+from .layers import Array, BatchNorm, Dropout, Layer, ReLU
+
+
+class Step(Protocol):
+    """Runs layers [start, stop) of a network as one, with the layer interface."""
+
+    start: int
+    stop: int
+
+    def forward(self, x: Array, training: bool) -> Array: ...
+
+    def backward(self, dout: Array, need_dx: bool, need_grads: bool) -> Array | None: ...
+
+
+class LayerStep:
+    """One layer, run as it is; a Conv2D may write its output window-major for a pool."""
+
+    def __init__(self, layers: Sequence[Layer], i: int, pool: int = 0) -> None:
+        self.layer, self.start, self.stop, self.pool = layers[i], i, i + 1, pool
+
+    def forward(self, x: Array, training: bool) -> Array:
+        if self.pool:
+            assert isinstance(self.layer, Conv2D)
+            return self.layer.forward(x, training, pool=self.pool)
+        return self.layer.forward(x, training)
+
+    def backward(self, dout: Array, need_dx: bool, need_grads: bool) -> Array | None:
+        return self.layer.backward(dout, need_dx=need_dx, need_grads=need_grads)
+
+
+class ConvBatchNormStep:
+    """A one-channel Conv2D (layer `start`) and its BatchNorm, trained as one pair. Nothing
+    needs the gradient of the pair's input (it is the first layer with parameters)."""
+
+    def __init__(self, layers: Sequence[Layer], i: int, pool: int = 0) -> None:
+        conv, bn = layers[i], layers[i + 1]
+        assert isinstance(conv, Conv2D) and isinstance(bn, BatchNorm)
+        self.pair, self.start, self.stop, self.pool = ConvBatchNorm(conv, bn), i, i + 2, pool
+
+    def forward(self, x: Array, training: bool) -> Array:
+        return self.pair.forward(x, pool=self.pool)
+
+    def backward(self, dout: Array, need_dx: bool, need_grads: bool) -> Array | None:
+        if need_dx:
+            raise RuntimeError("the input gradient needs a forward pass with input_grad=True")
+        self.pair.backward(dout)
+        return None
+
+
+class BatchNormPoolStep:
+    """A BatchNorm (layer `start`) and the max-pool after it: one fused step where its input
+    is window-major for the pool and every gamma positive, else the two layers apart."""
+
+    def __init__(self, layers: Sequence[Layer], i: int) -> None:
+        bn, pool = layers[i], layers[i + 1]
+        assert isinstance(bn, BatchNorm) and isinstance(pool, MaxPool2D)
+        self.bn, self.pool, self.start, self.stop = bn, pool, i, i + 2
+        self.fused: BatchNormMaxPool | None = None  # this step's pair, when it applies
+
+    def forward(self, x: Array, training: bool) -> Array:
+        self.fused = None
+        if BatchNormMaxPool.applies(self.bn, self.pool, x):
+            self.fused = BatchNormMaxPool(self.bn, self.pool)
+            return self.fused.forward(x)
+        return self.pool.forward(self.bn.forward(x, training), training)
+
+    def backward(self, dout: Array, need_dx: bool, need_grads: bool) -> Array | None:
+        if self.fused is not None:
+            return self.fused.backward(dout, need_dx=need_dx, need_grads=need_grads)
+        dmid = self.pool.backward(dout)
+        return self.bn.backward(dmid, need_dx=need_dx, need_grads=need_grads)
+
+
+def first_with_params(layers: Sequence[Layer]) -> int:
+    """The index of the first layer with parameters (0 if none has any)."""
+    return next((i for i, layer in enumerate(layers) if layer.params), 0)
+
+
+def pooled_convolutions(layers: Sequence[Layer]) -> dict[int, int]:
+    """{i: k} for every Conv2D i whose output reaches a k x k max-pool with stride k through
+    per-channel layers only (BatchNorm, ReLU, Dropout)."""
+    pools = {}
+    for i, layer in enumerate(layers):
+        if isinstance(layer, MaxPool2D) and layer.stride == layer.kernel_size > 1:
+            j = i - 1
+            while j >= 0 and isinstance(layers[j], BatchNorm | ReLU | Dropout):
+                j -= 1
+            if j >= 0 and isinstance(layers[j], Conv2D):
+                pools[j] = layer.kernel_size
+    return pools
+
+
+def plan(layers: Sequence[Layer], training: bool, input_grad: bool = False) -> list[Step]:
+    """The steps of one forward pass over `layers` (see the module's docstring).
+
+    input_grad=True (with training): the backward pass may ask for the gradient of the input,
+    so the first convolution and its BatchNorm run as separate layers."""
+    pools = pooled_convolutions(layers)
+    first = first_with_params(layers)
+    steps: list[Step] = []
+    i = 0
+    while i < len(layers):
+        layer = layers[i]
+        following = layers[i + 1] if i + 1 < len(layers) else None
+        if (
+            training and not input_grad and i == first and isinstance(layer, Conv2D)
+            and layer.in_channels == 1 and isinstance(following, BatchNorm)
+        ):  # fmt: skip
+            steps.append(ConvBatchNormStep(layers, i, pools.get(i, 0)))
+        elif training and isinstance(layer, BatchNorm) and isinstance(following, MaxPool2D):
+            steps.append(BatchNormPoolStep(layers, i))
+        else:
+            steps.append(LayerStep(layers, i, pools.get(i, 0)))
+        i = steps[-1].stop
+    return steps
