@@ -16,8 +16,7 @@ from .nn.optim import SGD, Adam, AdamW, ConstantLR, CosineLR, OneCycleLR, StepLR
 from .train.augment import Augment
 from .train.keras import Sequential, mlp
 from .train.recipes import RECIPES, Recipe, build_model
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "Adam",

@@ -18,12 +18,12 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from .. import __version__
 from ..data import datasets
 from ..errors import BarenetError
 from ..files.atomic import atomic_write
 from ..files.modelfile import default_model_path
 from ..train.recipes import RECIPES, Recipe, get_recipe
+from ..version import __version__
 
 
 def _say(line: str) -> None:

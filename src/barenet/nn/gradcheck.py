@@ -19,6 +19,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .conv import Conv2D, MaxPool2D
+from .layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, ReLU, Reshape
+from .losses import kl_divergence, l2_penalty, softmax, softmax_cross_entropy
+from .model import Sequential, mlp
+
 TOLERANCE = 1e-7  # worst relative error accepted in float64
 
 
@@ -116,9 +121,6 @@ def away_from_kinks(
     that the finite differences (steps of at most 2h = 0.002) never cross a kink: ReLU's at 0,
     or a window's switch of winner, where the derivative jumps and no difference quotient
     can match it. The layers run in training mode, as the checks run them."""
-    from .conv import MaxPool2D
-    from .layers import ReLU
-
     for _ in range(1000):
         x = z = rng.standard_normal(shape)
         clear = True
@@ -148,11 +150,6 @@ def _runner_up_gap(pool, x: np.ndarray) -> float:
 
 def check_all(seed: int = 0) -> list[CheckResult]:
     """Check every layer, every loss and a whole network, on small random float64 inputs."""
-    from .conv import Conv2D, MaxPool2D
-    from .layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, ReLU, Reshape
-    from .losses import kl_divergence, l2_penalty, softmax, softmax_cross_entropy
-    from .model import Sequential, mlp
-
     rng = np.random.default_rng(seed)
     results = []
     results += check_layer(
@@ -290,7 +287,6 @@ def _check_network(
 ) -> list[CheckResult]:
     """Every parameter of `net` (but those in `skip`) under cross-entropy with label smoothing
     0.1, the layers in training mode, as the training step runs them."""
-    from .losses import softmax_cross_entropy
 
     def loss() -> float:
         return softmax_cross_entropy(net.forward(x, training=True), y, 0.1)[0]
