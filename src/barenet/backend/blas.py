@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .arrays import array_module
+from .threads import in_blocks
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enumerations
 
@@ -87,6 +88,33 @@ class Level1:
     def scal(self, a: float, x: np.ndarray) -> None:
         """x <- a x, in place; x: (n,)."""
         self._fns[x.dtype][1](x.size, a, x.ctypes.data, 1)
+
+
+class NumpyLevel1:
+    """axpy and scal in NumPy, for arrays `Level1` cannot take (CuPy's, strided, other
+    dtypes): the same updates in two elementwise passes each, split over the CPUs
+    (`threads.in_blocks`: bit for bit one pass's result). scratch: an array like the ones
+    updated, overwritten by axpy."""
+
+    def __init__(self, scratch: Any) -> None:
+        self.scratch = scratch
+
+    def axpy(self, a: float, x: Any, y: Any) -> None:
+        """y <- y + a x, in place."""
+
+        def work(x: Any, y: Any, s: Any) -> None:
+            array_module(x).multiply(x, a, out=s)
+            y += s
+
+        in_blocks(work, x, y, self.scratch)
+
+    def scal(self, a: float, x: Any) -> None:
+        """x <- a x, in place."""
+
+        def work(x: Any) -> None:
+            x *= a
+
+        in_blocks(work, x)
 
 
 def _layout(x: Any) -> tuple[int, int] | None:

@@ -15,7 +15,7 @@ from functools import partial
 import numpy as np
 
 from ..backend.arrays import array_module
-from ..backend.blas import level1
+from ..backend.blas import NumpyLevel1, level1
 from ..backend.threads import in_blocks
 from .layers import Array
 
@@ -104,49 +104,24 @@ class SGD:
         """Update every parameter in place. The grads are used as scratch space (the next
         backward pass overwrites them). Every operation writes into an existing buffer: for the
         seed's 784x1024 weights, allocating temporaries cost as much as the arithmetic."""
-        mu, wd, nesterov = self.momentum, self.weight_decay, self.nesterov
-
-        def update(W: Array, g: Array, v: Array, s: Array, decay: float) -> None:
-            xp = array_module(W)
-            if decay:
-                xp.multiply(W, decay, out=s)
-                g += s  # g <- g + wd W
-            if mu == 0.0:
-                xp.multiply(g, lr, out=s)
-                W -= s
-                return
-            v *= mu
-            v += g  # v <- mu v + g
-            if nesterov:
-                xp.multiply(v, mu, out=s)
-                g += s  # g <- g + mu v
-                xp.multiply(g, lr, out=s)
-            else:
-                xp.multiply(v, lr, out=s)
-            W -= s
-
+        mu, wd = self.momentum, self.weight_decay
         for name, W, g in self.parameters:
-            decay = wd if name in self.decayed else 0.0
-            blocks = (W, g, self.velocity[name], self.scratch[name])
-            flat = _flat(*blocks)
-            fused = level1(*flat)
-            if fused is None:
-                in_blocks(partial(update, decay=decay), *flat)
-                continue
-            # The same update in at most 5 fused passes instead of 8 (blas.py says why).
-            W_, g_, v_ = flat[:3]
-            if decay:
-                fused.axpy(decay, W_, g_)  # g <- g + wd W
+            W_, g_, v_, s_ = _flat(W, g, self.velocity[name], self.scratch[name])
+            # y <- y + a x and x <- a x: OpenBLAS's axpy and scal where they take the arrays
+            # (one fused pass each), else NumPy's (two passes, on every CPU: blas.py)
+            ops = level1(W_, g_, v_) or NumpyLevel1(s_)
+            if name in self.decayed and wd:
+                ops.axpy(wd, W_, g_)  # g <- g + wd W
             if mu == 0.0:
-                fused.axpy(-lr, g_, W_)
+                ops.axpy(-lr, g_, W_)  # W <- W - lr g
                 continue
-            fused.scal(mu, v_)
-            fused.axpy(1.0, g_, v_)  # v <- mu v + g
-            if nesterov:
-                fused.axpy(-lr, g_, W_)
-                fused.axpy(-lr * mu, v_, W_)  # W <- W - lr (g + mu v)
+            ops.scal(mu, v_)
+            ops.axpy(1.0, g_, v_)  # v <- mu v + g
+            if self.nesterov:
+                ops.axpy(-lr, g_, W_)
+                ops.axpy(-lr * mu, v_, W_)  # W <- W - lr (g + mu v)
             else:
-                fused.axpy(-lr, v_, W_)
+                ops.axpy(-lr, v_, W_)  # W <- W - lr v
 
 
 class Adam:
