@@ -11,3 +11,11 @@ from barenet.data import datasets
 @pytest.fixture(scope="session")
 def mnist() -> datasets.Dataset:
     return datasets.load("mnist")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test that reads the real MNIST is `slow` (it trains or evaluates on it), so that
+    `pytest -m "not slow"` is the quick loop."""
+    for item in items:
+        if "mnist" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

@@ -30,8 +30,11 @@ def test_round_trip_identical_predictions(saved):
 
 
 def test_directory_resolves_to_model_npz(saved):
-    _, path = saved
-    load_model(path.parent)
+    net, path = saved
+    again, meta = load_model(path.parent)
+    assert again.config() == net.config() and meta["test_accuracy"] == 0.9
+    for (name, p, _), (_, q, _) in zip(net.parameters(), again.parameters()):
+        np.testing.assert_array_equal(p, q, err_msg=name)
 
 
 def test_no_pickle_in_the_file(saved):

@@ -216,6 +216,12 @@ class Conv2D:
         colsT = self._unfold_one_channel(xpad, OH, OW, w, keep=training)
         return colsT, _positions(x.shape[0], OH, OW, w)
 
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the working arrays kept from one training step to the next (`work`); 0
+        after a forward pass at inference, which gives them back."""
+        return sum(int(a.nbytes) for a in self._kept.values())
+
     def work(
         self, name: str, shape: tuple[int, ...], dtype: Any, xp: ModuleType, keep: bool
     ) -> Array:

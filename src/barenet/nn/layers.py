@@ -21,10 +21,11 @@ from types import ModuleType
 from typing import Any, Protocol
 
 import numpy as np
+from numpy.typing import NDArray
 
 from ..backend.arrays import array_module, kept_array
 
-Array = Any  # an ndarray of the engine's array module (NumPy, or CuPy on a GPU)
+Array = NDArray[Any]  # an ndarray of the engine's array module (typed as NumPy's; CuPy's on a GPU)
 
 
 class Layer(Protocol):
@@ -450,6 +451,12 @@ class BatchNorm:
         self._xc, self._inv_std = xc, inv_std
         self.update_running(mu, var, M)
         return xc, inv_std
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the working arrays kept from one training step to the next (`work`); 0
+        after a forward pass at inference, which gives them back."""
+        return sum(int(a.nbytes) for a in self._kept.values())
 
     def work(self, name: str, shape: tuple[int, ...], dtype: Any, xp: ModuleType) -> Array:
         """An array kept from one training step to the next, for this layer's work or a fused

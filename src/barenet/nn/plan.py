@@ -97,6 +97,7 @@ class BatchNormPoolStep:
         if self.fused is not None:
             return self.fused.backward(dout, need_dx=need_dx, need_grads=need_grads)
         dmid = self.pool.backward(dout)
+        assert dmid is not None  # a max-pool always passes its gradient on
         return self.bn.backward(dmid, need_dx=need_dx, need_grads=need_grads)
 
 
