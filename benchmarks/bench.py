@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import re
 import statistics
 import subprocess
@@ -32,8 +30,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import machine
 
-from barenet import __version__
 from barenet.data.datasets import load
 from barenet.nn.model import mlp
 from barenet.train.loop import to_inputs, train
@@ -199,26 +197,6 @@ def predict_latency(model: Path, image: Path, repeats: int) -> list[float]:
                        capture_output=True)  # fmt: skip
         samples.append(time.perf_counter() - start)
     return samples
-
-
-def machine() -> dict:
-    cpu = "unknown"
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in open("/proc/cpuinfo")
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-            "numpy": np.__version__, "barenet": __version__}  # fmt: skip
-    for mod in ("torch", "sklearn"):
-        try:
-            info[mod] = __import__(mod).__version__
-        except ImportError:
-            info[mod] = None
-    return info
 
 
 CONTESTANTS = (Barenet, Torch, Sklearn)

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import machine
 
 from barenet.data.datasets import load
 from barenet.nn.losses import softmax_cross_entropy
@@ -140,6 +141,7 @@ def main() -> None:
     aug = augmentation_cost(x, y)
     results = {
         "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
         "network": "cnn recipe: conv3x3-32 BN pool ReLU, conv3x3-64 BN pool ReLU, 256 BN ReLU dropout, 10",
         "batch_size": BATCH,
         "steps_timed": args.steps,

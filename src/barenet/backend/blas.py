@@ -12,8 +12,7 @@ exposes only its matrix products, so this module finds NumPy's own copy among th
 the process has loaded (threadpoolctl lists them, with their paths) and calls it through ctypes.
 
 It must be NumPy's copy: a second OpenBLAS in the process (SciPy's, which scikit-learn loads)
-keeps a pool of worker threads of its own, and the two pools spin against each other (a seed
-training step went from 4 to 20 ms). Where NumPy's OpenBLAS cannot be identified (another BLAS,
+keeps a pool of worker threads of its own, and the two pools spin against each other (docs/speed.md). Where NumPy's OpenBLAS cannot be identified (another BLAS,
 another packaging, a GPU array), `level1` returns None and `matmul_add` False, and callers
 use NumPy's operations.
 """
@@ -148,9 +147,9 @@ def matmul_long(a: Any, b: Any, chunk: int = 1024) -> Any:
     """a (m, K) @ b (K, n) for K much larger than m and n (a first convolution's weight
     gradient: (10, 100352) @ (100352, 32)), as the sum of the products of its K-chunks.
 
-    OpenBLAS spreads one such product poorly over its threads: for that example 2.8 ms, where
-    the same product as 98 chunks of 1024, one batched matmul (each chunk's small product runs
-    whole on one thread) and a sum, takes 0.63 ms. The sum over chunks changes only the order
+    OpenBLAS spreads one such product poorly over its threads; the same product as chunks of
+    1024, one batched matmul (each chunk's small product runs whole on one thread) and a sum,
+    is several times faster (docs/speed.md). The sum over chunks changes only the order
     of the additions. Any array module (NumPy's matmul or CuPy's)."""
     xp = array_module(a)
     (m, K), n = a.shape, b.shape[1]

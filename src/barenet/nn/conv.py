@@ -231,8 +231,7 @@ class Conv2D:
         no step writes (the padding).
 
         Why keep them: a fresh array of tens of MB each step costs page faults and the
-        kernel's zeroing of every page as it is first written; for the `cnn` recipe's second
-        convolution (its padded input and 29 MB of patches) ~3.5 ms of a ~50 ms step."""
+        kernel's zeroing of every page as it is first written (docs/speed.md)."""
         return kept_array(self._kept, name, shape, dtype, xp) if keep else xp.empty(shape, dtype)
 
     def _padded(self, x: Array, keep: bool = False) -> tuple[Array, int, int]:
@@ -261,10 +260,9 @@ class Conv2D:
         """xpad: (N, Hp, Wp, 1) -> colsT: (k*k + 1, N*OH*OW), the transpose of cols with a
         last row of ones; its columns window-major for w > 1 (see `forward`).
 
-        Unfolding windows of k*k single pixels row by row copies k floats at a time (for 3x3
-        kernels on 128 MNIST digits: 1.5 ms, 3x the product itself); colsT instead takes one
+        Unfolding windows of k*k single pixels row by row copies k floats at a time (slower than the product itself); colsT instead takes one
         strided block copy per kernel offset (i, j) (and window offset (a, b)),
-        colsT[i*k + j, a*w + b] = xpad[:, i + s*(w*ph + a), j + s*(w*pw + b), 0] (0.2 ms).
+        colsT[i*k + j, a*w + b] = xpad[:, i + s*(w*ph + a), j + s*(w*pw + b), 0].
         """
         xp = array_module(xpad)
         k, s = self.kernel_size, self.stride
@@ -313,7 +311,7 @@ class Conv2D:
             dcols = (W2 @ dout2.T).reshape(k, k, *blocks, 1)  # dcolsT, a block per offset
             return _scatter_windows(dcols, self._x_shape, self.stride, p)
         # dW^T = dout2^T cols: the same product as cols^T dout2, but OpenBLAS runs this
-        # orientation (long contiguous rows on both sides) about 20% faster.
+        # orientation (long contiguous rows on both sides) faster.
         if need_grads:
             self.grads["W"].reshape(-1, F)[...] = (dout2.T @ cols).T
             self.grads["b"][...] = column_sums(dout2)
@@ -346,9 +344,7 @@ class Conv2D:
         (zero elsewhere), dxgrid[g + shift] += D[g] W[i, j]^T for all g at once: one product
         per offset, added onto a shifted block of rows (docs/backprop.md, "Conv2D"). The
         products cover the grid, (H + p)(W + p) rows per image against the outputs' OH*OW
-        (1.15x for 14x14 images), but nothing is written out and folded back: for the `cnn`
-        recipe's second convolution ~15 against ~19 ms (and ~1 ms less than a grid with its
-        own padding on each side, (H + 2p)(W + 2p)).
+        (1.15x for 14x14 images), but nothing is written out and folded back (docs/speed.md).
         """
         xp = array_module(dout)
         k, p, F, w = self.kernel_size, self.padding, self.out_channels, self._w
@@ -438,8 +434,7 @@ class MaxPool2D:
 
         x may also be window-major, (k*k, N, OH, OW, C) with x[i*k + j, n, oh, ow] the input at
         (n, k*oh + i, k*ow + j) (`Conv2D.forward(pool=k)`, stride k): the window offsets are
-        then contiguous blocks instead of strided views whose rows are only C values long
-        (for the `cnn` recipe's first pool, 0.9 against 2.5 ms)."""
+        then contiguous blocks instead of strided views whose rows are only C values long."""
         xp = array_module(x)
         k, s = self.kernel_size, self.stride
         if x.ndim == 5:  # window-major

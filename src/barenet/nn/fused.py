@@ -4,8 +4,7 @@ the same function and gradients as the layers run one after the other (tests/tes
 ConvBatchNorm: a one-channel Conv2D followed by BatchNorm, from the patches' moments.
 
 A network's first convolution reads k*k pixels per output position but writes F channels, and
-BatchNorm then passes over that output eight times forward and a dozen times backward (in the
-`cnn` recipe, 128 x 28 x 28 x 32 floats, 12.8 MB per pass: ~12 ms of a ~70 ms training step).
+BatchNorm then passes over that output eight times forward and a dozen times backward (in the `cnn` recipe, 128 x 28 x 28 x 32 floats, 12.8 MB per pass).
 The convolution is linear in its patches, so BatchNorm's statistics follow from the patches'
 second moments, a small (k*k + 1)^2 matrix, and the normalisation folds into the weights: the
 pair costs one matrix product each way, like the convolution alone.

@@ -83,8 +83,8 @@ class Dense:
     Memory layout (speed only; the maths and shapes are as above): W is stored column-major,
     i.e. its memory holds W^T (H, D) row by row, like PyTorch's (out, in) weights, and while
     training the products run as the transposed ones, out^T = W^T x^T and dW^T = dout^T x:
-    OpenBLAS computes these orientations 15-25% faster at the seed's shapes (N = 128,
-    D = 784, H = 1024). Training outputs therefore come out feature-major: (N, H) views of
+    OpenBLAS computes these orientations faster at the seed's
+    shapes (N = 128, D = 784, H = 1024; docs/speed.md). Training outputs therefore come out feature-major: (N, H) views of
     (H, N) arrays, which every NumPy operation accepts as they are. The input gradient
     dx = dout W^T takes the layout of x (see `_backward`).
     """
@@ -148,8 +148,7 @@ class Dense:
         if not need_dx:
             return None
         # dx = dout W^T, laid out in memory like x, so that the layer below (a ReLU) runs over
-        # dx and its own arrays in step: row-major after a Flatten of row-major images (as
-        # (W dout^T)^T, the cnn's ReLU over 3136 features took 2.3 ms instead of 1.5),
+        # dx and its own arrays in step: row-major after a Flatten of row-major images,
         # feature-major after a Dense (the orientation OpenBLAS runs faster, see above).
         return dout @ W.T if x.flags.c_contiguous else xp.matmul(W, dout.T).T
 
@@ -338,8 +337,8 @@ def column_sums(x2: Array) -> Array:
     """x2 (M, F) -> (F,): the sum of each column, as the product ones(M) x2.
 
     Same result as x2.sum(axis=0), but NumPy reduces over the first axis of a narrow array
-    (F = 32 channels of a convolution) row by row, ~10x slower than one BLAS matrix-vector
-    product."""
+    (F = 32 channels of a convolution) row by row,
+    far slower than one BLAS matrix-vector product (docs/speed.md)."""
     xp = array_module(x2)
     return xp.ones(x2.shape[0], dtype=x2.dtype) @ x2
 
@@ -350,9 +349,8 @@ def fold(M: int, F: int) -> int:
     An elementwise NumPy operation between x (M, F) and a per-feature vector v (F,) runs its
     inner loop over one row at a time; with F = 32 (a convolution's channels) that loop is too
     short to be fast. The same operation on x viewed as (M / r, r F) (no copy), against v tiled
-    r times, runs 2-3x faster, fastest when a row is a whole number of NumPy's ufunc buffers
-    (np.getbufsize(), 8192 values: rows of 8192 floats ran 1.3-1.6x faster than rows of 256
-    or 4096, and with the buffer set to 16384, rows of 8192 lost that edge). r = gcd(M,
+    r times, runs faster, fastest when a row is a whole number of NumPy's ufunc buffers
+    (np.getbufsize(), 8192 values; docs/speed.md). r = gcd(M,
     bufsize // F): it divides M, and gives rows of one buffer where M allows it."""
     r = max(1, np.getbufsize() // max(F, 1))
     return math.gcd(M, r) if M else 1

@@ -55,9 +55,9 @@ class Recipe:
     vat_weight: float = 1.0
     # Optimisation.
     optimizer: str = "sgd"  # "sgd" (momentum), "adam" or "adamw"
-    epochs: int = 4  # validation accuracy plateaus at ~98.5% from 4 epochs on (4, 6, 8 tried)
+    epochs: int = 4  # validation accuracy plateaus at ~98.5% from 4 epochs on
     batch_size: int = 128  # 256 was 0.1-0.2 points lower on validation at the same epochs
-    lr: float = 0.2  # peak learning rate; 0.05, 0.1, 0.2 tried, 0.2 best on validation
+    lr: float = 0.2  # peak learning rate, chosen on validation
     momentum: float = 0.9  # sgd
     nesterov: bool = True  # sgd
     schedule: str = "cosine"  # "constant", "step", "cosine" or "onecycle"
@@ -213,12 +213,7 @@ RECIPES = {
         name="seed",
         description="The seed's network: 784-1024-10, ReLU, softmax cross-entropy + L2, "
         "minibatch SGD with Nesterov momentum and a one-cycle schedule, 2 epochs.",
-        # Two epochs: 98% in seconds. Mean validation accuracy over seeds 0-2 of the 2-epoch
-        # settings tried: one-cycle lr 0.4: 98.27%, 0.2: 98.19%; cosine lr 0.2: 98.17%, 0.3:
-        # 98.10%, 0.4: 97.98%, with warm-up 0.1: 98.18%, momentum 0.95 (lr 0.1): 98.23%,
-        # without L2: 98.19%; batch 256: 97.8-98.1%, 512: 97.2-97.7%. 4 epochs (cosine 0.2,
-        # the previous default): 98.48% (seed 0), 3 epochs: 98.22-98.42%. Classical momentum
-        # (two passes fewer per update) against Nesterov's, seeds 0-4: 98.22% vs 98.38%.
+        # Two epochs: 98% in seconds; one-cycle lr 0.4 was best on validation (docs/results.md).
         epochs=2,
         schedule="onecycle",
         lr=0.4,
@@ -233,12 +228,7 @@ RECIPES = {
         l2=0.0,
         optimizer="adam",
         lr=0.002,
-        # Validation, seed 0 (test after): input dropout 0.2, dropout 0.5, max-norm 3, SGD lr
-        # 0.1, 60 epochs (the recipe before virtual adversarial training): 98.98% (98.75%);
-        # 150 epochs 98.94%; 2048-2048 99.00%. With it, 20 epochs: no dropout, max-norm 3, SGD,
-        # eps 2: 99.04%, eps 4: 99.22% (40 epochs: 99.20%), eps 8: 99.02%, eps 4 with weight 3:
-        # 98.78%, with input dropout 0.2: 98.98%, with the dropouts: 98.56%; BatchNorm and SGD,
-        # eps 2: 99.06%; these settings: 99.28% (with eps 4: 99.24%).
+        # Virtual adversarial training did more than dropout and max-norm (docs/results.md).
         epochs=20,
         batch_size=128,
     ),
@@ -250,11 +240,7 @@ RECIPES = {
         max_norm=3.0,
         l2=0.0,
         augment=Augment(rotate=10.0, scale=0.1, shift=2.0, elastic_alpha=34.0, elastic_sigma=4.0),
-        # Validation accuracy, seed 0: with dropout 0.3, 60 epochs 99.28% (training accuracy
-        # on the distorted digits 94.8%: underfit), 150 epochs 99.36%. Without dropout (the
-        # distortion regularises enough): 60 epochs 99.46%, 150 epochs 99.52% (seeds 1-2:
-        # 99.52%, 99.56%); sigma 6 instead of 4 (60 epochs): 99.40%. On the byte-drawn
-        # elastic field (commit 0e17311), seeds 0-2: 99.60%, 99.58%, 99.48%.
+        # Without dropout: the distortion regularises enough (docs/results.md).
         epochs=150,
         batch_size=128,
         lr=0.1,
@@ -272,10 +258,7 @@ RECIPES = {
         hidden=(256,),
         dropout=0.3,
         l2=5e-4,
-        # Validation accuracy, seeds 0-2: 99.58%, 99.66%, 99.54% without the elastic
-        # distortion, 99.52%, 99.50%, 99.50% with it (alpha 34, sigma 4; the same engine).
-        # With it: 30 epochs instead of 15, 99.50% (seed 0); label smoothing 0.1, 99.52%.
-        # Without it, 30 epochs: seeds 0-2 99.60%, 99.56%, 99.62%, the same mean: not taken.
+        # The elastic distortion did not help the cnn (docs/results.md).
         augment=Augment(rotate=10.0, scale=0.1, shift=2.0),
         epochs=15,
         batch_size=128,
@@ -288,30 +271,15 @@ RECIPES["cnn-deep"] = dataclasses.replace(
     name="cnn-deep",
     description="The `cnn` network with two 3x3 convolutions in each block (32-32 and 64-64 "
     "channels, VGG-style), the same augmentation: about four times the training time.",
-    # Validation accuracy, seeds 0-5: 99.70%, 99.66%, 99.72%, 99.74%, 99.62%, 99.64%; with the
-    # elastic distortion as well (earlier engines), seeds 0-2: 99.54%, 99.54%, 99.48%.
+    # Seeds 0-5 on validation: docs/results.md.
     convs_per_block=2,
 )
 RECIPES["cnn-ensemble"] = dataclasses.replace(
     RECIPES["cnn-deep"],
     name="cnn-ensemble",
     description="Four `cnn-deep` members with seeds 0-3, their probabilities averaged.",
-    # Validation accuracy of the averaged probabilities: four `cnn-deep` members 99.76%, three
-    # 99.72%; five `cnn` members 99.62%; three `cnn-deep` and five `cnn` 99.70%. With the
-    # elastic distortion (earlier engines): five `cnn-deep` members 99.56%, five `cnn` 99.48%.
-    # More seeds did not help: seeds 4 and 5 (99.62%, 99.64% alone) as fifth and sixth members
-    # gave 99.74% and 99.72%: of the four's 12 mistakes, every member makes 10. Nor did adding
-    # the five elastic `cnn-deep` members (99.72%), or averaging each member over the image and
-    # its four 1-pixel shifts (five members: 99.74% with and without), nor a fifth member with
-    # a third block of 128 channels (alone 99.64%; with the four, 99.76%, as without) or a
-    # `cnn` with 5x5 convolutions (alone 99.54%; with the four, 99.72%), or a `cnn-deep` with
-    # 512 dense units and 24 epochs (alone 99.64%; with the four, 99.76%). A `cnn-deep` with
-    # rotation 15, scale 0.15, shift 3 (alone 99.58%; with the four, 99.72%), a `cnn` with
-    # vat_eps 2 (99.56%; 99.74%), a `cnn-deep` with conv (48, 96) (99.62%; 99.74%), and a
-    # moving average of the weights (99.70%, as without) did not help either; greedy selection
-    # among 31 trained nets fits validation (10 mistakes) and not test. An et al.'s (2020) M3,
-    # ten unpadded 3x3 convolutions without pooling, 10 epochs (6325 s): alone 99.50%; with the
-    # four, 99.76% (README: "How the `cnn` recipes were chosen").
+    # Four members were best on validation; more seeds and mixtures did not help
+    # (docs/results.md).
     members=4,
 )
 
@@ -335,9 +303,7 @@ DATASET_SETTINGS: dict[tuple[str, str], Recipe] = {
         RECIPES["mlp"],
         description="Fully connected only, for clothes: 784-1200-1200-10 with BatchNorm and "
         "dropout 0.2, trained on randomly mirrored and shifted (1 px) images.",
-        # Validation: the MNIST settings 88.68% (60 epochs); no input dropout, dropout 0.3,
-        # mirror + shift 1, 40 epochs: 88.98%; these: 90.08% (an earlier engine; on the
-        # current one, seeds 0-2: 90.32%, 90.46%, 90.46%).
+        # Dropout and mirroring suit clothes (docs/results.md).
         input_dropout=0.0,
         dropout=0.2,
         batchnorm=True,
@@ -355,10 +321,7 @@ DATASET_SETTINGS: dict[tuple[str, str], Recipe] = {
         description="The `cnn` network for clothes, with a 512-unit dense layer: trained on "
         "randomly mirrored and shifted (2 px) images, without rotation, zoom or elastic "
         "distortion.",
-        # Validation: the MNIST settings 91.26% (15 epochs); mirror + shift 2, 20 epochs: 93.52%;
-        # and with 512 dense units, 30 epochs: 94.48% (an earlier engine; on the current one,
-        # seeds 0-2: 94.16%, 93.96%, 94.16%); 45 epochs, seeds 0-2: 94.54%, 94.30%, 94.22%.
-        # Random erasing (erase=0.5, 30 epochs, seed 0): 92.44%, underfit.
+        # Mirroring, 512 dense units and 45 epochs (docs/results.md).
         hidden=(512,),
         augment=Augment(shift=2.0, flip=True),
         epochs=45,
