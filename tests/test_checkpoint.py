@@ -70,6 +70,45 @@ def test_resumed_training_is_bit_for_bit_the_uninterrupted_one(tmp_path):
         np.testing.assert_array_equal(model_arrays(resumed)[name], a, err_msg=name)
 
 
+def test_resumed_within_an_epoch_is_bit_for_bit_the_uninterrupted_one(tmp_path, monkeypatch):
+    """With checkpoint_seconds=0 a checkpoint follows every step; the run stops right after
+    the one taken at step 5 of epoch 2 and resumes from it, inside that epoch."""
+    x, y = _toy()
+    args = (x[:350], y[:350], x[350:], y[350:])
+    straight = build_model(RECIPE, (28, 28), 3)
+    straight_history = train(straight, RECIPE, *args, progress=False)
+
+    import barenet.train.loop
+
+    real_save = barenet.train.loop.save_checkpoint
+
+    def save_then_stop(path, **kwargs):
+        real_save(path, **kwargs)
+        inside = kwargs.get("inside")
+        if kwargs["epoch"] == 1 and inside is not None and inside.step == 5:
+            raise Interrupt
+
+    ckpt = tmp_path / "checkpoint.npz"
+    monkeypatch.setattr(barenet.train.loop, "save_checkpoint", save_then_stop)
+    with pytest.raises(Interrupt):
+        train(build_model(RECIPE, (28, 28), 3), RECIPE, *args, progress=False, checkpoint=ckpt,
+              checkpoint_seconds=0)  # fmt: skip
+    monkeypatch.setattr(barenet.train.loop, "save_checkpoint", real_save)
+    state = load_checkpoint(ckpt)
+    assert state.epoch == 1 and state.inside is not None and state.inside.step == 5
+    resumed = build_model(RECIPE, (28, 28), 3)
+    lines: list[str] = []
+    history = train(resumed, RECIPE, *args, progress=False, checkpoint=ckpt, resume=True,
+                    log=lines.append)  # fmt: skip
+    assert "step 5/11 of epoch 2" in lines[0]
+    for name, a in model_arrays(straight).items():
+        np.testing.assert_array_equal(model_arrays(resumed)[name], a, err_msg=name)
+    for a, b in zip(straight_history.epochs, history.epochs):
+        assert (a.train_loss, a.train_accuracy, a.val_accuracy) == (b.train_loss,
+                                                                    b.train_accuracy,
+                                                                    b.val_accuracy)  # fmt: skip
+
+
 def test_resume_rejects_a_checkpoint_of_another_network(tmp_path):
     x, y = _toy()
     ckpt = tmp_path / "c.npz"
@@ -90,24 +129,39 @@ def _barenet(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=600)  # fmt: skip
 
 
-def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path, mnist):
+@pytest.mark.parametrize("within", [False, True])
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path, mnist, within):
+    """Killed in epoch 2, after epoch 1's checkpoint or (within) after one taken inside
+    epoch 2 (--checkpoint-minutes 0.001: after every step)."""
     flags = ["train", "--epochs", "3", "--batch-size", "256", "--no-progress"]
     straight = _barenet(*flags, "--out", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr
 
     killed_dir = tmp_path / "killed"
-    run = subprocess.Popen([sys.executable, "-m", "barenet", *flags, "--out", str(killed_dir)],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    often = ["--checkpoint-minutes", "0.001"] if within else []
+    run = subprocess.Popen([sys.executable, "-m", "barenet", *flags, *often, "--out",
+                            str(killed_dir)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
-    while not (killed_dir / "checkpoint.npz").exists():  # epoch 1 done
+
+    def taken() -> tuple[int, int]:
+        try:
+            state = load_checkpoint(killed_dir / "checkpoint.npz")
+        except ModelFileError:  # none yet
+            return 0, 0
+        return state.epoch, state.inside.step if state.inside else 0
+
+    while taken() < ((1, 20) if within else (1, 0)):  # inside epoch 2, or epoch 1 done
         assert run.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    time.sleep(0.8)  # well into epoch 2 (an epoch takes seconds)
+    if not within:
+        time.sleep(0.8)  # well into epoch 2 (an epoch takes seconds)
     os.kill(run.pid, signal.SIGKILL)
     run.wait()
     assert run.returncode == -signal.SIGKILL
     assert not (killed_dir / "model.npz").exists()
-    assert load_checkpoint(killed_dir / "checkpoint.npz").epoch in (1, 2)
+    epoch, step = taken()
+    assert epoch in (1, 2) and (step > 0 or not within)
 
     resumed = _barenet("train", "--resume", str(killed_dir), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr

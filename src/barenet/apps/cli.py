@@ -188,6 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         where.mkdir(parents=True, exist_ok=True)
         checkpoint = where / "checkpoint.npz"
         result = fit(recipe, dataset, seed=seed, progress=not args.no_progress, log=_say,
+                     checkpoint_seconds=60 * args.checkpoint_minutes,
                      checkpoint=checkpoint, resume=args.resume is not None)  # fmt: skip
         train_seconds += result.train_seconds
         metadata: dict[str, Any] = {
@@ -442,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     _add_data_dir(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint-minutes", type=_positive_float, default=10.0, metavar="M",
+                   help="also save a checkpoint within an epoch once M minutes have passed "
+                   "since the last one (default 10)")  # fmt: skip
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")

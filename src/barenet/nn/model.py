@@ -11,7 +11,8 @@ import numpy as np
 
 from ..backend.arrays import array_module
 from .config import layer_from_config
-from .layers import Array, Dense, Layer, ReLU
+from .conv import Conv2D, MaxPool2D
+from .layers import Array, Dense, Flatten, Layer, ReLU, Reshape
 from .losses import softmax, softmax_cross_entropy
 from .plan import Step, first_with_params, plan
 from .reference import ReferenceStep
@@ -24,6 +25,11 @@ def to_inputs(images: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
     if images.dtype != np.uint8:
         return np.asarray(images.reshape(len(images), -1), dtype=dtype)
     return np.multiply(images.reshape(len(images), -1), dtype(1 / 255), dtype=dtype)
+
+
+# Working memory of one inference batch: enough for large, efficient matrix products, and a
+# peak resident memory well under 1 GB for every shipped model and ensemble.
+INFERENCE_BYTES = 192 * 2**20
 
 
 class Sequential:
@@ -85,32 +91,66 @@ class Sequential:
                 dout = dx
         return dout if input_grad else None
 
-    def predict_proba(self, x: Array, batch_size: int = 2000) -> Array:
-        """x: (N, D) -> class probabilities: (N, C), rows sum to 1; computed in batches."""
+    def predict_proba(self, x: Array, batch_size: int | None = None) -> Array:
+        """x: (N, D) -> class probabilities: (N, C), rows sum to 1; computed in batches of
+        `batch_size` examples (default: as many as `INFERENCE_BYTES` of working memory hold)."""
         xp = array_module(x)
-        chunks = [softmax(self.forward(x[i : i + batch_size]))
-                  for i in range(0, x.shape[0], batch_size)]  # fmt: skip
+        B = batch_size or self.inference_batch()
+        chunks = [softmax(self.forward(x[i : i + B])) for i in range(0, x.shape[0], B)]
         return xp.concatenate(chunks) if chunks else xp.zeros((0, self.num_classes))
 
-    def predict(self, x: Array, batch_size: int = 2000) -> Array:
-        """x: (N, D) -> predicted classes: (N,), int64."""
+    def predict(self, x: Array, batch_size: int | None = None) -> Array:
+        """x: (N, D) -> predicted classes: (N,), int64 (batches as in `predict_proba`)."""
         xp = array_module(x)
-        chunks = [
-            self.forward(x[i : i + batch_size]).argmax(axis=1)
-            for i in range(0, x.shape[0], batch_size)
-        ]
+        B = batch_size or self.inference_batch()
+        chunks = [self.forward(x[i : i + B]).argmax(axis=1) for i in range(0, x.shape[0], B)]
         return xp.concatenate(chunks) if chunks else xp.zeros(0, dtype=np.int64)
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
         """Mean cross-entropy and accuracy on (x, y), with inference behaviour (no dropout,
         BatchNorm's running statistics). x as in `fit`."""
         inputs, y = to_inputs(np.asarray(x)), np.asarray(y).astype(np.int64)
-        total, correct = 0.0, 0
-        for i in range(0, len(inputs), 2000):
-            scores = self.forward(inputs[i : i + 2000])
-            total += softmax_cross_entropy(scores, y[i : i + 2000])[0] * len(scores)
-            correct += int((scores.argmax(axis=1) == y[i : i + 2000]).sum())
+        total, correct, B = 0.0, 0, self.inference_batch()
+        for i in range(0, len(inputs), B):
+            scores = self.forward(inputs[i : i + B])
+            total += softmax_cross_entropy(scores, y[i : i + B])[0] * len(scores)
+            correct += int((scores.argmax(axis=1) == y[i : i + B]).sum())
         return {"loss": total / max(len(inputs), 1), "accuracy": correct / max(len(inputs), 1)}
+
+    def inference_bytes(self) -> int:
+        """Bytes of working memory one example needs in a forward pass at inference: the most
+        any layer holds at once, its input, its output and, for a convolution, its padded
+        input and its patches (k*k*C values per output position)."""
+        item = next((p.itemsize for _, p, _ in self.parameters()), 4)
+        shape: tuple[int, ...] = (self.input_size,)
+        most = 0
+        for layer in self.layers:
+            size = math.prod(shape)
+            extra = 0
+            if isinstance(layer, Reshape):
+                shape = layer.shape
+            elif isinstance(layer, Flatten):
+                shape = (size,)
+            elif isinstance(layer, Dense):
+                shape = (layer.out_features,)
+            elif isinstance(layer, Conv2D | MaxPool2D):
+                H, W, C = shape
+                k, s = layer.kernel_size, layer.stride
+                p = layer.padding if isinstance(layer, Conv2D) else 0
+                OH, OW = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
+                if isinstance(layer, Conv2D):
+                    shape = (OH, OW, layer.out_channels)
+                    extra = (H + 2 * p) * (W + 2 * p) * C + OH * OW * k * k * C
+                else:
+                    shape = (OH, OW, C)
+            most = max(most, size + math.prod(shape) + extra)
+        return most * item
+
+    def inference_batch(self, budget: int | None = None) -> int:
+        """Examples per batch at inference so that the working arrays fit `budget` bytes
+        (default INFERENCE_BYTES): large batches keep the matrix products efficient, and
+        a wide network's patches stay within memory."""
+        return max(1, (budget or INFERENCE_BYTES) // self.inference_bytes())
 
     def parameters(self) -> Iterator[tuple[str, Array, Array]]:
         """(name, param, grad) for every trainable array, named "layers.<i>.<key>"."""

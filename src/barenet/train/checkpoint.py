@@ -1,13 +1,15 @@
-"""Training checkpoints: everything needed to continue a run exactly where an epoch ended.
+"""Training checkpoints: everything needed to continue a run exactly where it stopped.
 
-One .npz archive, written atomically at the end of every epoch (a crash mid-write leaves the
-previous checkpoint whole), read without pickle:
+One .npz archive, written atomically at the end of every epoch and, for long epochs, within
+one (a crash mid-write leaves the previous checkpoint whole), read without pickle:
     state.npy          JSON text: {"format": "barenet-checkpoint", "version": 1, "epoch": e,
-                       "recipe": {...}, "rngs": {name: generator state}, "history": {...}}
+                       "recipe": {...}, "rngs": {name: generator state}, "history": {...},
+                       and within an epoch "inside": {"step": s, ...the epoch's sums}}
     model.<name>.npy   every parameter and buffer of the network (modelfile.model_arrays)
     optim.<name>.npy   the optimiser's state (velocities, or Adam's moments and step count)
+    epoch_order.npy    within an epoch: the epoch's shuffled order of the training examples
 Continuing from it with the same code, data and thread count gives bit-for-bit the weights of
-a run that was never interrupted: the random generators resume mid-stream, so the next epoch
+a run that was never interrupted: the random generators resume mid-stream, so the next step
 shuffles, masks and augments exactly as it would have.
 """
 
@@ -31,6 +33,19 @@ FORMAT, VERSION = "barenet-checkpoint", 1
 
 
 @dataclass
+class EpochSoFar:
+    """An epoch in progress: its order of the training examples, the steps done and the
+    sums its record is made of (a checkpoint taken within an epoch saves it)."""
+
+    order: np.ndarray  # (N,) int64, the epoch's shuffled order
+    step: int = 0  # steps done
+    loss_sum: float = 0.0
+    correct: int = 0
+    augment_seconds: float = 0.0
+    seconds: float = 0.0  # of the epoch so far
+
+
+@dataclass
 class Checkpoint:
     epoch: int  # epochs completed
     recipe: dict[str, Any]
@@ -38,6 +53,7 @@ class Checkpoint:
     history: dict[str, Any]
     model: dict[str, np.ndarray]
     optimizer: dict[str, np.ndarray]
+    inside: EpochSoFar | None = None  # set when taken within epoch `epoch + 1`
 
 
 def save_checkpoint(
@@ -49,6 +65,7 @@ def save_checkpoint(
     history: dict[str, Any],
     model: Sequential,
     optimizer_state: dict[str, Any],
+    inside: EpochSoFar | None = None,
 ) -> None:
     state = {
         "format": FORMAT,
@@ -58,7 +75,13 @@ def save_checkpoint(
         "rngs": {name: g.bit_generator.state for name, g in rngs.items()},
         "history": history,
     }
-    arrays = {"state": np.array(json.dumps(state))}
+    arrays = {}
+    if inside is not None:
+        state["inside"] = {"step": inside.step, "loss_sum": inside.loss_sum,
+                           "correct": inside.correct, "augment_seconds": inside.augment_seconds,
+                           "seconds": inside.seconds}  # fmt: skip
+        arrays["epoch_order"] = np.asarray(inside.order)
+    arrays["state"] = np.array(json.dumps(state))
     arrays.update({f"model.{k}": np.asarray(v) for k, v in model_arrays(model).items()})
     arrays.update({f"optim.{k}": np.asarray(v) for k, v in optimizer_state.items()})
     with atomic_write(Path(path)) as f:
@@ -78,6 +101,8 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                                      f"this barenet reads {VERSION}")  # fmt: skip
             model = {k[6:]: z[k] for k in z.files if k.startswith("model.")}
             optim = {k[6:]: z[k] for k in z.files if k.startswith("optim.")}
+            part = state.get("inside")
+            inside = None if part is None else EpochSoFar(order=z["epoch_order"], **part)
         return Checkpoint(
             epoch=int(state["epoch"]),
             recipe=state["recipe"],
@@ -85,6 +110,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             history=state["history"],
             model=model,
             optimizer=optim,
+            inside=inside,
         )
     except ModelFileError:
         raise

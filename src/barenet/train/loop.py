@@ -25,7 +25,7 @@ from ..nn.model import Sequential, to_inputs
 from ..nn.optim import SGD, Adam, max_norm_
 from .adversarial import virtual_adversarial_step
 from .augment import augment
-from .checkpoint import load_checkpoint, restore_model, save_checkpoint
+from .checkpoint import EpochSoFar, load_checkpoint, restore_model, save_checkpoint
 from .recipes import Recipe, build_model
 
 Log = Callable[[str], None]
@@ -59,6 +59,10 @@ def accuracy(model: Sequential, images: np.ndarray, labels: np.ndarray) -> float
 
 
 RECALIBRATION_IMAGES = 10_000
+
+# A checkpoint within an epoch once this long has passed since the last one: an epoch of a
+# wide network can outlast it, and a run killed mid-epoch then loses at most this much.
+CHECKPOINT_SECONDS = 600.0
 
 
 def recalibrate_batchnorm(model: Sequential, x: np.ndarray, batch_size: int) -> None:
@@ -124,6 +128,7 @@ def train(
     log: Log | None = None,
     checkpoint: Path | None = None,
     resume: bool = False,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> History:
     """Train `model` in place as `recipe` says.
 
@@ -135,8 +140,10 @@ def train(
             layers carry their own generators (recipes.build_model seeds them).
         progress: show a progress bar with the running loss (on stderr).
         log: receives one line per epoch (loss, validation accuracy, seconds).
-        checkpoint: a file to write, atomically, at the end of every epoch.
-        resume: continue from `checkpoint` if it exists (model, optimiser, generators, epoch).
+        checkpoint: a file to write, atomically, at the end of every epoch, and within an
+            epoch once checkpoint_seconds have passed since the last one (after a step).
+        resume: continue from `checkpoint` if it exists (model, optimiser, generators, epoch,
+            and, for a checkpoint taken within an epoch, the step and the epoch's order).
     Returns:
         the per-epoch history (of the whole run, when resumed).
     Raises:
@@ -155,7 +162,7 @@ def train(
     }
     optimizer = make_optimizer(recipe, model)
     schedule = recipe.lr_schedule()
-    history, first = History(), 0
+    history, first, inside = History(), 0, None
     if resume and checkpoint is not None and checkpoint.exists():
         state = load_checkpoint(checkpoint)
         restore_model(model, state.model, checkpoint)
@@ -167,8 +174,9 @@ def train(
             raise ModelFileError(f"{checkpoint}: the checkpoint does not fit the recipe "
                                  f"({type(e).__name__}: {e})") from None  # fmt: skip
         history = History([EpochRecord(**e) for e in state.history["epochs"]])
-        first = state.epoch
-        say(f"resuming from {checkpoint} after epoch {first}/{recipe.epochs}")
+        first, inside = state.epoch, state.inside
+        where = f", step {inside.step}/{steps} of epoch {first + 1}" if inside else ""
+        say(f"resuming from {checkpoint} after epoch {first}/{recipe.epochs}{where}")
     decayed = model.decayed()
     weights = [p for name, p, _ in model.parameters() if name in decayed]  # L2 and max-norm
     aug = recipe.augment if recipe.augment.active else None
@@ -179,13 +187,33 @@ def train(
     # epoch's shuffled order, then converts them to float32 in one pass: ~100 kB that stay in
     # cache, where a shuffled copy of the whole training set (43 MB) would not.
     flat = x_train.reshape(N, -1)
+    saved = time.monotonic()  # when the last checkpoint was written
+
+    def save(epoch: int, part: EpochSoFar | None = None) -> None:
+        nonlocal saved
+        assert checkpoint is not None
+        save_checkpoint(checkpoint, epoch=epoch, recipe=recipe.to_dict(), rngs=rngs,
+                        history=history.to_dict(), model=model,
+                        optimizer_state=optimizer.state(), inside=part)  # fmt: skip
+        saved = time.monotonic()
+
     for epoch in range(first, recipe.epochs):
         start = time.perf_counter()
-        order = rngs["shuffle"].permutation(N)
+        if inside is None:  # a new epoch: a new order
+            part = EpochSoFar(order=rngs["shuffle"].permutation(N))
+        else:  # the epoch a checkpoint was taken in, from its next step
+            part, inside = inside, None
+        order = part.order
         ys = y_train[order].astype(np.int64)
-        loss_sum, correct, lr, augment_seconds = 0.0, 0, schedule(epoch), 0.0
-        bar = tqdm(range(steps), desc=f"epoch {epoch + 1}/{recipe.epochs}", leave=False,
-                   disable=not progress, unit="batch", mininterval=0.5)  # fmt: skip
+        loss_sum, correct, lr, augment_seconds = (
+            part.loss_sum,
+            part.correct,
+            0.0,
+            part.augment_seconds,
+        )
+        bar = tqdm(range(part.step, steps), desc=f"epoch {epoch + 1}/{recipe.epochs}",
+                   initial=part.step, total=steps, leave=False, disable=not progress,
+                   unit="batch", mininterval=0.5)  # fmt: skip
         # Overflow shows up as a non-finite loss, which stops training below with a message
         # naming the epoch; NumPy's own overflow warnings would only say it less clearly.
         with bar, np.errstate(over="ignore", invalid="ignore"):
@@ -220,9 +248,15 @@ def train(
                         max_norm_(W, recipe.max_norm)
                 if i % 50 == 0:
                     bar.set_postfix(loss=f"{loss_sum / min((i + 1) * B, N):.4f}", refresh=False)
+                if (
+                    checkpoint is not None and i + 1 < steps
+                    and time.monotonic() - saved >= checkpoint_seconds
+                ):  # fmt: skip
+                    save(epoch, EpochSoFar(order, i + 1, loss_sum, correct, augment_seconds,
+                                           part.seconds + time.perf_counter() - start))  # fmt: skip
         if aug is not None:
             recalibrate_batchnorm(model, x_train[:RECALIBRATION_IMAGES], B)
-        seconds = time.perf_counter() - start
+        seconds = part.seconds + time.perf_counter() - start
         record = EpochRecord(
             epoch=epoch + 1,
             train_loss=loss_sum / N + l2_penalty(weights, recipe.l2)[0],
@@ -231,7 +265,7 @@ def train(
             if x_val is None or y_val is None
             else accuracy(model, x_val, y_val),
             lr=lr,
-            seconds=time.perf_counter() - start,
+            seconds=part.seconds + time.perf_counter() - start,
             augment_seconds=augment_seconds,
         )
         history.epochs.append(record)
@@ -240,9 +274,7 @@ def train(
         say(f"epoch {record.epoch}/{recipe.epochs}  loss {record.train_loss:.4f}  "
             f"train {100 * record.train_accuracy:.2f}%{val}  {record.seconds:.2f} s{extra}")  # fmt: skip
         if checkpoint is not None:
-            save_checkpoint(checkpoint, epoch=epoch + 1, recipe=recipe.to_dict(), rngs=rngs,
-                            history=history.to_dict(), model=model,
-                            optimizer_state=optimizer.state())  # fmt: skip
+            save(epoch + 1)
     return history
 
 
@@ -264,6 +296,7 @@ def fit(
     log: Log | None = None,
     checkpoint: Path | None = None,
     resume: bool = False,
+    checkpoint_seconds: float = CHECKPOINT_SECONDS,
 ) -> Result:
     """Build the recipe's network, train it on the dataset's training split (minus the
     validation split) and measure it on validation and, once at the end, on the test set.
@@ -274,7 +307,8 @@ def fit(
     model = build_model(recipe, (H, W), len(dataset.spec.classes), seed=seed)
     start = time.perf_counter()
     history = train(model, recipe, x_train, y_train, x_val, y_val, seed=seed, progress=progress,
-                    log=log, checkpoint=checkpoint, resume=resume)  # fmt: skip
+                    log=log, checkpoint=checkpoint, resume=resume,
+                    checkpoint_seconds=checkpoint_seconds)  # fmt: skip
     seconds = time.perf_counter() - start
     return Result(
         model=model,
