@@ -1,0 +1,148 @@
+"""Wide 3x3 convolutions, forward + backward, barenet against PyTorch, in one process.
+
+    python benchmarks/bench_conv.py [--batch 128] [--repeats 5] [--out benchmarks/results/NAME.json]
+
+For each shape (channels in -> out at H x W, "same" padding), the median time of a training
+pass: barenet's `Conv2D.forward(x, training=True)` and `backward(dout)` (input and weight
+gradients), and PyTorch's `conv2d` forward and backward in channels_last memory format (oneDNN's
+layout of choice on a CPU) and in its default NCHW, alternating. Then the `record` recipe's
+whole training step (forward, backward, SGD), its FLOPs against NumPy's float32 GEMM throughput
+measured in the same process just before: the share of the machine's matrix-product speed the
+step reaches. Run long trainings paused; the machine and the OpenBLAS kernel are recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+from machine import machine
+
+from barenet.nn.conv import Conv2D
+from barenet.nn.losses import softmax_cross_entropy
+from barenet.train.loop import make_optimizer
+from barenet.train.recipes import RECIPES, build_model
+
+SHAPES = [(64, 64, 28), (64, 128, 14), (128, 128, 14), (128, 128, 28)]
+
+
+def median_seconds(f, repeats: int) -> float:
+    f()  # warm-up: kept arrays, thread pools
+    samples = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f()
+        samples.append(time.perf_counter() - t)
+    return statistics.median(samples)
+
+
+def gemm_throughput(size: int = 2048, repeats: int = 5) -> float:
+    a = np.random.default_rng(0).random((size, size), dtype=np.float32)
+    return 2 * size**3 / median_seconds(lambda: a @ a, repeats)
+
+
+def barenet_pass(C: int, F: int, H: int, B: int):
+    rng = np.random.default_rng(0)
+    conv = Conv2D(C, F, 3, padding=1, rng=rng)
+    x = rng.standard_normal((B, H, H, C), dtype=np.float32)
+    dout = rng.standard_normal((B, H, H, F), dtype=np.float32)
+
+    def run() -> None:
+        conv.forward(x, training=True)
+        conv.backward(dout)
+
+    return run
+
+
+def torch_pass(C: int, F: int, H: int, B: int, channels_last: bool):
+    import torch
+
+    conv = torch.nn.Conv2d(C, F, 3, padding=1)
+    x = torch.randn(B, C, H, H)
+    dout = torch.randn(B, F, H, H)
+    if channels_last:
+        conv = conv.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+        dout = dout.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_(True)
+
+    def run() -> None:
+        conv.zero_grad()
+        x.grad = None
+        conv(x).backward(dout)
+
+    return run
+
+
+def record_step(B: int):
+    recipe = RECIPES["record"]
+    model = build_model(recipe, (28, 28), 10)
+    optimizer = make_optimizer(recipe, model)
+    rng = np.random.default_rng(0)
+    x, y = rng.random((B, 784), dtype=np.float32), np.arange(B) % 10
+
+    def run() -> None:
+        _, d = softmax_cross_entropy(model.forward(x, training=True), y)
+        model.backward(d)
+        optimizer.step(0.01)
+
+    # multiply-adds of the convolutions and dense layers, forward; backward twice that
+    # (the first convolution has no input gradient: a small difference, counted anyway)
+    flops, H, C = 0, 28, 1
+    for F in recipe.conv:
+        for _ in range(recipe.convs_per_block):
+            flops += 2 * H * H * 9 * C * F
+            C = F
+        H //= 2
+    flops += 2 * (H * H * C * recipe.hidden[0] + recipe.hidden[0] * 10)
+    return run, 3 * flops * B
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    try:
+        import torch
+
+        torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
+    except ImportError:
+        torch = None
+    B, rows = args.batch, []
+    print(f"batch {B}, median of {args.repeats}; milliseconds per forward + backward")
+    print(f"{'shape':>22} {'barenet':>9} {'torch CL':>9} {'torch NCHW':>11}  GFLOP/s (barenet)")
+    for C, F, H in SHAPES:
+        flops = 3 * 2 * B * H * H * 9 * C * F
+        row = {"in": C, "out": F, "size": H, "batch": B, "flops": flops}
+        row["barenet"] = median_seconds(barenet_pass(C, F, H, B), args.repeats)
+        if torch is not None:
+            row["torch_channels_last"] = median_seconds(torch_pass(C, F, H, B, True), args.repeats)
+            row["torch_nchw"] = median_seconds(torch_pass(C, F, H, B, False), args.repeats)
+        rows.append(row)
+        t = {k: f"{1000 * row[k]:.0f}" if k in row else "-"
+             for k in ("barenet", "torch_channels_last", "torch_nchw")}  # fmt: skip
+        print(f"{f'{C}->{F} at {H}x{H}':>22} {t['barenet']:>9} {t['torch_channels_last']:>9} "
+              f"{t['torch_nchw']:>11}  {flops / row['barenet'] / 1e9:.0f}")  # fmt: skip
+    gemm = gemm_throughput()
+    run, step_flops = record_step(B)
+    step = median_seconds(run, args.repeats)
+    efficiency = step_flops / step / gemm
+    print(f"float32 GEMM 2048^3: {gemm / 1e9:.0f} GFLOP/s")
+    print(f"record member, training step of {B}: {1000 * step:.0f} ms, "
+          f"{step_flops / step / 1e9:.0f} GFLOP/s = {100 * efficiency:.0f}% of GEMM")  # fmt: skip
+    results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "convolutions": rows,
+               "gemm_flops_per_s": gemm, "record_step_seconds": step,
+               "record_step_flops": step_flops, "record_step_gemm_efficiency": efficiency}  # fmt: skip
+    out = args.out or Path(__file__).parent / "results" / f"{time.strftime('%Y-%m-%d')}-conv.json"
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
