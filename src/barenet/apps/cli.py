@@ -388,6 +388,54 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_trace(args: argparse.Namespace) -> int:
+    from ..nn.trace import SUSPECT, trace
+    from ..train.ensemble import load_ensemble
+    from ..train.recipes import build_model
+
+    if args.recipe is not None and args.model is not None:
+        raise BarenetError("give a model or --recipe, not both")
+    if args.recipe is not None:
+        name = args.dataset or "mnist"
+        dataset = _load_dataset(name, args.data_dir)
+        recipe = get_recipe(args.recipe, name)
+        model = build_model(recipe, dataset.test_images.shape[1:], len(dataset.spec.classes),
+                            seed=args.seed)  # fmt: skip
+        what = f"recipe {recipe.name!r}, untrained (initial weights, seed {args.seed})"
+    else:
+        models, metas = load_ensemble([args.model or default_model_path()])
+        if len(models) > 1:
+            raise BarenetError("trace one model at a time: give one member's model.npz")
+        model = models[0]
+        dataset, _ = _models_test_set(args, models, metas)
+        what = str(args.model or default_model_path())
+    from ..nn.model import to_inputs
+
+    x = to_inputs(dataset.test_images[: args.batch])
+    y = dataset.test_labels[: args.batch].astype(np.int64)
+    print(f"{what}: {args.batch} {dataset.spec.name} test images, float64, training mode")
+    rows = trace(model, x, y, entries=args.entries, seed=args.seed)
+    print(f"{'':>3} {'layer':24s} {'output':>18s} {'mean':>9s} {'std':>9s} {'zeros':>6s} "
+          f"{'|dL/dout|':>10s} {'|dL/dparams|':>22s} {'grad error':>10s}")  # fmt: skip
+    for r in rows:
+        norms = " ".join(f"{k} {v:.2e}" for k, v in r.param_grad_norms.items())
+        print(f"{r.index:>3} {r.name:24s} {str(r.shape):>18s} {r.mean:>9.3f} {r.std:>9.3f} "
+              f"{100 * r.zeros:>5.1f}% {r.grad_norm:>10.2e} {norms:>22s} {r.error:>10.1e}")  # fmt: skip
+    worst = max(rows, key=lambda r: r.error)
+    print(f"worst gradient error {worst.error:.1e} (layer {worst.index}, {worst.name}); "
+          f"correct gradients stay below {SUSPECT:.0e}")  # fmt: skip
+    wrong = [r for r in rows if r.error > SUSPECT]
+    if wrong:
+        # a wrong backward pass spoils the gradients of every layer below it too: the
+        # deepest layer that fails is the one to look at
+        r = wrong[-1]
+        raise BarenetError(
+            f"layer {r.index} ({r.name}): its gradients disagree with finite differences "
+            f"(relative error {r.error:.1e}); check its backward pass"
+        )
+    return 0
+
+
 def cmd_data_fetch(args: argparse.Namespace) -> int:
     for name in args.names or ["mnist"]:
         spec = datasets.get_spec(name)
@@ -504,6 +552,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gradcheck", help="check every gradient against finite differences")
     p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(func=cmd_gradcheck)
+
+    p = sub.add_parser("trace", help="one small batch through a model, layer by layer, with "
+                       "every gradient checked")  # fmt: skip
+    p.add_argument("model", nargs="?", help="a model file or run directory (default: the "
+                   "packaged model)")  # fmt: skip
+    p.add_argument("--recipe", choices=list(RECIPES), help="trace a recipe's untrained network")
+    p.add_argument("--dataset", type=_dataset_name, help=MODEL_DATASET_HELP)
+    p.add_argument("--batch", type=_positive_int, default=4, help="images (default 4)")
+    p.add_argument("--entries", type=_positive_int, default=3,
+                   help="entries of each input and parameter checked (default 3)")  # fmt: skip
+    p.add_argument("--seed", type=_seed, default=0, help="which entries, masks and weights")
+    p.add_argument("--data-dir", help="a directory holding the dataset's files")
+    p.set_defaults(func=cmd_trace)
 
     p = sub.add_parser("data", help="fetch datasets and show the cache")
     data_sub = p.add_subparsers(dest="data_command", required=True, parser_class=_Parser)

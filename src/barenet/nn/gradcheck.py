@@ -33,6 +33,7 @@ def numerical_gradient(
     h: float = 1e-3,
     max_entries: int | None = None,
     rng: np.random.Generator | None = None,
+    index: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Centred finite differences of f() with respect to x, which f reads and this perturbs.
 
@@ -40,12 +41,15 @@ def numerical_gradient(
         f: computes the scalar from the current content of x (and other fixed inputs).
         x: float64 array, modified in place during the check and restored after.
         max_entries: check only this many entries, drawn at random (all if None).
+        index: or exactly these flat indices.
     Returns:
         index: flat indices checked, shape (K,); grad: the estimates there, shape (K,).
     """
     if x.dtype != np.float64:
         raise TypeError(f"gradient checks need float64 arrays, not {x.dtype}")
-    if max_entries is None or max_entries >= x.size:
+    if index is not None:
+        index = np.asarray(index)
+    elif max_entries is None or max_entries >= x.size:
         index = np.arange(x.size)
     else:
         index = (rng or np.random.default_rng(0)).choice(x.size, max_entries, replace=False)
