@@ -388,6 +388,30 @@ def cmd_gradcheck(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    import math
+
+    from ..files.onnxfile import export_onnx, parameters_in
+    from ..train.ensemble import load_ensemble
+
+    *model_paths, target = args.paths
+    if Path(target).suffix != ".onnx":
+        raise BarenetError(f"the last argument names the ONNX file to write: {target!r} does "
+                           "not end in .onnx")  # fmt: skip
+    models, metas = load_ensemble(model_paths or [default_model_path()])
+    side = math.isqrt(models[0].input_size)
+    if side * side != models[0].input_size:
+        raise BarenetError("ONNX export needs a model of square images")
+    meta = {k: v for k, v in metas[0].items() if k in ("recipe", "dataset", "barenet_version")}
+    meta["members"] = [m.get("seed") for m in metas]
+    path = export_onnx(models, target, image_shape=(side, side),
+                       classes=_class_names(models, metas), metadata=meta)  # fmt: skip
+    what = f"an ensemble of {len(models)} models" if len(models) > 1 else "one model"
+    print(f"{path}: {what}, {parameters_in(models):,} weights; input 'image' (N, 1, {side}, "
+          f"{side}) in [0, 1], output 'probabilities' (N, {models[0].num_classes})")  # fmt: skip
+    return 0
+
+
 def cmd_trace(args: argparse.Namespace) -> int:
     from ..nn.trace import SUSPECT, trace
     from ..train.ensemble import load_ensemble
@@ -552,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("gradcheck", help="check every gradient against finite differences")
     p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(func=cmd_gradcheck)
+
+    p = sub.add_parser("export", help="write a model or an ensemble as an ONNX file")
+    p.add_argument("paths", nargs="+", metavar="MODEL... FILE.onnx",
+                   help="models (default: the packaged one), then the file to write")  # fmt: skip
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("trace", help="one small batch through a model, layer by layer, with "
                        "every gradient checked")  # fmt: skip
