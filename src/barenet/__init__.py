@@ -10,6 +10,7 @@ net.predict(inputs)             # classes; net.predict_proba(inputs): probabilit
 from .errors import BarenetError, DataError, ImageError, ModelFileError, TrainingDiverged
 from .files.modelfile import load_model, save_model
 from .nn.conv import Conv2D, MaxPool2D
+from .nn.gradcheck import check_layer
 from .nn.layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, ReLU, Reshape
 from .nn.losses import l2_penalty, softmax_cross_entropy
 from .nn.optim import SGD, Adam, AdamW, ConstantLR, CosineLR, OneCycleLR, StepLR
@@ -46,6 +47,7 @@ __all__ = [
     "TrainingDiverged",
     "__version__",
     "build_model",
+    "check_layer",
     "l2_penalty",
     "load_model",
     "mlp",
