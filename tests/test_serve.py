@@ -29,10 +29,12 @@ from barenet.train.ensemble import load_ensemble
 CLASSES = [str(c) for c in range(10)]
 
 
+MODEL = load_ensemble([default_model_path()])[0][0]
+
+
 @pytest.fixture(scope="module")
 def app():
-    models, _ = load_ensemble([default_model_path()])
-    return create_app(models, CLASSES)
+    return create_app([MODEL], CLASSES)
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +59,29 @@ def test_pixels_and_images_are_classified(client, mnist):
     r = client.post("/api/predict", json={"image": png_data_url(big)})
     assert r.status_code == 200 and r.json()["prediction"] == "2"
     assert np.array(r.json()["seen"]).shape == (28, 28)
+
+
+def test_the_inside_view_shows_every_layer_and_the_deciding_pixels(client, mnist):
+    image = mnist.test_images[0]  # a 7
+    out = client.post("/api/predict", json={"pixels": image.tolist()}).json()
+    assert [layer["name"] for layer in out["layers"]][:2] == ["Reshape", "Conv2D 1->32 3x3"]
+    assert len(out["layers"]) == len(MODEL.layers)
+    conv = out["layers"][1]
+    assert conv["shape"] == [28, 28, 32] and len(conv["maps"]) == 16
+    assert np.array(conv["maps"]).shape == (16, 14, 14) and 0 <= np.min(conv["maps"])
+    assert np.max(conv["maps"]) <= 1
+    last = out["layers"][-1]
+    assert last["shape"] == [10] and np.argmax(last["units"]) == 7  # the scores
+    saliency = np.array(out["saliency"])
+    assert saliency.shape == (28, 28) and np.abs(saliency).max() == 1
+    assert out["explained"] == "7"
+    assert np.all(saliency[image == 0] == 0)  # input x gradient: blank pixels decide nothing
+    why_not = client.post("/api/predict", json={"pixels": image.tolist(), "explain": "1"}).json()
+    assert why_not["explained"] == "1" and why_not["prediction"] == "7"
+    assert not np.array_equal(why_not["saliency"], out["saliency"])
+    for bad in (10, -1, "x", True, 2.5, None):
+        r = client.post("/api/predict", json={"pixels": image.tolist(), "explain": bad})
+        assert r.status_code == 422 and "explain" in r.json()["error"]
 
 
 def test_the_page_is_served(client):
@@ -184,6 +209,20 @@ def test_drawing_in_a_real_browser(live_server):
                 assert said == label, (label, said, values)
                 assert abs(sum(values) - 100) < 1.0 and max(values) == values[int(label)]
                 assert page.locator("#seen").is_visible()
+                # the inside view: every layer, feature maps, and the pixels that decided it
+                assert page.locator("#layers .layer").count() == len(MODEL.layers)
+                assert page.locator("#layers .maps canvas").count() > 0
+                assert page.inner_text("#explained") == label
+                painted = page.evaluate("""() => {
+                    const d = document.getElementById("saliency").getContext("2d")
+                        .getImageData(0, 0, 28, 28).data;
+                    let n = 0; for (let i = 3; i < d.length; i += 4) n += d[i] > 0; return n; }""")
+                assert painted == 28 * 28
+            # "why not 1?": clicking another class explains that one
+            page.click(".bar-row[data-class='1']")
+            page.wait_for_function("document.getElementById('explained').textContent === '1' "
+                                   "&& document.body.dataset.busy === '0'")  # fmt: skip
+            assert page.inner_text("#prediction").rstrip("?") == "0"
             page.click("#clear")
             assert page.inner_text("#prediction") == ""
         finally:

@@ -9,7 +9,15 @@ Built on Starlette (ASGI) and served by uvicorn. Two routes:
         response  {"prediction": "7", "probabilities": [10 numbers], "classes": [...],
                    "confident": true, "seen": [[28 x 28 numbers 0-255]],
                    "hidden": [{"unit": j, "activation": a, "weights": [[28 x 28]]}, ...]}
-                  ("hidden": the first dense layer's most active units, [] for a CNN)
+                  ("hidden": the first dense layer's most active units, [] for a CNN),
+                   "layers": [{"name": "Conv2D 1->32 3x3", "shape": [28, 28, 32],
+                               "maps": [[[14 x 14 numbers 0-1]] x up to 16]}, ...,
+                              {"name": "Dense 3136->256", "shape": [256],
+                               "units": [up to 64 numbers]}, ...],
+                   "explained": "7", "saliency": [[28 x 28 numbers -1..1]]}
+                  ("layers": every layer's output, of the first model of an ensemble;
+                   "saliency": input x gradient of the class "explained", which is the
+                   prediction, or the class the request names by "explain": index or name)
         errors    4xx with {"error": "..."}: 413 for a body over MAX_BODY bytes, 400 for
                   malformed JSON, 422 for a wrong shape, non-image data or a blank image.
 
@@ -35,13 +43,49 @@ from starlette.routing import Route
 
 from ..data.images import decode_image, prepare_digit
 from ..errors import BarenetError, ImageError
+from ..nn.inside import activations, attribution
 from ..nn.layers import Dense, ReLU
 from ..nn.model import Sequential
+from ..nn.trace import describe
 from ..train.ensemble import average_proba
 
 MAX_BODY = 2_000_000  # bytes: a 280x280 canvas PNG is ~10 kB; a phone photo should be resized
 PAGE = Path(__file__).parent / "web" / "index.html"
 TOP_UNITS = 8
+MAX_MAPS, MAX_UNITS, MAP_SIZE = 16, 64, 14  # the inside view's feature maps and units
+
+
+def _layer_view(name: str, out: np.ndarray) -> dict[str, Any]:
+    """One layer's output for the page: up to MAX_MAPS feature maps, each scaled to [0, 1] and
+    averaged down to at most MAP_SIZE pixels a side, or up to MAX_UNITS units."""
+    view: dict[str, Any] = {"name": name, "shape": list(out.shape[1:])}
+    if out.ndim == 4:
+        maps = np.asarray(out[0, :, :, :MAX_MAPS], dtype=np.float64)  # (H, W, K)
+        H, W, _ = maps.shape
+        f = max(1, -(-max(H, W) // MAP_SIZE))  # the smallest factor that fits MAP_SIZE
+        if f > 1:
+            maps = maps[: H - H % f, : W - W % f]
+            maps = maps.reshape(H // f, f, W // f, f, -1).mean(axis=(1, 3))
+        lo, hi = maps.min(axis=(0, 1)), maps.max(axis=(0, 1))
+        maps = (maps - lo) / np.where(hi > lo, hi - lo, 1)
+        view["maps"] = np.round(maps.transpose(2, 0, 1), 3).tolist()
+    else:
+        view["units"] = [round(float(v), 4) for v in np.ravel(out[0])[:MAX_UNITS]]
+    return view
+
+
+def _explained(payload: dict[str, Any], classes: list[str], predicted: int) -> int:
+    """The class the saliency explains: the request's "explain" (index or name), else the
+    prediction."""
+    if "explain" not in payload:
+        return predicted
+    e = payload["explain"]
+    if isinstance(e, int) and not isinstance(e, bool) and 0 <= e < len(classes):
+        return e
+    if isinstance(e, str) and e in classes:
+        return classes.index(e)
+    raise BadRequest(422, f"'explain' must be a class index 0..{len(classes) - 1} or a class "
+                     f"name, not {e!r}")  # fmt: skip
 
 
 class BadRequest(Exception):
@@ -108,6 +152,11 @@ def create_app(
         x = image.reshape(1, -1).astype(np.float32) / np.float32(255)
         p = average_proba(models, x)[0]
         c = int(p.argmax())
+        e = _explained(payload, classes, c)
+        outs = activations(models[0], x)
+        layers = [_layer_view(describe(layer), out) for layer, out in zip(models[0].layers, outs)]
+        saliency = np.mean([attribution(m, x, e) for m in models], axis=0).reshape(28, 28)
+        saliency /= np.abs(saliency).max() or 1.0
         return {
             "prediction": classes[c],
             "probabilities": [round(float(v), 6) for v in p],
@@ -115,6 +164,9 @@ def create_app(
             "confident": bool(p[c] >= min_confidence),
             "seen": image.tolist(),
             "hidden": _hidden_units(models[0], x) if len(models) == 1 else [],
+            "layers": layers,
+            "explained": classes[e],
+            "saliency": np.round(saliency, 3).tolist(),
         }
 
     async def page(request: Request) -> Response:
