@@ -14,6 +14,7 @@ from barenet.files.onnxfile import export_onnx
 from barenet.nn.conv import Conv2D, MaxPool2D
 from barenet.nn.layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, ReLU, Reshape
 from barenet.nn.model import Sequential, to_inputs
+from barenet.nn.pooling import AvgPool2D, GlobalPool, SqueezeExcite
 from barenet.train.ensemble import average_proba, load_ensemble
 
 
@@ -57,6 +58,22 @@ def test_every_layer_exports(tmp_path):
     images = rng.integers(0, 256, (20, 12, 12)).astype(np.uint8)
     path = export_onnx([net, net], tmp_path / "all.onnx", image_shape=(12, 12),
                        classes=list("abcd"))  # fmt: skip
+    np.testing.assert_allclose(_run(path, images), net.predict_proba(to_inputs(images)),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_pooling_and_gating_layers_export(tmp_path):
+    rng = np.random.default_rng(1)
+    net = Sequential([
+        Reshape((12, 12, 1)), Conv2D(1, 6, 3, padding=1, rng=rng), ReLU(),
+        SqueezeExcite(6, 2, rng=rng), AvgPool2D(2), Conv2D(6, 8, 3, rng=rng), ReLU(),
+        GlobalPool("avg+max"), Dense(16, 3, rng=rng),
+    ])  # fmt: skip
+    for layer in net.layers:
+        if isinstance(layer, SqueezeExcite):
+            layer.params["b2"][...] = rng.standard_normal(6)
+    images = rng.integers(0, 256, (10, 12, 12)).astype(np.uint8)
+    path = export_onnx([net], tmp_path / "p.onnx", image_shape=(12, 12))
     np.testing.assert_allclose(_run(path, images), net.predict_proba(to_inputs(images)),
                                rtol=1e-5, atol=1e-6)  # fmt: skip
 

@@ -12,6 +12,7 @@ from barenet.nn.conv import Conv2D, MaxPool2D
 from barenet.nn.layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, ReLU, Reshape
 from barenet.nn.model import Sequential
 from barenet.nn.optim import SGD, Adam
+from barenet.nn.pooling import AvgPool2D, GlobalPool, SqueezeExcite
 from barenet.nn.reference import ReferenceStep
 
 F64 = np.float64
@@ -36,6 +37,10 @@ def _layers():
         "MaxPool2D overlapping": (MaxPool2D(3, 2), (2, 7, 7, 2)),
         "Flatten": (Flatten(), (2, 3, 3, 2)),
         "Reshape": (Reshape((4, 4, 1)), (3, 16)),
+        "AvgPool2D": (AvgPool2D(2), (2, 7, 6, 3)),
+        "GlobalPool avg": (GlobalPool("avg"), (2, 5, 5, 3)),
+        "GlobalPool avg+max": (GlobalPool("avg+max"), (2, 5, 5, 3)),
+        "SqueezeExcite": (SqueezeExcite(6, 2, rng=rng, dtype=F64), (3, 4, 4, 6)),
     }
 
 

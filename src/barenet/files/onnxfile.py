@@ -7,6 +7,8 @@ scores, averaged over the members of an ensemble. Layer by layer, at inference:
     Dense, DropConnect       Gemm (x W + b; DropConnect's mean network)
     Conv2D                   Conv, weights (k, k, C, F) -> ONNX's (F, C, k, k)
     MaxPool2D                MaxPool;   BatchNorm: BatchNormalization (running statistics)
+    AvgPool2D, GlobalPool    AveragePool; GlobalAveragePool and GlobalMaxPool, concatenated
+    SqueezeExcite            GlobalAveragePool, Gemm, Relu, Gemm, Sigmoid, Mul
     ReLU                     Relu;      Dropout: nothing (the identity at inference)
     Reshape, Flatten         barenet's images are channels-last (N, H, W, C), ONNX's
                              convolutions channels-first (N, C, H, W): a Reshape to images
@@ -33,6 +35,7 @@ from ..errors import BarenetError
 from ..nn.conv import Conv2D, MaxPool2D
 from ..nn.layers import BatchNorm, Dense, Dropout, Flatten, ReLU, Reshape
 from ..nn.model import Sequential
+from ..nn.pooling import AvgPool2D, GlobalPool, SqueezeExcite
 from .atomic import atomic_write
 
 OPSET = 17
@@ -98,6 +101,22 @@ def _member_nodes(
         elif isinstance(layer, MaxPool2D):
             k, s = layer.kernel_size, layer.stride
             x = node("MaxPool", [x], kernel_shape=[k, k], strides=[s, s])
+        elif isinstance(layer, AvgPool2D):
+            k = layer.kernel_size
+            x = node("AveragePool", [x], kernel_shape=[k, k], strides=[k, k])
+        elif isinstance(layer, GlobalPool):
+            parts = {"avg": "GlobalAveragePool", "max": "GlobalMaxPool"}
+            pooled = [node(parts[m], [x]) for m in layer.mode.split("+")]
+            x = pooled[0] if len(pooled) == 1 else node("Concat", pooled, axis=1)
+            x = node("Flatten", [x], axis=1)  # (N, C, 1, 1) -> (N, C): as barenet's
+            channels_first = False
+        elif isinstance(layer, SqueezeExcite):
+            Q = {key: np.asarray(v, dtype=np.float32) for key, v in layer.params.items()}
+            mean = node("Flatten", [node("GlobalAveragePool", [x])], axis=1)  # (N, C)
+            z = node("Relu", [node("Gemm", [mean, const("W1", Q["W1"]), const("b1", Q["b1"])])])
+            g = node("Sigmoid", [node("Gemm", [z, const("W2", Q["W2"]), const("b2", Q["b2"])])])
+            gate = node("Reshape", [g, const("gate", np.array([0, -1, 1, 1], dtype=np.int64))])
+            x = node("Mul", [x, gate])
         elif isinstance(layer, BatchNorm):
             P, B = layer.params, layer.buffers
             arrays = [P["gamma"], P["beta"], B["running_mean"], B["running_var"]]

@@ -13,6 +13,7 @@ import numpy as np
 
 from .conv import Conv2D, MaxPool2D
 from .layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, Layer, ReLU, Reshape
+from .pooling import GLOBAL_MODES, AvgPool2D, GlobalPool, SqueezeExcite
 
 
 def _int(config: dict[str, Any], key: str, lo: int, hi: int = 1_000_000) -> int:
@@ -63,6 +64,16 @@ def layer_from_config(
         )
     if kind == "MaxPool2D":
         return MaxPool2D(_int(config, "kernel_size", 1, 64), _int(config, "stride", 1, 64))
+    if kind == "AvgPool2D":
+        return AvgPool2D(_int(config, "kernel_size", 1, 64))
+    if kind == "GlobalPool":
+        if config.get("mode") not in GLOBAL_MODES:
+            raise ValueError(f"GlobalPool mode must be one of {GLOBAL_MODES}, not "
+                             f"{config.get('mode')!r}")  # fmt: skip
+        return GlobalPool(str(config["mode"]))
+    if kind == "SqueezeExcite":
+        channels = _int(config, "channels", 1, 100_000)
+        return SqueezeExcite(channels, _int(config, "reduction", 1, channels), dtype=dtype, xp=xp)
     if kind == "BatchNorm":
         return BatchNorm(
             _int(config, "num_features", 1),

@@ -23,6 +23,7 @@ from .conv import Conv2D, MaxPool2D
 from .layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, ReLU, Reshape
 from .losses import kl_divergence, l2_penalty, softmax, softmax_cross_entropy
 from .model import Sequential, mlp
+from .pooling import AvgPool2D, GlobalPool, SqueezeExcite
 
 TOLERANCE = 1e-7  # worst relative error accepted in float64
 
@@ -194,6 +195,15 @@ def check_all(seed: int = 0) -> list[CheckResult]:
     for k, stride in ((2, 2), (3, 1)):
         x = rng.permutation(2 * 6 * 6 * 3).reshape(2, 6, 6, 3) / 10.0
         results += check_layer(f"MaxPool2D k{k} s{stride}", MaxPool2D(k, stride), x, rng)
+    results += check_layer("AvgPool2D k2 (7x7: a row left over)", AvgPool2D(2),
+                           rng.standard_normal((2, 7, 7, 3)), rng)  # fmt: skip
+    for mode in ("avg", "max", "avg+max"):
+        x = rng.permutation(2 * 4 * 4 * 3).reshape(2, 4, 4, 3) / 10.0  # distinct: no ties
+        results += check_layer(f"GlobalPool {mode}", GlobalPool(mode), x, rng)
+    se = SqueezeExcite(8, 2, rng=rng, dtype=np.float64)
+    se.params["b1"][...] = rng.uniform(0.2, 0.5, 4)  # pre-activations away from ReLU's kink
+    se.params["b2"][...] = rng.standard_normal(8)
+    results += check_layer("SqueezeExcite 8/2", se, rng.uniform(0.5, 1.5, (3, 4, 4, 8)), rng)
 
     # Scores of unit scale: a probability near 0 gives a gradient entry so small that float64
     # rounding in the loss would dominate its relative error.

@@ -15,6 +15,7 @@ from .conv import Conv2D, MaxPool2D
 from .layers import Array, Dense, Flatten, Layer, ReLU, Reshape
 from .losses import softmax, softmax_cross_entropy
 from .plan import Step, first_with_params, plan
+from .pooling import AvgPool2D, GlobalPool
 from .reference import ReferenceStep
 
 
@@ -133,6 +134,11 @@ class Sequential:
                 shape = (size,)
             elif isinstance(layer, Dense):
                 shape = (layer.out_features,)
+            elif isinstance(layer, AvgPool2D):
+                H, W, C = shape
+                shape = (H // layer.kernel_size, W // layer.kernel_size, C)
+            elif isinstance(layer, GlobalPool):
+                shape = (shape[-1] * (2 if layer.mode == "avg+max" else 1),)
             elif isinstance(layer, Conv2D | MaxPool2D):
                 H, W, C = shape
                 k, s = layer.kernel_size, layer.stride

@@ -21,6 +21,7 @@ import numpy as np
 
 from .conv import Conv2D, MaxPool2D
 from .layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, Layer, ReLU, Reshape
+from .pooling import AvgPool2D, GlobalPool, SqueezeExcite
 
 # ---------------------------------------------------------------------------------------
 # Layers
@@ -207,6 +208,80 @@ def maxpool_backward(dout: np.ndarray, cache: Any) -> np.ndarray:
     return dx
 
 
+def avgpool_forward(x: np.ndarray, k: int) -> tuple[np.ndarray, Any]:
+    """x: (N, H, W, C) -> out: (N, H // k, W // k, C), the mean of each k x k window."""
+    N, H, W, C = x.shape
+    OH, OW = H // k, W // k
+    out = np.zeros((N, OH, OW, C), dtype=x.dtype)
+    for i in range(k):
+        for j in range(k):
+            out += x[:, i : i + k * OH : k, j : j + k * OW : k, :]
+    return out / (k * k), (x.shape, k)
+
+
+def avgpool_backward(dout: np.ndarray, cache: Any) -> np.ndarray:
+    """Every input of a window gets the window's dout / k^2."""
+    x_shape, k = cache
+    OH, OW = dout.shape[1:3]
+    dx = np.zeros(x_shape, dtype=dout.dtype)
+    for i in range(k):
+        for j in range(k):
+            dx[:, i : i + k * OH : k, j : j + k * OW : k, :] = dout / (k * k)
+    return dx
+
+
+def global_pool_forward(x: np.ndarray, mode: str) -> tuple[np.ndarray, Any]:
+    """x: (N, H, W, C) -> the mean ("avg"), the largest value ("max") of each channel over the
+    image, or both side by side ("avg+max", (N, 2C))."""
+    N, H, W, C = x.shape
+    flat = x.reshape(N, H * W, C)
+    parts = {"avg": flat.mean(axis=1), "max": flat.max(axis=1)}
+    out = np.concatenate([parts[m] for m in mode.split("+")], axis=1)
+    return out, (x.shape, mode, flat.argmax(axis=1))
+
+
+def global_pool_backward(dout: np.ndarray, cache: Any) -> np.ndarray:
+    """The mean's gradient spreads evenly, dout / (H W); the max's goes to the winner."""
+    (N, H, W, C), mode, winner = cache
+    dx = np.zeros((N, H * W, C), dtype=dout.dtype)
+    for k, m in enumerate(mode.split("+")):
+        d = dout[:, k * C : (k + 1) * C]
+        if m == "avg":
+            dx += d[:, None, :] / (H * W)
+        else:
+            for n in range(N):
+                dx[n, winner[n], np.arange(C)] += d[n]
+    return dx.reshape(N, H, W, C)
+
+
+def sigmoid(a: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-a))
+
+
+def squeeze_excite_forward(
+    x: np.ndarray, W1: np.ndarray, b1: np.ndarray, W2: np.ndarray, b2: np.ndarray
+) -> tuple[np.ndarray, Any]:
+    """Squeeze-and-excitation (Hu et al. 2018): x (N, H, W, C) -> x * g, a gate per example and
+    channel from the channels' means: s = mean_hw x, z = relu(s W1 + b1), g = sigmoid(z W2 + b2)."""
+    s = x.mean(axis=(1, 2))
+    z = np.maximum(s @ W1 + b1, 0)
+    g = sigmoid(z @ W2 + b2)
+    return x * g[:, None, None, :], (x, s, z, g, W1, W2)
+
+
+def squeeze_excite_backward(dout: np.ndarray, cache: Any) -> tuple[np.ndarray, ...]:
+    """-> dx, dW1, db1, dW2, db2. x reaches out twice: through the product (dout * g) and
+    through the gate, via its mean s (ds / (H W) to every position)."""
+    x, s, z, g, W1, W2 = cache
+    H, W = x.shape[1:3]
+    dg = (dout * x).sum(axis=(1, 2))
+    da2 = dg * g * (1 - g)  # sigmoid'(a) = g (1 - g)
+    da1 = (da2 @ W2.T) * (z > 0)
+    ds = da1 @ W1.T
+    dx = dout * g[:, None, None, :] + ds[:, None, None, :] / (H * W)
+    return dx, s.T @ da1, da1.sum(axis=0), z.T @ da2, da2.sum(axis=0)
+
+
 # ---------------------------------------------------------------------------------------
 # Losses
 # ---------------------------------------------------------------------------------------
@@ -306,6 +381,12 @@ class ReferenceStep:
             out, self.cache = conv_forward(x, P["W"], P["b"], layer.stride, layer.padding)
         elif isinstance(layer, MaxPool2D):
             out, self.cache = maxpool_forward(x, layer.kernel_size, layer.stride)
+        elif isinstance(layer, AvgPool2D):
+            out, self.cache = avgpool_forward(x, layer.kernel_size)
+        elif isinstance(layer, GlobalPool):
+            out, self.cache = global_pool_forward(x, layer.mode)
+        elif isinstance(layer, SqueezeExcite):
+            out, self.cache = squeeze_excite_forward(x, P["W1"], P["b1"], P["W2"], P["b2"])
         elif isinstance(layer, ReLU):
             out, self.cache = relu_forward(x)
         elif isinstance(layer, Dropout):
@@ -341,6 +422,14 @@ class ReferenceStep:
             dx, G["W"][...], G["b"][...] = backward(dout, self.cache)
         elif isinstance(layer, MaxPool2D):
             dx = maxpool_backward(dout, self.cache)
+        elif isinstance(layer, AvgPool2D):
+            dx = avgpool_backward(dout, self.cache)
+        elif isinstance(layer, GlobalPool):
+            dx = global_pool_backward(dout, self.cache)
+        elif isinstance(layer, SqueezeExcite):
+            dx, G["W1"][...], G["b1"][...], G["W2"][...], G["b2"][...] = squeeze_excite_backward(
+                dout, self.cache
+            )
         elif isinstance(layer, ReLU):
             dx = relu_backward(dout, self.cache)
         elif isinstance(layer, Dropout):

@@ -20,11 +20,13 @@ from ..nn.conv import Conv2D, MaxPool2D
 from ..nn.layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, Layer, ReLU, Reshape
 from ..nn.model import Sequential
 from ..nn.optim import ConstantLR, CosineLR, OneCycleLR, StepLR
+from ..nn.pooling import AvgPool2D, GlobalPool, SqueezeExcite
 from .augment import Augment
 
 ARCHS = ("mlp", "cnn")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
+POOLS, HEADS = ("max", "avg"), ("dense", "global")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,11 @@ class Recipe:
     convs_per_block: int = 1  # cnn: k x k convolutions in each block before its 2x2 pooling
     kernel_size: int = 5  # cnn: k, with "same" padding k // 2
     batchnorm: bool = False  # BatchNorm after every convolution and hidden dense layer
+    pool: str = "max"  # cnn: each block ends in 2x2 "max" or "avg" pooling
+    head: str = "dense"  # cnn: "dense": the last block's maps, flattened, feed the dense layers;
+    # "global": the last block is not pooled 2x2 but over the whole image (mean and max)
+    squeeze_excite: int = 0  # cnn: a squeeze-and-excitation gate of reduction r ending each
+    # block (Hu et al. 2018); 0: none
     init: str = "he"  # weight initialisation: "he" suits ReLU
     # Regularisation.
     input_dropout: float = 0.0  # dropout on the input pixels (mlp)
@@ -105,6 +112,13 @@ class Recipe:
             raise bad("conv", self.conv, "a cnn needs at least one convolution block")
         if any(c < 1 for c in self.conv) or self.convs_per_block < 1 or self.kernel_size < 1:
             raise bad("convolutions", self.conv, "channels and kernel sizes must be >= 1")
+        if self.pool not in POOLS:
+            raise bad("pool", self.pool, f"choose from {', '.join(POOLS)}")
+        if self.head not in HEADS:
+            raise bad("head", self.head, f"choose from {', '.join(HEADS)}")
+        if not 0 <= self.squeeze_excite <= min(self.conv, default=1):
+            raise bad("squeeze_excite", self.squeeze_excite,
+                      "must be a reduction in 0..the fewest channels (0: none)")  # fmt: skip
         for name in ("input_dropout", "conv_dropout", "dropout", "dropconnect", "label_smoothing"):
             v = getattr(self, name)
             if not 0 <= v < 1:
@@ -166,7 +180,7 @@ def build_model(
     if recipe.arch == "cnn":
         layers.append(Reshape((H, W, 1)))
         channels, k = 1, recipe.kernel_size
-        for c in recipe.conv:
+        for b, c in enumerate(recipe.conv):
             for n in range(recipe.convs_per_block):
                 layers.append(Conv2D(channels, c, k, padding=k // 2, rng=rng, init=recipe.init))
                 if recipe.batchnorm:
@@ -174,17 +188,27 @@ def build_model(
                 if n < recipe.convs_per_block - 1:
                     layers.append(ReLU())
                 channels = c
-            # max-pool then ReLU: the same function and gradients as ReLU then max-pool (both
-            # are monotone), with the ReLU on a quarter of the values.
-            layers.append(MaxPool2D(2))
-            layers.append(ReLU())
+            if recipe.squeeze_excite:
+                layers.append(SqueezeExcite(c, recipe.squeeze_excite, rng=rng))
+            if recipe.head == "global" and b == len(recipe.conv) - 1:
+                layers += [ReLU(), GlobalPool("avg+max")]
+                break
+            if recipe.pool == "max":
+                # max-pool then ReLU: the same function and gradients as ReLU then max-pool
+                # (both are monotone), with the ReLU on a quarter of the values.
+                layers += [MaxPool2D(2), ReLU()]
+            else:
+                layers += [ReLU(), AvgPool2D(2)]
             if recipe.conv_dropout:
                 layers.append(Dropout(recipe.conv_dropout))
             H, W = H // 2, W // 2
         if H < 1 or W < 1:
             raise BarenetError(f"recipe {recipe.name!r} pools the images below 1x1 pixel")
-        layers.append(Flatten())
-        features = H * W * channels
+        if recipe.head == "global":
+            features = 2 * channels
+        else:
+            layers.append(Flatten())
+            features = H * W * channels
     elif recipe.input_dropout:
         layers.append(Dropout(recipe.input_dropout))
     for i, h in enumerate(recipe.hidden):
