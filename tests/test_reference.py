@@ -79,6 +79,12 @@ def test_losses_equal_their_reference(smoothing):
     assert loss == pytest.approx(loss_ref, rel=1e-12)
     np.testing.assert_allclose(d, d_ref, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(losses.softmax(scores), reference.softmax(scores), rtol=1e-12)
+    p = reference.softmax(rng.standard_normal((9, 4)))
+    p[0] = [1, 0, 0, 0]  # 0 log 0 = 0
+    kl, d = losses.kl_divergence(p, scores)
+    kl_ref, d_ref = reference.kl_divergence(p, scores)
+    assert kl == pytest.approx(kl_ref, rel=1e-12)
+    np.testing.assert_allclose(d, d_ref, rtol=1e-12, atol=1e-15)
     weights = [rng.standard_normal((3, 2)), rng.standard_normal(4)]
     value, grads = losses.l2_penalty(weights, 0.01)
     value_ref, grads_ref = reference.l2_penalty(weights, 0.01)

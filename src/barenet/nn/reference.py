@@ -308,6 +308,16 @@ def softmax_cross_entropy(
     return loss, (p - q) / N
 
 
+def kl_divergence(p: np.ndarray, scores: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean KL(p || q) over the batch, q = softmax(scores) (virtual adversarial training's
+    penalty): L = (1/N) sum p (log p - log q), 0 log 0 = 0; dL/dscores = (q - p) / N (p is a
+    constant target: only log q depends on the scores, as in the cross-entropy)."""
+    N = scores.shape[0]
+    q = softmax(scores)
+    terms = np.where(p > 0, p * (np.log(np.where(p > 0, p, 1)) - np.log(q)), 0)
+    return float(terms.sum() / N), (q - p) / N
+
+
 def l2_penalty(weights: list[np.ndarray], lam: float) -> tuple[float, list[np.ndarray]]:
     """0.5 lam sum W^2 over the weights (not biases), and its gradient lam W."""
     return 0.5 * lam * sum(float((W**2).sum()) for W in weights), [lam * W for W in weights]
