@@ -5,6 +5,7 @@ import pytest
 
 import barenet.backend.blas
 import barenet.nn.conv
+from barenet.nn import reference
 from barenet.nn.config import layer_from_config
 from barenet.nn.conv import Conv2D, MaxPool2D
 from barenet.nn.gradcheck import TOLERANCE, check_layer
@@ -33,8 +34,11 @@ def test_conv_matches_definition_and_gradients(k, stride, pad, channels):
     conv.params["b"][...] = rng.standard_normal(4)
     x = rng.standard_normal((2, 8, 7, channels))
     out = conv.forward(x)
-    np.testing.assert_allclose(out, naive_conv(x, conv.params["W"], conv.params["b"], stride, pad),
-                               rtol=1e-12, atol=1e-12)  # fmt: skip
+    definition = naive_conv(x, conv.params["W"], conv.params["b"], stride, pad)
+    np.testing.assert_allclose(out, definition, rtol=1e-12, atol=1e-12)
+    # the reference's im2col (nn/reference.py) is the definition too
+    plain, _ = reference.conv_forward(x, conv.params["W"], conv.params["b"], stride, pad)
+    np.testing.assert_allclose(plain, definition, rtol=1e-12, atol=1e-12)
     assert out.shape[1:3] == conv.output_shape(8, 7)
     for r in check_layer("Conv2D", conv, x, rng):
         assert r.error < TOLERANCE, r
