@@ -1,4 +1,4 @@
-"""The `barenet` command line: train, evaluate, predict, plot, gradcheck, data.
+"""The `barenet` command line: train, evaluate, predict, plot, serve, gradcheck, trace, export, data.
 
 Every user error ends in one line on stderr, `barenet: error: ...`, and a non-zero exit status
 (1 for errors found while running, 2 for bad flags), never a traceback.
