@@ -7,12 +7,15 @@ Every user error ends in one line on stderr, `barenet: error: ...`, and a non-ze
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
 import json
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -164,9 +167,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                     f"or continue it with --resume {out}"
                 )
     dataset = _load_dataset(dataset_name, args.data_dir)
-    from ..files.modelfile import load_model, save_model
-    from ..train.ensemble import average_proba
-    from ..train.loop import fit, to_inputs
+    from ..train.monitor import Monitor
 
     if args.resume is None:
         out.mkdir(parents=True, exist_ok=True)
@@ -174,23 +175,69 @@ def cmd_train(args: argparse.Namespace) -> int:
             json.dump({"recipe": recipe.to_dict(), "dataset": dataset_name}, f, indent=1)
     _say(f"training recipe '{recipe.name}' on {dataset_name}: {recipe.description}")
     _say(f"run directory {out} (continue an interrupted run with: barenet train --resume {out})")
+    monitor = Monitor(members=recipe.members, classes=list(dataset.spec.classes))
+    with _watching(monitor, args):
+        return _train_members(args, recipe, dataset, out, monitor, start)
+
+
+@contextlib.contextmanager
+def _watching(monitor: Any, args: argparse.Namespace) -> Iterator[None]:
+    """While training: the live page when --watch asks for it, and Ctrl-C as a clean stop
+    (the current step ends, then the model, history and checkpoint are saved; a second Ctrl-C
+    aborts at once)."""
+    from .live import Watch
+
+    watch = Watch(monitor, args.host, args.port) if args.watch else None
+    if watch is not None:
+        _say(f"watch it learn: {watch.url} (pause, resume and stop from the page)")
+
+    def interrupt(signum: int, frame: Any) -> None:
+        if monitor.stop_requested:
+            raise KeyboardInterrupt
+        _say("stopping after this step: the model and history will be saved "
+             "(Ctrl-C again aborts)")  # fmt: skip
+        monitor.stop()
+
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGINT, interrupt) if in_main else None
+    try:
+        yield
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+        if watch is not None:
+            watch.close()
+
+
+def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.Dataset,
+                   out: Path, monitor: Any, start: float) -> int:  # fmt: skip
+    from ..files.modelfile import load_model, save_model
+    from ..train.ensemble import average_proba
+    from ..train.loop import fit, to_inputs
+
     models, paths, train_seconds = [], [], 0.0
     for k in range(recipe.members):
         where = out if recipe.members == 1 else out / f"member-{k + 1}"
         seed = recipe.seed + k
+        checkpoint = where / "checkpoint.npz"
         if args.resume is not None and (where / "model.npz").exists():
-            _say(f"member {k + 1}/{recipe.members} already trained: {where / 'model.npz'}")
-            models.append(load_model(where / "model.npz")[0])
-            paths.append(where / "model.npz")
-            continue
+            model, meta = load_model(where / "model.npz")
+            if not meta.get("stopped_at"):
+                _say(f"member {k + 1}/{recipe.members} already trained: {where / 'model.npz'}")
+                models.append(model)
+                paths.append(where / "model.npz")
+                continue
+            _say(f"member {k + 1}/{recipe.members} was stopped early: continuing it")
         if recipe.members > 1:
             _say(f"member {k + 1}/{recipe.members} (seed {seed})")
         where.mkdir(parents=True, exist_ok=True)
-        checkpoint = where / "checkpoint.npz"
+        monitor.member = k + 1
         result = fit(recipe, dataset, seed=seed, progress=not args.no_progress, log=_say,
-                     checkpoint_seconds=60 * args.checkpoint_minutes,
+                     checkpoint_seconds=60 * args.checkpoint_minutes, monitor=monitor,
                      checkpoint=checkpoint, resume=args.resume is not None)  # fmt: skip
+        monitor.save(where / "watch.json")
         train_seconds += result.train_seconds
+        stopped = result.history.stopped_at
         metadata: dict[str, Any] = {
             "barenet_version": __version__,
             "recipe": recipe.to_dict(),
@@ -200,14 +247,20 @@ def cmd_train(args: argparse.Namespace) -> int:
             "test_accuracy": result.test_accuracy,
             "train_seconds": sum(e.seconds for e in result.history.epochs),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **({"stopped_at": stopped} if stopped else {}),
         }
         paths.append(save_model(where / "model.npz", result.model, metadata))
         _write_history(where, recipe.to_dict(), result.history)
-        checkpoint.unlink(missing_ok=True)  # the model is saved: nothing left to resume
+        if not stopped:
+            checkpoint.unlink(missing_ok=True)  # the model is saved: nothing left to resume
         models.append(result.model)
         if recipe.members > 1:
             _say(f"member {k + 1}: validation {100 * result.val_accuracy:.2f}%, "
                  f"test {100 * result.test_accuracy:.2f}%")  # fmt: skip
+        if stopped or monitor.stop_requested:
+            _say(f"stopped: the model as it stands is saved; continue the run with: "
+                 f"barenet train --resume {out}")  # fmt: skip
+            break
     _, _, x_val, y_val = dataset.split(recipe.val_size)
     val = float(np.mean(average_proba(models, to_inputs(x_val)).argmax(axis=1) == y_val))
     test = float(np.mean(average_proba(models, to_inputs(dataset.test_images)).argmax(axis=1)
@@ -368,7 +421,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     models, metas = load_ensemble(args.models or [default_model_path()])
     classes = _class_names(models, metas)
-    serve(models, classes, args.host, args.port, args.min_confidence)
+    run = None
+    if len(args.models) == 1 and Path(args.models[0]).is_dir():
+        from .live import monitor_of_run
+
+        try:  # the run's training page beside the draw page; the draw page without it
+            run = monitor_of_run(Path(args.models[0]))
+        except BarenetError as e:
+            _say(f"no training page for {args.models[0]}: {e}")
+    serve(models, classes, args.host, args.port, args.min_confidence, run=run)
     return 0
 
 
@@ -518,6 +579,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-minutes", type=_positive_float, default=10.0, metavar="M",
                    help="also save a checkpoint within an epoch once M minutes have passed "
                    "since the last one (default 10)")  # fmt: skip
+    p.add_argument("--watch", action="store_true",
+                   help="serve a live page of the training: curves, filters, mistakes, and "
+                   "pause, resume and stop buttons")  # fmt: skip
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="--watch: where the page listens (default: 127.0.0.1, this machine only)",
+    )
+    p.add_argument("--port", type=_port, default=8000, help="--watch: default 8000")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")

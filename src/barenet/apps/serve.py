@@ -39,7 +39,7 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
 from ..data.images import decode_image, prepare_digit
 from ..errors import BarenetError, ImageError
@@ -48,6 +48,8 @@ from ..nn.layers import Dense, ReLU
 from ..nn.model import Sequential
 from ..nn.trace import describe
 from ..train.ensemble import average_proba
+from ..train.monitor import Monitor
+from .live import check_port, create_live_app
 
 MAX_BODY = 2_000_000  # bytes: a 280x280 canvas PNG is ~10 kB; a phone photo should be resized
 PAGE = Path(__file__).parent / "web" / "index.html"
@@ -141,9 +143,13 @@ def _hidden_units(model: Sequential, x: np.ndarray) -> list[dict[str, Any]]:
 
 
 def create_app(
-    models: list[Sequential], classes: list[str], min_confidence: float = 0.5
+    models: list[Sequential],
+    classes: list[str],
+    min_confidence: float = 0.5,
+    run: Monitor | None = None,
 ) -> Starlette:
-    """The web application for `models` (averaged when several)."""
+    """The web application for `models` (averaged when several); with `run`, the page of
+    their training under /run/ (apps/live.py)."""
     if models[0].input_size != 28 * 28:
         raise BarenetError("barenet serve needs a model that reads 28x28 images")
 
@@ -193,23 +199,22 @@ def create_app(
             return JSONResponse({"error": str(e)}, status_code=e.status)
         return JSONResponse(result)
 
-    return Starlette(
-        routes=[Route("/", page), Route("/api/predict", api_predict, methods=["POST"])]
-    )
+    routes: list[BaseRoute] = [Route("/", page),
+                               Route("/api/predict", api_predict, methods=["POST"])]  # fmt: skip
+    if run is not None:
+        routes.append(Mount("/run", create_live_app(run, live=False)))
+    return Starlette(routes=routes)
 
 
 def serve(models: list[Sequential], classes: list[str], host: str, port: int,
-          min_confidence: float = 0.5) -> None:  # fmt: skip
+          min_confidence: float = 0.5, run: Monitor | None = None) -> None:  # fmt: skip
     """Run the server until interrupted (Ctrl-C)."""
-    import socket
-
     import uvicorn
 
-    app = create_app(models, classes, min_confidence)
-    try:  # a clear message for a taken port or a wrong host, before uvicorn starts
-        with socket.create_server((host, port)):
-            pass
-    except OSError as e:
-        raise BarenetError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    app = create_app(models, classes, min_confidence, run)
+    check_port(host, port)
     print(f"barenet: serving on http://{host}:{port}/ (Ctrl-C stops)", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    if run is not None:
+        print(f"barenet: the run's training page on http://{host}:{port}/run/", file=sys.stderr,
+              flush=True)  # fmt: skip
+    uvicorn.run(app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=1)

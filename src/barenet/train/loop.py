@@ -26,6 +26,7 @@ from ..nn.optim import SGD, Adam, max_norm_
 from .adversarial import virtual_adversarial_step
 from .augment import augment
 from .checkpoint import EpochSoFar, load_checkpoint, restore_model, save_checkpoint
+from .monitor import Monitor
 from .recipes import Recipe, build_model
 
 Log = Callable[[str], None]
@@ -45,6 +46,9 @@ class EpochRecord:
 @dataclass
 class History:
     epochs: list[EpochRecord] = field(default_factory=list)
+    # where a stop request ended the run early: {"epoch": e, "step": s} (1-based; s steps of
+    # epoch e were done), else None
+    stopped_at: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"epochs": [asdict(e) for e in self.epochs]}
@@ -129,6 +133,7 @@ def train(
     checkpoint: Path | None = None,
     resume: bool = False,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    monitor: Monitor | None = None,
 ) -> History:
     """Train `model` in place as `recipe` says.
 
@@ -144,6 +149,10 @@ def train(
             epoch once checkpoint_seconds have passed since the last one (after a step).
         resume: continue from `checkpoint` if it exists (model, optimiser, generators, epoch,
             and, for a checkpoint taken within an epoch, the step and the epoch's order).
+        monitor: told every step and epoch (the live page); its pause holds the loop between
+            steps, and its stop ends the run cleanly after the current step: the checkpoint
+            is written (a later resume continues from that step) and the history says where
+            it stopped (`stopped_at`).
     Returns:
         the per-epoch history (of the whole run, when resumed).
     Raises:
@@ -187,7 +196,12 @@ def train(
     # epoch's shuffled order, then converts them to float32 in one pass: ~100 kB that stay in
     # cache, where a shuffled copy of the whole training set (43 MB) would not.
     flat = x_train.reshape(N, -1)
+    side = image_shape[0] if len(image_shape) == 2 else math.isqrt(flat.shape[1])
     saved = time.monotonic()  # when the last checkpoint was written
+    if monitor is not None:
+        monitor.begin(epochs=recipe.epochs, steps=steps, batch_size=B, recipe=recipe.name,
+                      first_epoch=first, done=history.epochs,
+                      classes=monitor.classes or [str(c) for c in range(model.num_classes)])  # fmt: skip
 
     def save(epoch: int, part: EpochSoFar | None = None) -> None:
         nonlocal saved
@@ -218,6 +232,12 @@ def train(
         # naming the epoch; NumPy's own overflow warnings would only say it less clearly.
         with bar, np.errstate(over="ignore", invalid="ignore"):
             for i in bar:
+                if monitor is not None:
+                    paused = monitor.paused_seconds
+                    if monitor.wait():
+                        history.stopped_at = {"epoch": epoch + 1, "step": i}
+                        break
+                    start += monitor.paused_seconds - paused  # a pause is not training time
                 yb = ys[i * B : (i + 1) * B]
                 rows = np.take(flat, order[i * B : (i + 1) * B], axis=0)  # (B, H*W)
                 if aug is None:
@@ -246,6 +266,10 @@ def train(
                 if recipe.max_norm:
                     for W in weights:
                         max_norm_(W, recipe.max_norm)
+                if monitor is not None:
+                    seen = min((i + 1) * B, N)
+                    monitor.step(epoch + 1, i + 1, steps, len(yb), loss_sum / seen,
+                                 correct / seen, lr, model, side)  # fmt: skip
                 if i % 50 == 0:
                     bar.set_postfix(loss=f"{loss_sum / min((i + 1) * B, N):.4f}", refresh=False)
                 if (
@@ -254,16 +278,31 @@ def train(
                 ):  # fmt: skip
                     save(epoch, EpochSoFar(order, i + 1, loss_sum, correct, augment_seconds,
                                            part.seconds + time.perf_counter() - start))  # fmt: skip
+        if history.stopped_at is not None:
+            i = history.stopped_at["step"]
+            if checkpoint is not None and i > 0:
+                save(epoch, EpochSoFar(order, i, loss_sum, correct, augment_seconds,
+                                       part.seconds + time.perf_counter() - start))  # fmt: skip
+            if aug is not None:  # the model as it stands, ready to use
+                recalibrate_batchnorm(model, x_train[:RECALIBRATION_IMAGES], B)
+            say(f"stopped in epoch {epoch + 1}/{recipe.epochs} after step {i}/{steps}")
+            break
         if aug is not None:
             recalibrate_batchnorm(model, x_train[:RECALIBRATION_IMAGES], B)
         seconds = part.seconds + time.perf_counter() - start
+        proba = None
+        if x_val is None or y_val is None:
+            val_accuracy = math.nan
+        elif monitor is None:
+            val_accuracy = accuracy(model, x_val, y_val)
+        else:  # the probabilities also give the page its confusion matrix and mistakes
+            proba = model.predict_proba(to_inputs(x_val))
+            val_accuracy = float(np.mean(proba.argmax(axis=1) == y_val))
         record = EpochRecord(
             epoch=epoch + 1,
             train_loss=loss_sum / N + l2_penalty(weights, recipe.l2)[0],
             train_accuracy=correct / N,
-            val_accuracy=math.nan
-            if x_val is None or y_val is None
-            else accuracy(model, x_val, y_val),
+            val_accuracy=val_accuracy,
             lr=lr,
             seconds=part.seconds + time.perf_counter() - start,
             augment_seconds=augment_seconds,
@@ -273,8 +312,12 @@ def train(
         val = "" if x_val is None else f"  val {100 * record.val_accuracy:.2f}%"
         say(f"epoch {record.epoch}/{recipe.epochs}  loss {record.train_loss:.4f}  "
             f"train {100 * record.train_accuracy:.2f}%{val}  {record.seconds:.2f} s{extra}")  # fmt: skip
+        if monitor is not None:
+            monitor.epoch(record, proba, y_val, x_val if proba is not None else None)
         if checkpoint is not None:
             save(epoch + 1)
+    if monitor is not None:
+        monitor.finish(stopped=history.stopped_at is not None)
     return history
 
 
@@ -297,6 +340,7 @@ def fit(
     checkpoint: Path | None = None,
     resume: bool = False,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
+    monitor: Monitor | None = None,
 ) -> Result:
     """Build the recipe's network, train it on the dataset's training split (minus the
     validation split) and measure it on validation and, once at the end, on the test set.
@@ -305,15 +349,19 @@ def fit(
     x_train, y_train, x_val, y_val = dataset.split(recipe.val_size)
     H, W = dataset.train_images.shape[1:]
     model = build_model(recipe, (H, W), len(dataset.spec.classes), seed=seed)
-    start = time.perf_counter()
+    start, paused = time.perf_counter(), monitor.paused_seconds if monitor else 0.0
     history = train(model, recipe, x_train, y_train, x_val, y_val, seed=seed, progress=progress,
                     log=log, checkpoint=checkpoint, resume=resume,
-                    checkpoint_seconds=checkpoint_seconds)  # fmt: skip
-    seconds = time.perf_counter() - start
+                    checkpoint_seconds=checkpoint_seconds, monitor=monitor)  # fmt: skip
+    seconds = time.perf_counter() - start - (monitor.paused_seconds - paused if monitor else 0.0)
+    if history.stopped_at is None:
+        val_accuracy = history.epochs[-1].val_accuracy
+    else:  # stopped early: the model as it stands
+        val_accuracy = math.nan if x_val is None else accuracy(model, x_val, y_val)
     return Result(
         model=model,
         history=history,
-        val_accuracy=history.epochs[-1].val_accuracy,
+        val_accuracy=val_accuracy,
         test_accuracy=accuracy(model, dataset.test_images, dataset.test_labels),
         train_seconds=seconds,
     )
