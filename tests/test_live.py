@@ -366,4 +366,3 @@ def test_watching_a_training_in_a_real_browser(tmp_path, mnist):
         if proc.poll() is None:
             proc.kill()
     assert (tmp_path / "run" / "model.npz").exists()
-

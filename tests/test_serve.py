@@ -134,6 +134,29 @@ def test_fuzzed_bodies_never_crash_the_server(client, body):
     assert ("error" in r.json()) == (r.status_code != 200)
 
 
+PIXELS = np.zeros((28, 28), dtype=int)
+PIXELS[6:22, 12:16] = 255  # a "1"
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(explain=st.one_of(st.none(), st.booleans(), st.integers(-20, 20), st.floats(allow_nan=False, allow_infinity=False),
+                         st.text(max_size=6), st.lists(st.integers(), max_size=3),
+                         st.dictionaries(st.text(max_size=3), st.integers(), max_size=2)))  # fmt: skip
+def test_fuzzed_explain_fields_get_an_answer_or_a_422(client, explain):
+    r = client.post("/api/predict", json={"pixels": PIXELS.tolist(), "explain": explain})
+    valid = (isinstance(explain, int) and not isinstance(explain, bool) and 0 <= explain < 10) or (
+        isinstance(explain, str) and explain in CLASSES
+    )
+    assert r.status_code == (200 if valid else 422), r.text
+    if valid:
+        assert r.json()["explained"] == CLASSES[explain if isinstance(explain, int) else
+                                                 CLASSES.index(explain)]  # fmt: skip
+    else:
+        assert "explain" in r.json()["error"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

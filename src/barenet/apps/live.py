@@ -27,13 +27,19 @@ import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from ..data import datasets
 from ..errors import BarenetError
-from ..train.monitor import Monitor
+from ..files.modelfile import load_model
+from ..nn.model import to_inputs
+from ..train.loop import EpochRecord
+from ..train.monitor import Monitor, confusion, first_layer_images
+from ..train.recipes import Recipe
 
 PAGE = Path(__file__).parent / "web" / "live.html"
 POLL_SECONDS = 0.2  # how often a stream looks for new events
@@ -135,15 +141,12 @@ class Watch:
     """The live page served from a background thread while this process trains."""
 
     def __init__(self, monitor: Monitor, host: str = "127.0.0.1", port: int = 8000) -> None:
-        import uvicorn
-
         check_port(host, port)
         self.closing = threading.Event()
         app = create_live_app(monitor, live=True, closing=self.closing)
         config = uvicorn.Config(app, host=host, port=port, log_level="warning",
                                 timeout_graceful_shutdown=3)  # fmt: skip
         self.server = uvicorn.Server(config)
-        self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
         self.thread = threading.Thread(target=self.server.run, name="barenet-watch", daemon=True)
         self.thread.start()
         deadline = time.monotonic() + 10
@@ -179,13 +182,6 @@ def monitor_of_run(run_dir: Path) -> Monitor:
 
 
 def _monitor_from_history(run_dir: Path) -> Monitor:
-    from ..data import datasets
-    from ..files.modelfile import load_model
-    from ..nn.model import to_inputs
-    from ..train.loop import EpochRecord
-    from ..train.monitor import confusion, first_layer_images
-    from ..train.recipes import Recipe
-
     try:
         history = json.loads((run_dir / "history.json").read_text())
         recipe = Recipe.from_dict(history["recipe"])

@@ -26,6 +26,7 @@ import json
 import math
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,7 @@ class Monitor:
                 self._latest[event["type"]] = event
 
     def begin(self, *, epochs: int, steps: int, batch_size: int, recipe: str,
-              classes: list[str], first_epoch: int = 0, done: list[Any] = ()) -> None:  # fmt: skip
+              classes: list[str], first_epoch: int = 0, done: Sequence[Any] = ()) -> None:  # fmt: skip
         """A member's training starts, or resumes after `first_epoch` epochs whose records
         are `done`: a fresh page, with those epochs on it."""
         with self._lock:
