@@ -11,6 +11,7 @@ import contextlib
 import csv
 import dataclasses
 import json
+import math
 import signal
 import sys
 import threading
@@ -120,7 +121,11 @@ def _write_history(directory: Path, recipe: dict[str, Any], history: Any) -> Non
         writer.writerows(epochs)
 
 
-def _dataset_metadata(dataset: datasets.Dataset) -> dict[str, Any]:
+def _dataset_metadata(dataset: datasets.Dataset, source: dict[str, Any] | None = None
+                      ) -> dict[str, Any]:  # fmt: skip
+    if source is not None:  # your own data: where it came from and how it was prepared
+        return {"name": dataset.spec.name, "classes": list(dataset.spec.classes),
+                "source": source}  # fmt: skip
     return {
         "name": dataset.spec.name,
         "md5": dict(zip(datasets.FILES, dataset.spec.md5)),
@@ -135,8 +140,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         for k in ("epochs", "lr", "batch_size", "seed", "members")
         if getattr(args, k) is not None
     }
+    source: dict[str, Any] | None = None  # your own data: where from and how prepared
     if args.resume is not None:
-        given = [f"--{k.replace('_', '-')}" for k in ("recipe", "dataset", "out", *overrides)
+        given = [f"--{k.replace('_', '-')}" for k in ("recipe", "dataset", "out", "data",
+                                                       "prepare", "image_size", *overrides)
                  if getattr(args, k) is not None]  # fmt: skip
         if given:
             raise BarenetError(
@@ -146,18 +153,44 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             run = json.loads((out / "run.json").read_text())
             recipe, dataset_name = Recipe.from_dict(run["recipe"]), run["dataset"]
+            source = run.get("data")
         except FileNotFoundError:
             raise BarenetError(f"{out}: not a run directory (no run.json)") from None
         except (ValueError, KeyError, TypeError) as e:
             raise BarenetError(f"{out / 'run.json'}: not a valid run description ({e})") from None
-        if dataset_name not in datasets.DATASETS:
+        if source is None and dataset_name not in datasets.DATASETS:
             raise BarenetError(f"{out / 'run.json'}: unknown dataset {dataset_name!r}")
+        dataset = _load_dataset(dataset_name, args.data_dir) if source is None else \
+            _load_own_again(source)  # fmt: skip
     else:
-        dataset_name = args.dataset or "mnist"
-        recipe = dataclasses.replace(get_recipe(args.recipe or "seed", dataset_name), **overrides)
+        if args.data is not None and args.dataset is not None:
+            raise BarenetError("--data trains on your own data, --dataset on a built-in one: "
+                               "give one of them")  # fmt: skip
+        if args.data is None and (args.prepare or args.image_size):
+            raise BarenetError("--prepare and --image-size apply to your own data (--data PATH)")
+        if args.data is not None:
+            from ..data.own import load_own
+
+            dataset, own = load_own(args.data, args.prepare or "auto", args.image_size)
+            source = own.to_dict()
+            dataset_name = dataset.spec.name
+            _say(f"{args.data}: {len(dataset.train_labels):,} images in "
+                 f"{len(dataset.spec.classes)} classes ({', '.join(dataset.spec.classes[:12])}"
+                 f"{', ...' if len(dataset.spec.classes) > 12 else ''}), {own.size}x{own.size}, "
+                 f"{_PREPARED[own.prepare]}{', inverted to light on dark' if own.invert else ''}"
+                 f"; held out for testing: "
+                 f"{len(dataset.test_labels):,}")  # fmt: skip
+        else:
+            dataset_name = args.dataset or "mnist"
+        base = get_recipe(args.recipe or "seed", "mnist" if source else dataset_name)
+        recipe = dataclasses.replace(base, **overrides)
+        if source is not None:  # the validation split as MNIST's: 1/12 of the training set
+            recipe = dataclasses.replace(
+                recipe, val_size=min(recipe.val_size, max(1, len(dataset.train_labels) // 12))
+            )
         recipe.check()
         if args.out is None:
-            out = _new_run_dir(Path("runs") / f"{recipe.name}-{dataset_name}")
+            out = _new_run_dir(Path("runs") / f"{recipe.name}-{_slug(dataset_name)}")
         else:
             out = Path(args.out)
             taken = [p for p in ("model.npz", "run.json") if (out / p).exists()]
@@ -166,18 +199,43 @@ def cmd_train(args: argparse.Namespace) -> int:
                     f"{out / taken[0]} exists; choose another --out, pass --overwrite, "
                     f"or continue it with --resume {out}"
                 )
-    dataset = _load_dataset(dataset_name, args.data_dir)
+        if source is None:
+            dataset = _load_dataset(dataset_name, args.data_dir)
     from ..train.monitor import Monitor
 
     if args.resume is None:
         out.mkdir(parents=True, exist_ok=True)
         with atomic_write(out / "run.json", "w") as f:
-            json.dump({"recipe": recipe.to_dict(), "dataset": dataset_name}, f, indent=1)
+            json.dump({"recipe": recipe.to_dict(), "dataset": dataset_name,
+                       **({"data": source} if source else {})}, f, indent=1)  # fmt: skip
     _say(f"training recipe '{recipe.name}' on {dataset_name}: {recipe.description}")
     _say(f"run directory {out} (continue an interrupted run with: barenet train --resume {out})")
     monitor = Monitor(members=recipe.members, classes=list(dataset.spec.classes))
     with _watching(monitor, args):
-        return _train_members(args, recipe, dataset, out, monitor, start)
+        return _train_members(args, recipe, dataset, out, monitor, start, source)
+
+
+_PREPARED = {"photo": "prepared as photos of digits are (--prepare resize keeps them as they are)",
+             "resize": "kept as they are, in grey (--prepare photo prepares them as digits)",
+             "as is": "as the file holds them"}  # fmt: skip
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-.") or "data"
+
+
+def _load_own_again(source: dict[str, Any]) -> datasets.Dataset:
+    """A resumed run's own data, loaded and prepared as at the start, and checked unchanged."""
+    from ..data.own import load_own
+
+    layout_is_folder = source.get("layout") == "folder"
+    dataset, own = load_own(source["path"], source["prepare"] if layout_is_folder else "auto",
+                            int(source["size"]) if layout_is_folder else None,
+                            source.get("invert") if layout_is_folder else None)  # fmt: skip
+    if own.fingerprint != source.get("fingerprint"):
+        raise BarenetError(f"{source['path']}: the data changed since the run started; start a "
+                           "new run (or put the data back)")  # fmt: skip
+    return dataset
 
 
 @contextlib.contextmanager
@@ -210,7 +268,8 @@ def _watching(monitor: Any, args: argparse.Namespace) -> Iterator[None]:
 
 
 def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.Dataset,
-                   out: Path, monitor: Any, start: float) -> int:  # fmt: skip
+                   out: Path, monitor: Any, start: float,
+                   source: dict[str, Any] | None) -> int:  # fmt: skip
     from ..files.modelfile import load_model, save_model
     from ..train.ensemble import average_proba
     from ..train.loop import fit, to_inputs
@@ -242,7 +301,7 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
             "barenet_version": __version__,
             "recipe": recipe.to_dict(),
             "seed": seed,
-            "dataset": _dataset_metadata(dataset),
+            "dataset": _dataset_metadata(dataset, source),
             "val_accuracy": result.val_accuracy,
             "test_accuracy": result.test_accuracy,
             "train_seconds": sum(e.seconds for e in result.history.epochs),
@@ -263,15 +322,21 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
             break
     _, _, x_val, y_val = dataset.split(recipe.val_size)
     val = float(np.mean(average_proba(models, to_inputs(x_val)).argmax(axis=1) == y_val))
-    test = float(np.mean(average_proba(models, to_inputs(dataset.test_images)).argmax(axis=1)
-                         == dataset.test_labels))  # fmt: skip
+    test = math.nan
+    if len(dataset.test_labels):
+        test = float(np.mean(average_proba(models, to_inputs(dataset.test_images)).argmax(axis=1)
+                             == dataset.test_labels))  # fmt: skip
     if recipe.members > 1:
         with atomic_write(out / "ensemble.json", "w") as f:
             json.dump({"members": [str(p.relative_to(out)) for p in paths],
                        "val_accuracy": val, "test_accuracy": test}, f, indent=1)  # fmt: skip
     what = f"ensemble of {len(models)} " if len(models) > 1 else ""
     print(f"{what}validation accuracy {100 * val:.2f}%")
-    print(f"{what}test accuracy       {100 * test:.2f}%")
+    if math.isnan(test):
+        print(f"{what}test accuracy       none: the data has no held-out test set (measure "
+              f"one with: barenet evaluate {out} --data HELD_OUT)")  # fmt: skip
+    else:
+        print(f"{what}test accuracy       {100 * test:.2f}%")
     print(f"training time       {train_seconds:.1f} s ({time.perf_counter() - start:.1f} s in all)")
     print(f"model saved to      {paths[0] if len(paths) == 1 else out}")
     return 0
@@ -296,6 +361,22 @@ def _models_test_set(
     from ..train.ensemble import dataset_name
     from ..train.loop import to_inputs
 
+    d = metas[0].get("dataset")
+    trained_on: dict[str, Any] = d if isinstance(d, dict) else {}
+    if getattr(args, "data", None) is not None:  # a held-out set of one's own
+        from ..data.own import held_out
+
+        if args.dataset:
+            raise BarenetError("--data measures on your own held-out set, --dataset on a "
+                               "built-in one: give one of them")  # fmt: skip
+        source = trained_on.get("source") or {"prepare": "photo", "size": 28}
+        dataset = held_out(args.data, source, _class_names(models, metas))
+        inputs = to_inputs(dataset.test_images)
+        _check_fits(models, inputs.shape[1], len(dataset.spec.classes), str(args.data))
+        return dataset, inputs
+    if trained_on.get("source"):
+        raise BarenetError(f"the model was trained on your own data ({trained_on['source'].get('path')}): "
+                           "measure it on a held-out set with --data PATH")  # fmt: skip
     own = dataset_name(metas[0])
     if args.dataset and own and args.dataset != own:
         raise BarenetError(
@@ -325,7 +406,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     confusion = np.zeros((C, C), dtype=np.int64)
     np.add.at(confusion, (y, predicted), 1)
     what = f", an ensemble of {len(models)} models" if len(models) > 1 else ""
-    print(f"{name} test set: {len(y)} images{what}")
+    where = f"held-out set {args.data}" if args.data else f"{name} test set"
+    print(f"{where}: {len(y)} images{what}")
     print(f"test accuracy {100 * float(np.mean(predicted == y)):.2f}%")
     print("per-class accuracy:")
     for c, label in enumerate(dataset.spec.classes):
@@ -352,8 +434,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise BarenetError("no image to classify: give one or more image files after the model")
     models, metas = load_ensemble(model_paths or [default_model_path()])
     classes = _class_names(models, metas)
-    images = np.stack([load_digit(p) for p in image_paths])  # (K, 28, 28) uint8
-    _check_fits(models, 28 * 28, None, "28x28 images")
+    d = metas[0].get("dataset")
+    source = (d.get("source") if isinstance(d, dict) else None) or {}
+    side = int(source.get("size", 28))
+    if source.get("prepare") == "resize" or (source and side != 28):
+        from ..data.own import load_resized  # kept as they are, as the model's data was
+
+        invert = bool(source.get("invert", False))
+        images = np.stack([load_resized(p, side, invert) for p in image_paths])
+    else:
+        images = np.stack([load_digit(p) for p in image_paths])  # (K, 28, 28) uint8
+    _check_fits(models, side * side, None, f"{side}x{side} images")
     probs = average_proba(models, to_inputs(images))
     if args.show is not None:
         from PIL import Image
@@ -561,6 +652,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", choices=data_names,
                    help="default: mnist; a recipe may have settings of its own for a dataset "
                    "(mlp and cnn on fashion-mnist)")  # fmt: skip
+    p.add_argument("--data", metavar="PATH",
+                   help="your own data: a folder of class folders of images, a CSV file "
+                   "(label,pixel0,...) or a folder of IDX files (docs/own-data.md)")  # fmt: skip
+    p.add_argument("--prepare", choices=["auto", "photo", "resize"],
+                   help="--data images: 'photo' prepares them as barenet predict prepares a "
+                   "photo of a digit, 'resize' keeps them as they are (in grey, resized); "
+                   "default auto: resize when all are at most 64 pixels a side")  # fmt: skip
+    p.add_argument("--image-size", type=_positive_int, metavar="N",
+                   help="--data images with --prepare resize: N x N (default: their "
+                   "commonest size)")  # fmt: skip
     p.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs")
     p.add_argument("--lr", type=_positive_float, help="override the recipe's peak learning rate")
     p.add_argument("--batch-size", type=_positive_int, help="override the recipe's batch size")
@@ -595,6 +696,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model.npz files or run directories; several are averaged as an "
                    "ensemble")  # fmt: skip
     p.add_argument("--dataset", choices=data_names, help=MODEL_DATASET_HELP)
+    p.add_argument("--data", metavar="PATH",
+                   help="a held-out set of your own, in a --data layout of barenet train; "
+                   "class names must be among the model's")  # fmt: skip
     _add_data_dir(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -622,6 +726,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a run directory (with history.json) or a model.npz file")
     p.add_argument("--out", help="where to write the PNG files (default: <run dir>/plots)")
     p.add_argument("--dataset", choices=data_names, help=MODEL_DATASET_HELP)
+    p.add_argument("--data", metavar="PATH",
+                   help="a held-out set of your own, in a --data layout of barenet train; "
+                   "class names must be among the model's")  # fmt: skip
     _add_data_dir(p)
     p.set_defaults(func=cmd_plot)
 

@@ -362,6 +362,8 @@ def fit(
         model=model,
         history=history,
         val_accuracy=val_accuracy,
-        test_accuracy=accuracy(model, dataset.test_images, dataset.test_labels),
+        test_accuracy=accuracy(model, dataset.test_images, dataset.test_labels)
+        if len(dataset.test_labels)
+        else math.nan,  # data of one's own without a held-out part
         train_seconds=seconds,
     )
