@@ -546,6 +546,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ..files.onnxfile import export_onnx, parameters_in
     from ..train.ensemble import load_ensemble
 
+    if args.web is not None:
+        return _export_web(args)
+    if not args.paths:
+        raise BarenetError("give the ONNX file to write (MODEL... FILE.onnx), or --web DIR")
     *model_paths, target = args.paths
     if Path(target).suffix != ".onnx":
         raise BarenetError(f"the last argument names the ONNX file to write: {target!r} does "
@@ -561,6 +565,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     what = f"an ensemble of {len(models)} models" if len(models) > 1 else "one model"
     print(f"{path}: {what}, {parameters_in(models):,} weights; input 'image' (N, 1, {side}, "
           f"{side}) in [0, 1], output 'probabilities' (N, {models[0].num_classes})")  # fmt: skip
+    return 0
+
+
+def _export_web(args: argparse.Namespace) -> int:
+    from ..train.ensemble import load_ensemble
+    from .webdemo import export_web
+
+    onnx = [p for p in args.paths if p.endswith(".onnx")]
+    if onnx:
+        raise BarenetError(f"--web writes a folder; {onnx[0]} names an ONNX file: give one or "
+                           "the other")  # fmt: skip
+    models, metas = load_ensemble(args.paths or [default_model_path()])
+    meta = metas[0]
+    recipe = (meta.get("recipe") or {}).get("name", "a model")
+    val = meta.get("val_accuracy")
+    what = f"an ensemble of {len(models)} '{recipe}' networks" if len(models) > 1 else \
+        f"a '{recipe}' network"  # fmt: skip
+    about = f"The network: {what}" + (f", {100 * val:.2f}% on its validation digits."
+                                       if isinstance(val, float) else ".")  # fmt: skip
+    path = export_web(models, _class_names(models, metas), args.web, about=about,
+                      version=__version__)  # fmt: skip
+    size = sum(f.stat().st_size for f in path.iterdir())
+    print(f"{path}/: index.html, barenet.js, prepare.js, model.js ({size / 1e6:.1f} MB); put the "
+          f"folder on any static web host, or open {path / 'index.html'} in a browser")  # fmt: skip
     return 0
 
 
@@ -754,9 +782,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.set_defaults(func=cmd_gradcheck)
 
-    p = sub.add_parser("export", help="write a model or an ensemble as an ONNX file")
-    p.add_argument("paths", nargs="+", metavar="MODEL... FILE.onnx",
-                   help="models (default: the packaged one), then the file to write")  # fmt: skip
+    p = sub.add_parser("export", help="write a model or an ensemble as an ONNX file, or as a "
+                       "static web page that runs it in the browser")  # fmt: skip
+    p.add_argument("paths", nargs="*", metavar="MODEL... FILE.onnx",
+                   help="models (default: the packaged one), then the ONNX file to write")  # fmt: skip
+    p.add_argument("--web", metavar="DIR",
+                   help="instead, write a draw-a-digit page for any static web host into DIR "
+                   "(the network computed in the browser)")  # fmt: skip
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("trace", help="one small batch through a model, layer by layer, with "
