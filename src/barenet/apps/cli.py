@@ -141,6 +141,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if getattr(args, k) is not None
     }
     source: dict[str, Any] | None = None  # your own data: where from and how prepared
+    if args.ray is not None and args.watch:
+        raise BarenetError("--watch shows one training in this process; --ray trains members "
+                           "elsewhere: give one of them")  # fmt: skip
     if args.resume is not None:
         given = [f"--{k.replace('_', '-')}" for k in ("recipe", "dataset", "out", "data",
                                                        "prepare", "image_size", *overrides)
@@ -182,7 +185,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                  f"{len(dataset.test_labels):,}")  # fmt: skip
         else:
             dataset_name = args.dataset or "mnist"
-        base = get_recipe(args.recipe or "seed", "mnist" if source else dataset_name)
+        base = _recipe(args.recipe or "seed", "mnist" if source else dataset_name)
         recipe = dataclasses.replace(base, **overrides)
         if source is not None:  # the validation split as MNIST's: 1/12 of the training set
             recipe = dataclasses.replace(
@@ -218,6 +221,25 @@ def cmd_train(args: argparse.Namespace) -> int:
 _PREPARED = {"photo": "prepared as photos of digits are (--prepare resize keeps them as they are)",
              "resize": "kept as they are, in grey (--prepare photo prepares them as digits)",
              "as is": "as the file holds them"}  # fmt: skip
+
+
+def _recipe_name(text: str) -> str:
+    """--recipe: a recipe's name, or a JSON file of one (`barenet sweep`'s best.json)."""
+    if text in RECIPES or text.endswith(".json"):
+        return text
+    raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
+                                     f"{', '.join(RECIPES)}, or give a recipe's .json file)")  # fmt: skip
+
+
+def _recipe(name: str, dataset_name: str) -> Recipe:
+    if not name.endswith(".json"):
+        return get_recipe(name, dataset_name)
+    try:
+        return Recipe.from_dict(json.loads(Path(name).read_text()))
+    except FileNotFoundError:
+        raise BarenetError(f"{name}: no such recipe file") from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise BarenetError(f"{name}: not a recipe ({e})") from None
 
 
 def _slug(name: str) -> str:
@@ -274,33 +296,30 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
     from ..train.ensemble import average_proba
     from ..train.loop import fit, to_inputs
 
-    models, paths, train_seconds = [], [], 0.0
+    trained: dict[int, tuple[Any, Path]] = {}  # member index -> (model, model file)
+    todo = []
     for k in range(recipe.members):
         where = out if recipe.members == 1 else out / f"member-{k + 1}"
-        seed = recipe.seed + k
-        checkpoint = where / "checkpoint.npz"
         if args.resume is not None and (where / "model.npz").exists():
             model, meta = load_model(where / "model.npz")
             if not meta.get("stopped_at"):
                 _say(f"member {k + 1}/{recipe.members} already trained: {where / 'model.npz'}")
-                models.append(model)
-                paths.append(where / "model.npz")
+                trained[k] = (model, where / "model.npz")
                 continue
             _say(f"member {k + 1}/{recipe.members} was stopped early: continuing it")
-        if recipe.members > 1:
-            _say(f"member {k + 1}/{recipe.members} (seed {seed})")
-        where.mkdir(parents=True, exist_ok=True)
-        monitor.member = k + 1
-        result = fit(recipe, dataset, seed=seed, progress=not args.no_progress, log=_say,
-                     checkpoint_seconds=60 * args.checkpoint_minutes, monitor=monitor,
-                     checkpoint=checkpoint, resume=args.resume is not None)  # fmt: skip
-        monitor.save(where / "watch.json")
+        todo.append(k)
+    train_seconds = 0.0
+
+    def save(k: int, result: Any) -> bool:
+        """Member k's model, history and events; True when it was stopped early."""
+        nonlocal train_seconds
+        where = out if recipe.members == 1 else out / f"member-{k + 1}"
         train_seconds += result.train_seconds
         stopped = result.history.stopped_at
         metadata: dict[str, Any] = {
             "barenet_version": __version__,
             "recipe": recipe.to_dict(),
-            "seed": seed,
+            "seed": recipe.seed + k,
             "dataset": _dataset_metadata(dataset, source),
             "val_accuracy": result.val_accuracy,
             "test_accuracy": result.test_accuracy,
@@ -308,18 +327,40 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **({"stopped_at": stopped} if stopped else {}),
         }
-        paths.append(save_model(where / "model.npz", result.model, metadata))
+        path = save_model(where / "model.npz", result.model, metadata)
         _write_history(where, recipe.to_dict(), result.history)
-        if not stopped:
-            checkpoint.unlink(missing_ok=True)  # the model is saved: nothing left to resume
-        models.append(result.model)
+        if not stopped:  # the model is saved: nothing left to resume
+            (where / "checkpoint.npz").unlink(missing_ok=True)
+        trained[k] = (result.model, path)
         if recipe.members > 1:
             _say(f"member {k + 1}: validation {100 * result.val_accuracy:.2f}%, "
                  f"test {100 * result.test_accuracy:.2f}%")  # fmt: skip
-        if stopped or monitor.stop_requested:
+        return bool(stopped)
+
+    if args.ray is not None and todo:
+        from .cluster import train_members_on_ray
+
+        for k, result in train_members_on_ray(
+            args.ray, recipe, dataset, out, todo, checkpoint_minutes=args.checkpoint_minutes,
+            threads=args.threads_per_member, say=_say,
+        ):  # fmt: skip
+            save(k, result)
+    for k in todo if args.ray is None else []:
+        where = out if recipe.members == 1 else out / f"member-{k + 1}"
+        if recipe.members > 1:
+            _say(f"member {k + 1}/{recipe.members} (seed {recipe.seed + k})")
+        where.mkdir(parents=True, exist_ok=True)
+        monitor.member = k + 1
+        result = fit(recipe, dataset, seed=recipe.seed + k, progress=not args.no_progress,
+                     log=_say, checkpoint_seconds=60 * args.checkpoint_minutes, monitor=monitor,
+                     checkpoint=where / "checkpoint.npz", resume=args.resume is not None)  # fmt: skip
+        monitor.save(where / "watch.json")
+        if save(k, result) or monitor.stop_requested:
             _say(f"stopped: the model as it stands is saved; continue the run with: "
                  f"barenet train --resume {out}")  # fmt: skip
             break
+    models = [trained[k][0] for k in sorted(trained)]
+    paths = [trained[k][1] for k in sorted(trained)]
     _, _, x_val, y_val = dataset.split(recipe.val_size)
     val = float(np.mean(average_proba(models, to_inputs(x_val)).argmax(axis=1) == y_val))
     test = math.nan
@@ -393,6 +434,49 @@ def _class_names(models: Sequence[Any], metas: Sequence[dict[str, Any]]) -> list
     """The class names the models' metadata holds (checked by load_model), else "0", "1", ..."""
     named = (metas[0].get("dataset") or {}).get("classes")
     return list(named) if named else [str(c) for c in range(models[0].num_classes)]
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .cluster import import_ray
+
+    import_ray()  # one line saying what to install, before anything else
+    from .sweep import parse_grid, parse_space, sweep
+
+    grid, space = parse_grid(args.grid), parse_space(args.space)
+    if not grid and not space:
+        raise BarenetError("nothing to sweep: give --grid FIELD=V1,V2,... or --random N with "
+                           "--space FIELD=LOW:HIGH")  # fmt: skip
+    if space and not args.random:
+        raise BarenetError("--space ranges need --random N (how many settings to sample)")
+    if args.data is not None and args.dataset is not None:
+        raise BarenetError("--data is your own data, --dataset a built-in one: give one of them")
+    if args.data is not None:
+        from ..data.own import load_own
+
+        dataset, _ = load_own(args.data)
+        dataset_name = "mnist"
+    else:
+        dataset_name = args.dataset or "mnist"
+        dataset = _load_dataset(dataset_name, args.data_dir)
+    recipe = _recipe(args.recipe or "seed", dataset_name)
+    if args.epochs:
+        recipe = dataclasses.replace(recipe, epochs=args.epochs)
+    if args.data is not None:
+        recipe = dataclasses.replace(
+            recipe, val_size=min(recipe.val_size, max(1, len(dataset.train_labels) // 12))
+        )
+    out = Path(args.out)
+    best = sweep(recipe, dataset, grid=grid, space=space, samples=args.random, seeds=args.seeds,
+                 asha=args.asha, address=args.ray, out=out, say=_say)  # fmt: skip
+    from .sweep import settings_text
+
+    fields = [*grid, *space]
+    print(
+        f"best: {settings_text(best, fields)}: validation {100 * best['val_mean']:.2f}%"
+        + (f" ± {100 * best['val_std']:.2f}" if args.seeds > 1 else "")
+    )
+    print(f"results: {out / 'results.csv'}; train it: barenet train --recipe {out / 'best.json'}")
+    return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -676,7 +760,9 @@ def build_parser() -> argparse.ArgumentParser:
     data_names = list(datasets.DATASETS)
 
     p = sub.add_parser("train", help="train a recipe and save the model")
-    p.add_argument("--recipe", choices=list(RECIPES), help="default: seed")
+    p.add_argument("--recipe", type=_recipe_name, metavar="RECIPE",
+                   help=f"{', '.join(RECIPES)} (default: seed), or a recipe's .json file "
+                   "(barenet sweep writes one)")  # fmt: skip
     p.add_argument("--dataset", choices=data_names,
                    help="default: mnist; a recipe may have settings of its own for a dataset "
                    "(mlp and cnn on fashion-mnist)")  # fmt: skip
@@ -717,7 +803,59 @@ def build_parser() -> argparse.ArgumentParser:
         help="--watch: where the page listens (default: 127.0.0.1, this machine only)",
     )
     p.add_argument("--port", type=_port, default=8000, help="--watch: default 8000")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="train the members in parallel as Ray tasks: 'local' (the default) "
+                   "starts Ray here, host:port joins a cluster (pip install '.[ray]'; "
+                   "docs/scale.md)")  # fmt: skip
+    p.add_argument(
+        "--threads-per-member",
+        type=_positive_int,
+        default=1,
+        metavar="N",
+        help="--ray: CPUs (BLAS threads) each member's task takes (default 1)",
+    )
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("sweep", help="choose a recipe's settings on validation, trials on Ray Tune")
+    p.add_argument("--recipe", type=_recipe_name, metavar="RECIPE", help="the recipe to vary "
+                   "(default: seed)")  # fmt: skip
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2,...",
+        help="every value of a recipe field (tuples as 32-64); repeat for more fields",
+    )
+    p.add_argument(
+        "--random",
+        type=_positive_int,
+        default=0,
+        metavar="N",
+        help="N settings sampled from the --space ranges (with --grid: N per grid point)",
+    )
+    p.add_argument("--space", action="append", default=[], metavar="FIELD=LOW:HIGH[:log]",
+                   help="a range to sample a number field from")  # fmt: skip
+    p.add_argument(
+        "--seeds",
+        type=_positive_int,
+        default=1,
+        metavar="K",
+        help="networks per trial (seeds seed..seed+K-1): its score is their mean",
+    )
+    p.add_argument("--epochs", type=_positive_int, help="override the recipe's epochs")
+    p.add_argument("--asha", action="store_true", help="stop hopeless trials early (ASHA)")
+    p.add_argument(
+        "--ray",
+        default="local",
+        metavar="ADDRESS",
+        help="'local' (default: Ray on this machine) or a cluster's host:port",
+    )
+    p.add_argument("--dataset", type=_dataset_name, help="default: mnist")
+    p.add_argument("--data", metavar="PATH", help="your own data (as barenet train --data)")
+    p.add_argument("--out", required=True, help="where results.csv, best.json and Tune's "
+                   "record go (an interrupted sweep there resumes)")  # fmt: skip
+    _add_data_dir(p)
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("evaluate", help="test accuracy, per-class accuracy, confusion matrix")
     p.add_argument("models", nargs="+", metavar="MODEL",
