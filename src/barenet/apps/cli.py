@@ -144,6 +144,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.ray is not None and args.watch:
         raise BarenetError("--watch shows one training in this process; --ray trains members "
                            "elsewhere: give one of them")  # fmt: skip
+    if args.ray is not None:  # Ray present and the cluster reachable, before anything is written
+        from .cluster import connect, import_ray
+
+        connect(args.ray, import_ray())
     if args.resume is not None:
         given = [f"--{k.replace('_', '-')}" for k in ("recipe", "dataset", "out", "data",
                                                        "prepare", "image_size", *overrides)

@@ -21,6 +21,7 @@ and apps/sweep.py are the only ones that import it.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,21 @@ def import_ray() -> Any:
     return ray
 
 
+def _reachable(address: str) -> None:
+    """A clear error, at once, for an address that is not host:port or where nothing listens
+    (Ray itself would retry for minutes)."""
+    if address == "auto":  # Ray's own: the cluster this machine belongs to
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise BarenetError(f"--ray {address!r}: give 'local' or a cluster's head as HOST:PORT "
+                           "(the address `ray start --head` prints)")  # fmt: skip
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as e:
+        raise BarenetError(f"cannot reach a Ray cluster at {address}: {e.strerror or e}") from None
+
+
 def connect(address: str, ray: Any) -> None:
     """Start Ray on this machine (`local`) or join the cluster at `address` (host:port)."""
     if ray.is_initialized():
@@ -57,6 +73,7 @@ def connect(address: str, ray: Any) -> None:
             os.environ.setdefault("RAY_worker_niceness", "0")
             ray.init(num_cpus=os.cpu_count(), **kwargs)
         else:
+            _reachable(address)
             ray.init(address=address, **kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise BarenetError(

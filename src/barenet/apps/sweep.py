@@ -123,7 +123,7 @@ class _Reporter(Monitor):
 
     def epoch(self, record: EpochRecord, proba: Any, labels: Any, images: Any) -> None:
         self.report({"val_accuracy": record.val_accuracy, "epoch": record.epoch,
-                     "seed_index": self.seed_index, "done": False})  # fmt: skip
+                     "seed_index": self.seed_index, "final": False})  # fmt: skip
 
 
 def _trial(config: dict[str, Any], *, base: dict[str, Any], seeds: int, data: Any,
@@ -145,7 +145,7 @@ def _trial(config: dict[str, Any], *, base: dict[str, Any], seeds: int, data: An
             finals.append(history.epochs[-1].val_accuracy)
     tune.report({"val_accuracy": float(np.mean(finals)), "val_mean": float(np.mean(finals)),
                  "val_std": float(np.std(finals)), "epoch": recipe.epochs, "seed_index": seeds,
-                 "seconds": time.perf_counter() - start, "done": True})  # fmt: skip
+                 "seconds": time.perf_counter() - start, "final": True})  # fmt: skip
 
 
 def sweep(recipe: Recipe, dataset: Any, *, grid: dict[str, list[Any]],
@@ -251,7 +251,7 @@ def _row(trial: Any, fields: list[str]) -> dict[str, Any]:
     """A trial (a live Trial, or a finished Result) as a row of results.csv."""
     last = getattr(trial, "last_result", None) or getattr(trial, "metrics", None) or {}
     config = getattr(trial, "config", None) or last.get("config", {})
-    done = bool(last.get("done"))
+    done = bool(last.get("final"))
     trial_id = getattr(trial, "trial_id", None) or last.get("trial_id", "")
     error = getattr(trial, "error", None)
     path = getattr(trial, "error_file", None)
