@@ -192,3 +192,31 @@ def test_the_page_works_opened_from_the_disk(tmp_path, browser, mnist):
     assert int(np.argmax(p)) == mnist.test_labels[0]
     assert page.inner_text("#prediction").rstrip("?") == str(mnist.test_labels[0])
     page.close()
+
+
+@needs_chromium
+def test_a_model_of_images_kept_as_they_were_gets_drawings_prepared_so(tmp_path, browser):
+    """A model trained with `--prepare resize` on dark-on-light images: the page resizes and
+    inverts a drawing as load_resized does, not as a photo of a digit."""
+    from barenet.data.own import load_resized
+    from barenet.nn.model import mlp
+
+    net = mlp([784, 16, 3], rng=np.random.default_rng(0))
+    site = export_web([net], ["a", "b", "c"], tmp_path / "site", about="", version="0",
+                      source={"prepare": "resize", "size": 28, "invert": True})  # fmt: skip
+    page = browser.new_page()
+    page.goto((site / "index.html").as_uri())
+    assert page.evaluate("demo.model.prepare") == "resize" and page.evaluate("demo.model.invert")
+    box = page.locator("#pad").bounding_box()
+    page.mouse.move(box["x"] + 60, box["y"] + 200)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 220, box["y"] + 60, steps=8)
+    page.mouse.up()
+    page.wait_for_function("document.body.dataset.strokes === '1'")
+    seen = np.array(page.evaluate("window.lastSeen"), dtype=float).reshape(28, 28)
+    png = page.evaluate("document.getElementById('pad').toDataURL('image/png')")
+    (tmp_path / "pad.png").write_bytes(base64.b64decode(png.split(",", 1)[1]))
+    expected = load_resized(tmp_path / "pad.png", 28, invert=True).astype(float)
+    assert np.abs(seen - expected).max() <= 1
+    assert seen.max() == 255  # inverted: the black pad became white
+    page.close()

@@ -672,8 +672,10 @@ def _export_web(args: argparse.Namespace) -> int:
         f"a '{recipe}' network"  # fmt: skip
     about = f"The network: {what}" + (f", {100 * val:.2f}% on its validation digits."
                                        if isinstance(val, float) else ".")  # fmt: skip
+    d = meta.get("dataset")
+    source = d.get("source") if isinstance(d, dict) else None
     path = export_web(models, _class_names(models, metas), args.web, about=about,
-                      version=__version__)  # fmt: skip
+                      version=__version__, source=source)  # fmt: skip
     size = sum(f.stat().st_size for f in path.iterdir())
     print(f"{path}/: index.html, barenet.js, prepare.js, model.js ({size / 1e6:.1f} MB); put the "
           f"folder on any static web host, or open {path / 'index.html'} in a browser")  # fmt: skip

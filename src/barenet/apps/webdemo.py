@@ -45,8 +45,8 @@ def _arrays(layer: Layer) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype="<f4") for k, v in found.items()}
 
 
-def model_script(models: Sequence[Sequential], classes: list[str], about: str,
-                 version: str) -> str:  # fmt: skip
+def model_script(models: Sequence[Sequential], classes: list[str], about: str, version: str,
+                 source: dict[str, Any] | None = None) -> str:  # fmt: skip
     """model.js: `const BARENET_MODEL = {...}` (see the module doc)."""
     chunks: list[bytes] = []
     offset = 0
@@ -65,16 +65,20 @@ def model_script(models: Sequence[Sequential], classes: list[str], about: str,
                 offset += a.size
             layers.append({**config, "params": params})
         members.append(layers)
+    resize = (source or {}).get("prepare") == "resize"
     model = {"classes": classes, "about": about, "barenet_version": version,
+             "prepare": "resize" if resize else "photo",
+             "invert": resize and bool((source or {}).get("invert")),
              "members": members, "weights": base64.b64encode(b"".join(chunks)).decode()}  # fmt: skip
     return "// written by `barenet export --web`: the model, for barenet.js\n" \
         f"const BARENET_MODEL = {json.dumps(model)};\n"  # fmt: skip
 
 
 def export_web(models: Sequence[Sequential], classes: list[str], directory: str | Path, *,
-               about: str, version: str) -> Path:  # fmt: skip
+               about: str, version: str, source: dict[str, Any] | None = None) -> Path:  # fmt: skip
     """Write the demo into `directory`, which must not exist, be empty, or hold an earlier
-    export (replaced whole). Built in a temporary folder beside it, then renamed into place:
+    export (replaced whole). `source`: how the model's own data was prepared (metadata
+    dataset.source), so that the page prepares a drawing the same way. Built in a temporary folder beside it, then renamed into place:
     an interrupted export leaves the old folder as it was."""
     target = Path(directory)
     if models[0].input_size != 28 * 28:
@@ -87,7 +91,7 @@ def export_web(models: Sequence[Sequential], classes: list[str], directory: str 
         if inside and not inside <= set(FILES):
             raise BarenetError(f"{target}: a folder with other files in it; give a new or empty "
                                "folder (an earlier export there is replaced)")  # fmt: skip
-    script = model_script(models, classes, about, version)
+    script = model_script(models, classes, about, version, source)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:

@@ -187,5 +187,12 @@ const prepare = (() => {
     return out;
   }
 
-  return {digit, greyscale, gaussianBlur, resize, otsu};
+  // rgba -> 28*28 numbers 0-255 for a model trained on images kept as they were (barenet
+  // train --data ... --prepare resize): grey, resized with Lanczos, inverted if its data was
+  function resized(rgba, H, W, invert) {
+    const small = resize(greyscale(rgba, H, W), H, W, 28, 28);
+    return Array.from(small, v => invert ? 255 - v : v);
+  }
+
+  return {digit, resized, greyscale, gaussianBlur, resize, otsu};
 })();
