@@ -292,3 +292,16 @@ def test_dense_input_gradient_takes_the_layout_of_its_input():
         dx = layer.backward(dout)
         np.testing.assert_allclose(dx, expected, rtol=1e-13, atol=1e-13)
         assert dx.flags.c_contiguous == c_order and dx.flags.f_contiguous == (not c_order)
+
+
+def test_dropconnect_masks_follow_a_seeded_rng():
+    """Built with a seeded rng and no mask_rng, DropConnect draws the same masks every time
+    (the course's chapter 4 once trained differently on every run without it)."""
+    from barenet.nn.layers import DropConnect
+
+    x = np.ones((4, 6), dtype=np.float32)
+    outs = [DropConnect(6, 5, 0.5, rng=np.random.default_rng(3)).forward(x, training=True)
+            for _ in range(2)]  # fmt: skip
+    np.testing.assert_array_equal(outs[0], outs[1])
+    other = DropConnect(6, 5, 0.5, rng=np.random.default_rng(4)).forward(x, training=True)
+    assert not np.array_equal(outs[0], other)

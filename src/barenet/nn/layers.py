@@ -177,7 +177,8 @@ class DropConnect(Dense):
 
     Arguments: as Dense, plus
         p: probability of dropping each weight, in [0, 1).
-        rng: generator of the initial weights; mask_rng: generator of the masks.
+        rng: generator of the initial weights; mask_rng: generator of the masks (default: a
+            child of rng, so that a seeded rng makes the whole training repeatable).
     """
 
     def __init__(
@@ -196,7 +197,9 @@ class DropConnect(Dense):
             raise ValueError(f"DropConnect probability must be in [0, 1), not {p}")
         super().__init__(in_features, out_features, rng=rng, init=init, dtype=dtype, xp=xp)
         self.p = p
-        self.rng = mask_rng if mask_rng is not None else np.random.default_rng()
+        if mask_rng is None:  # a seeded rng seeds the masks too (a child: its stream untouched)
+            mask_rng = rng.spawn(1)[0] if rng is not None else np.random.default_rng()
+        self.rng = mask_rng
         self._mask: Array | None = None
         self._masked: Array | None = None  # W * mask of the last training batch
 
