@@ -677,7 +677,7 @@ def _export_web(args: argparse.Namespace) -> int:
     path = export_web(models, _class_names(models, metas), args.web, about=about,
                       version=__version__, source=source)  # fmt: skip
     size = sum(f.stat().st_size for f in path.iterdir())
-    print(f"{path}/: index.html, barenet.js, prepare.js, model.js ({size / 1e6:.1f} MB); put the "
+    print(f"{path}/: index.html, barenet.js, prepare.js, pad.js, model.js ({size / 1e6:.1f} MB); put the "
           f"folder on any static web host, or open {path / 'index.html'} in a browser")  # fmt: skip
     return 0
 

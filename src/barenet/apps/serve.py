@@ -53,6 +53,7 @@ from .live import check_port, create_live_app
 
 MAX_BODY = 2_000_000  # bytes: a 280x280 canvas PNG is ~10 kB; a phone photo should be resized
 PAGE = Path(__file__).parent / "web" / "index.html"
+PAD = Path(__file__).parent / "web" / "pad.js"  # the drawing pad, shared with export --web
 TOP_UNITS = 8
 MAX_MAPS, MAX_UNITS, MAP_SIZE = 16, 64, 14  # the inside view's feature maps and units
 
@@ -178,6 +179,9 @@ def create_app(
     async def page(request: Request) -> Response:
         return HTMLResponse(PAGE.read_text(encoding="utf-8"))
 
+    async def pad_script(request: Request) -> Response:
+        return Response(PAD.read_text(encoding="utf-8"), media_type="text/javascript")
+
     async def api_predict(request: Request) -> Response:
         try:
             length = request.headers.get("content-length")
@@ -199,7 +203,7 @@ def create_app(
             return JSONResponse({"error": str(e)}, status_code=e.status)
         return JSONResponse(result)
 
-    routes: list[BaseRoute] = [Route("/", page),
+    routes: list[BaseRoute] = [Route("/", page), Route("/pad.js", pad_script),
                                Route("/api/predict", api_predict, methods=["POST"])]  # fmt: skip
     if run is not None:
         routes.append(Mount("/run", create_live_app(run, live=False)))

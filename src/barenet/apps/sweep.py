@@ -187,6 +187,8 @@ def sweep(recipe: Recipe, dataset: Any, *, grid: dict[str, list[Any]],
     rows: dict[str, dict[str, Any]] = {}
 
     class Table(tune.Callback):
+        """A row of the table as each trial ends, finished, stopped early or failed."""
+
         def on_trial_complete(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
@@ -194,12 +196,7 @@ def sweep(recipe: Recipe, dataset: Any, *, grid: dict[str, list[Any]],
             rows[trial.trial_id] = row
             say(_format(row, fields))
 
-        def on_trial_error(
-            self, iteration: int, trials: list[Any], trial: Any, **info: Any
-        ) -> None:
-            row = _row(trial, fields)
-            rows[trial.trial_id] = row
-            say(_format(row, fields))
+        on_trial_error = on_trial_complete
 
     out.mkdir(parents=True, exist_ok=True)
     storage = (out / "tune").resolve()

@@ -1,11 +1,12 @@
 """`barenet export MODEL --web DIR`: a static draw-a-digit page that runs the network in the
 browser, for any web host that serves files (or opened straight from the disk).
 
-DIR gets four files:
+DIR gets five files:
 
     index.html   the page: a drawing pad, the answer, the bars, the 28x28 image seen
     barenet.js   the forward pass of every barenet layer in plain JavaScript (~150 lines)
     prepare.js   prepare_digit's steps in JavaScript: a drawing made into MNIST's form
+    pad.js       the drawing pad, the same as `barenet serve`'s page uses
     model.js     the model: its layers (as the model file's configs), class names, and the
                  weights as one base64 string of little-endian float32
 
@@ -33,7 +34,7 @@ from ..nn.layers import Layer
 from ..nn.model import Sequential
 
 DEMO = Path(__file__).parent / "web" / "demo"
-FILES = ("index.html", "barenet.js", "prepare.js", "model.js")
+FILES = ("index.html", "barenet.js", "prepare.js", "pad.js", "model.js")
 LAYERS = {"Reshape", "Flatten", "Dense", "DropConnect", "Conv2D", "MaxPool2D", "AvgPool2D",
           "GlobalPool", "SqueezeExcite", "BatchNorm", "ReLU", "Dropout"}  # fmt: skip
 
@@ -97,6 +98,7 @@ def export_web(models: Sequence[Sequential], classes: list[str], directory: str 
     try:
         for name in FILES[:3]:
             shutil.copyfile(DEMO / name, staging / name)
+        shutil.copyfile(DEMO.parent / "pad.js", staging / "pad.js")  # the draw page's pad too
         (staging / "model.js").write_text(script, encoding="utf-8")
         staging.chmod(0o755)
         if target.exists():
