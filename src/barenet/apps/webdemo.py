@@ -13,8 +13,9 @@ DIR gets five files:
 Why a small forward pass of our own rather than onnxruntime-web: it is readable beside
 src/barenet/nn/reference.py (the point of barenet), needs no 10 MB WebAssembly runtime to ship
 or download, and with the weights in a script rather than fetched, the page works from a
-file:// URL as well as from a server. The cost is speed: a record-size network takes about a
-second per drawing in JavaScript, the `cnn` model a few milliseconds.
+file:// URL as well as from a server. The cost is speed: measured in chromium on this project's
+2-core machine, the `cnn` model answers in about 15 ms, a `record` member (2 million weights)
+in about 140 ms.
 """
 
 from __future__ import annotations
