@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -40,6 +39,7 @@ from ..nn.model import to_inputs
 from ..train.loop import EpochRecord
 from ..train.monitor import Monitor, confusion, first_layer_images
 from ..train.recipes import Recipe
+from .http import BadRequest, check_port, read_json
 
 PAGE = Path(__file__).parent / "web" / "live.html"
 POLL_SECONDS = 0.2  # how often a stream looks for new events
@@ -97,19 +97,10 @@ def create_live_app(monitor: Monitor, *, live: bool, closing: threading.Event | 
                                  headers={"Cache-Control": "no-cache"})  # fmt: skip
 
     async def control(request: Request) -> Response:
-        too_big = JSONResponse({"error": f"request body over {MAX_BODY} bytes"}, status_code=413)
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-            return too_big
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > MAX_BODY:
-                return too_big
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as e:
-            return JSONResponse({"error": f"malformed JSON ({e})"}, status_code=400)
+            payload = await read_json(request, MAX_BODY)
+        except BadRequest as e:
+            return JSONResponse({"error": str(e)}, status_code=e.status)
         action = payload.get("action") if isinstance(payload, dict) else None
         if action not in ("pause", "resume", "stop"):
             return JSONResponse({"error": 'send {"action": "pause"}, {"action": "resume"} or '
@@ -126,15 +117,6 @@ def create_live_app(monitor: Monitor, *, live: bool, closing: threading.Event | 
         Route("/api/state", state),
         Route("/api/control", control, methods=["POST"]),
     ])  # fmt: skip
-
-
-def check_port(host: str, port: int) -> None:
-    """One clear error for a taken port or a wrong host, before uvicorn starts."""
-    try:
-        with socket.create_server((host, port)):
-            pass
-    except OSError as e:
-        raise BarenetError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
 
 
 class Watch:

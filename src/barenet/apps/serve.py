@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -49,7 +48,8 @@ from ..nn.model import Sequential
 from ..nn.trace import describe
 from ..train.ensemble import average_proba
 from ..train.monitor import Monitor
-from .live import check_port, create_live_app
+from .http import BadRequest, check_port, read_json
+from .live import create_live_app
 
 MAX_BODY = 2_000_000  # bytes: a 280x280 canvas PNG is ~10 kB; a phone photo should be resized
 PAGE = Path(__file__).parent / "web" / "index.html"
@@ -89,12 +89,6 @@ def _explained(payload: dict[str, Any], classes: list[str], predicted: int) -> i
         return classes.index(e)
     raise BadRequest(422, f"'explain' must be a class index 0..{len(classes) - 1} or a class "
                      f"name, not {e!r}")  # fmt: skip
-
-
-class BadRequest(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def _pixels(payload: dict[str, Any]) -> np.ndarray:
@@ -184,18 +178,7 @@ def create_app(
 
     async def api_predict(request: Request) -> Response:
         try:
-            length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > MAX_BODY):
-                raise BadRequest(413, f"request body over {MAX_BODY} bytes")
-            body = bytearray()
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > MAX_BODY:
-                    raise BadRequest(413, f"request body over {MAX_BODY} bytes")
-            try:
-                payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise BadRequest(400, f"malformed JSON ({e})") from None
+            payload = await read_json(request, MAX_BODY)
             if not isinstance(payload, dict):
                 raise BadRequest(400, "the JSON body must be an object")
             result = await run_in_threadpool(predict, payload)
