@@ -142,8 +142,8 @@ def finished() -> Monitor:
 
 
 def test_routes_of_a_live_run(finished):
-    monitor = Monitor()
-    monitor.begin(epochs=2, steps=10, batch_size=5, recipe="r", classes=CLASSES)
+    monitor = Monitor(classes=CLASSES)
+    monitor.begin(epochs=2, steps=10, batch_size=5, recipe="r", num_classes=10)
     with TestClient(create_live_app(monitor, live=True)) as c:
         assert "watch it learn" in c.get("/").text
         state = c.get("/api/state").json()
@@ -219,8 +219,8 @@ def _read_events(port: int, n: int, timeout: float = 20) -> list[dict]:
 
 
 def test_streams_survive_a_hundred_clients_and_one_that_leaves_mid_stream():
-    monitor = Monitor()
-    monitor.begin(epochs=1, steps=100, batch_size=5, recipe="r", classes=CLASSES)
+    monitor = Monitor(classes=CLASSES)
+    monitor.begin(epochs=1, steps=100, batch_size=5, recipe="r", num_classes=10)
     watch = Watch(monitor, port=_free_port())
     port = watch.server.config.port
     try:

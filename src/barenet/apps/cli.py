@@ -191,10 +191,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             dataset_name = args.dataset or "mnist"
         base = _recipe(args.recipe or "seed", "mnist" if source else dataset_name)
         recipe = dataclasses.replace(base, **overrides)
-        if source is not None:  # the validation split as MNIST's: 1/12 of the training set
-            recipe = dataclasses.replace(
-                recipe, val_size=min(recipe.val_size, max(1, len(dataset.train_labels) // 12))
-            )
+        if source is not None:
+            recipe = _own_val_split(recipe, dataset)
         recipe.check()
         if args.out is None:
             out = _new_run_dir(Path("runs") / f"{recipe.name}-{_slug(dataset_name)}")
@@ -244,6 +242,20 @@ def _recipe(name: str, dataset_name: str) -> Recipe:
         raise BarenetError(f"{name}: no such recipe file") from None
     except (ValueError, TypeError, KeyError) as e:
         raise BarenetError(f"{name}: not a recipe ({e})") from None
+
+
+def _own_source(meta: dict[str, Any]) -> dict[str, Any]:
+    """How a model's own data was prepared (metadata dataset.source); {} for a built-in set."""
+    d = meta.get("dataset")
+    source = d.get("source") if isinstance(d, dict) else None
+    return source if isinstance(source, dict) else {}
+
+
+def _own_val_split(recipe: Recipe, dataset: datasets.Dataset) -> Recipe:
+    """Own data's validation split as MNIST's: a twelfth of the training set, at most the
+    recipe's."""
+    n = len(dataset.train_labels)
+    return dataclasses.replace(recipe, val_size=min(recipe.val_size, max(1, n // 12)))
 
 
 def _slug(name: str) -> str:
@@ -406,21 +418,20 @@ def _models_test_set(
     from ..train.ensemble import dataset_name
     from ..train.loop import to_inputs
 
-    d = metas[0].get("dataset")
-    trained_on: dict[str, Any] = d if isinstance(d, dict) else {}
+    own_source = _own_source(metas[0])
     if getattr(args, "data", None) is not None:  # a held-out set of one's own
         from ..data.own import held_out
 
         if args.dataset:
             raise BarenetError("--data measures on your own held-out set, --dataset on a "
                                "built-in one: give one of them")  # fmt: skip
-        source = trained_on.get("source") or {"prepare": "photo", "size": 28}
+        source = own_source or {"prepare": "photo", "size": 28}  # MNIST's digits: as photos
         dataset = held_out(args.data, source, _class_names(models, metas))
         inputs = to_inputs(dataset.test_images)
         _check_fits(models, inputs.shape[1], len(dataset.spec.classes), str(args.data))
         return dataset, inputs
-    if trained_on.get("source"):
-        raise BarenetError(f"the model was trained on your own data ({trained_on['source'].get('path')}): "
+    if own_source:
+        raise BarenetError(f"the model was trained on your own data ({own_source.get('path')}): "
                            "measure it on a held-out set with --data PATH")  # fmt: skip
     own = dataset_name(metas[0])
     if args.dataset and own and args.dataset != own:
@@ -466,9 +477,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.epochs:
         recipe = dataclasses.replace(recipe, epochs=args.epochs)
     if args.data is not None:
-        recipe = dataclasses.replace(
-            recipe, val_size=min(recipe.val_size, max(1, len(dataset.train_labels) // 12))
-        )
+        recipe = _own_val_split(recipe, dataset)
     out = Path(args.out)
     best = sweep(recipe, dataset, grid=grid, space=space, samples=args.random, seeds=args.seeds,
                  asha=args.asha, address=args.ray, out=out, say=_say)  # fmt: skip
@@ -522,8 +531,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise BarenetError("no image to classify: give one or more image files after the model")
     models, metas = load_ensemble(model_paths or [default_model_path()])
     classes = _class_names(models, metas)
-    d = metas[0].get("dataset")
-    source = (d.get("source") if isinstance(d, dict) else None) or {}
+    source = _own_source(metas[0])
     side = int(source.get("size", 28))
     if source.get("prepare") == "resize" or (source and side != 28):
         from ..data.own import load_resized  # kept as they are, as the model's data was
@@ -672,10 +680,8 @@ def _export_web(args: argparse.Namespace) -> int:
         f"a '{recipe}' network"  # fmt: skip
     about = f"The network: {what}" + (f", {100 * val:.2f}% on its validation digits."
                                        if isinstance(val, float) else ".")  # fmt: skip
-    d = meta.get("dataset")
-    source = d.get("source") if isinstance(d, dict) else None
     path = export_web(models, _class_names(models, metas), args.web, about=about,
-                      version=__version__, source=source)  # fmt: skip
+                      version=__version__, source=_own_source(meta))  # fmt: skip
     size = sum(f.stat().st_size for f in path.iterdir())
     print(f"{path}/: index.html, barenet.js, prepare.js, pad.js, model.js ({size / 1e6:.1f} MB); put the "
           f"folder on any static web host, or open {path / 'index.html'} in a browser")  # fmt: skip

@@ -178,7 +178,7 @@ def _monitor_from_history(run_dir: Path) -> Monitor:
     dataset = datasets.load(name)
     monitor = Monitor(classes=list(dataset.spec.classes))
     monitor.begin(epochs=recipe.epochs, steps=0, batch_size=recipe.batch_size,
-                  recipe=recipe.name, classes=list(dataset.spec.classes), done=records)  # fmt: skip
+                  recipe=recipe.name, num_classes=model.num_classes, done=records)  # fmt: skip
     filters = first_layer_images(model, dataset.train_images.shape[1])
     if filters is not None:
         monitor.emit(filters)

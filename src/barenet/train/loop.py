@@ -200,8 +200,7 @@ def train(
     saved = time.monotonic()  # when the last checkpoint was written
     if monitor is not None:
         monitor.begin(epochs=recipe.epochs, steps=steps, batch_size=B, recipe=recipe.name,
-                      first_epoch=first, done=history.epochs,
-                      classes=monitor.classes or [str(c) for c in range(model.num_classes)])  # fmt: skip
+                      num_classes=model.num_classes, first_epoch=first, done=history.epochs)  # fmt: skip
 
     def save(epoch: int, part: EpochSoFar | None = None) -> None:
         nonlocal saved
@@ -313,7 +312,7 @@ def train(
         say(f"epoch {record.epoch}/{recipe.epochs}  loss {record.train_loss:.4f}  "
             f"train {100 * record.train_accuracy:.2f}%{val}  {record.seconds:.2f} s{extra}")  # fmt: skip
         if monitor is not None:
-            monitor.epoch(record, proba, y_val, x_val if proba is not None else None)
+            monitor.epoch(record, proba, y_val, x_val)
         if checkpoint is not None:
             save(epoch + 1)
     if monitor is not None:

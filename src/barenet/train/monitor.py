@@ -137,10 +137,12 @@ class Monitor:
             else:
                 self._latest[event["type"]] = event
 
-    def begin(self, *, epochs: int, steps: int, batch_size: int, recipe: str,
-              classes: list[str], first_epoch: int = 0, done: Sequence[Any] = ()) -> None:  # fmt: skip
+    def begin(self, *, epochs: int, steps: int, batch_size: int, recipe: str, num_classes: int,
+              first_epoch: int = 0, done: Sequence[Any] = ()) -> None:  # fmt: skip
         """A member's training starts, or resumes after `first_epoch` epochs whose records
-        are `done`: a fresh page, with those epochs on it."""
+        are `done`: a fresh page, with those epochs on it. Classes are named by `classes`, or
+        "0", "1", ... when the monitor was given none."""
+        classes = self.classes or [str(c) for c in range(num_classes)]
         with self._lock:
             self._events, self._latest = [], {}
         self._window, self._images = None, 0
