@@ -19,3 +19,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "mnist" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+def draw(page, strokes, ready: str = "document.body.dataset.strokes === '{n}'") -> None:
+    """Draw `strokes` (lists of (x, y) in the 280x280 pad's coordinates) on a page's #pad with
+    the mouse, as a person draws, waiting after the n-th stroke until the JavaScript `ready`
+    (with {n}) holds: the draw page of `barenet serve` and the static page share the pad."""
+    box = page.locator("#pad").bounding_box()
+    assert box is not None
+    for n, stroke in enumerate(strokes, start=1):
+        page.mouse.move(box["x"] + stroke[0][0], box["y"] + stroke[0][1])
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x, box["y"] + y, steps=6)
+        page.mouse.up()
+        page.wait_for_function(ready.format(n=n))

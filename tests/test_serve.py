@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 import uvicorn
+from conftest import draw
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -214,19 +215,11 @@ def test_drawing_in_a_real_browser(live_server):
         try:
             page = browser.new_page()
             page.goto(live_server)
-            box = page.locator("#pad").bounding_box()
-            assert box is not None
             for label, strokes in digits.items():
                 page.click("#clear")
-                for n, stroke in enumerate(strokes, start=1):
-                    page.mouse.move(box["x"] + stroke[0][0], box["y"] + stroke[0][1])
-                    page.mouse.down()
-                    for x, y in stroke[1:]:
-                        page.mouse.move(box["x"] + x, box["y"] + y, steps=6)
-                    page.mouse.up()
-                    # After each stroke the page asks the server and redraws the bars.
-                    page.wait_for_function(f"document.body.dataset.strokes === '{n}' && "
-                                           "document.body.dataset.busy === '0'")  # fmt: skip
+                # After each stroke the page asks the server and redraws the bars.
+                draw(page, strokes, "document.body.dataset.strokes === '{n}' && "
+                                    "document.body.dataset.busy === '0'")  # fmt: skip
                 said = page.inner_text("#prediction").rstrip("?")
                 values = [float(page.inner_text(f"#value-{c}").rstrip("%")) for c in range(10)]
                 assert said == label, (label, said, values)

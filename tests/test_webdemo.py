@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import draw
 from PIL import Image
 
 from barenet.apps.webdemo import FILES, export_web
@@ -157,16 +158,9 @@ def test_drawn_digits_are_prepared_as_barenet_predict_prepares_them(tmp_path, br
     try:
         page = browser.new_page()
         page.goto(site.url)
-        box = page.locator("#pad").bounding_box()
         for label, strokes in digits.items():
             page.click("#clear")
-            for n, stroke in enumerate(strokes, start=1):
-                page.mouse.move(box["x"] + stroke[0][0], box["y"] + stroke[0][1])
-                page.mouse.down()
-                for x, y in stroke[1:]:
-                    page.mouse.move(box["x"] + x, box["y"] + y, steps=6)
-                page.mouse.up()
-                page.wait_for_function(f"document.body.dataset.strokes === '{n}'")
+            draw(page, strokes)
             seen = np.array(page.evaluate("window.lastSeen"), dtype=float).reshape(28, 28)
             png = page.evaluate("document.getElementById('pad').toDataURL('image/png')")
             canvas = Image.open(io.BytesIO(base64.b64decode(png.split(",", 1)[1])))
