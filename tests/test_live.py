@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import free_port
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
@@ -196,12 +197,6 @@ def test_fuzzed_requests_never_crash_the_live_routes(finished, body, after):
         assert r.status_code in (200, 400) and ("error" in r.json()) == (r.status_code == 400)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _read_events(port: int, n: int, timeout: float = 20) -> list[dict]:
     """Open a stream, read until n events have come, and hang up."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
@@ -221,7 +216,7 @@ def _read_events(port: int, n: int, timeout: float = 20) -> list[dict]:
 def test_streams_survive_a_hundred_clients_and_one_that_leaves_mid_stream():
     monitor = Monitor(classes=CLASSES)
     monitor.begin(epochs=1, steps=100, batch_size=5, recipe="r", num_classes=10)
-    watch = Watch(monitor, port=_free_port())
+    watch = Watch(monitor, port=free_port())
     port = watch.server.config.port
     try:
         # one client reads a little and hangs up mid-stream
@@ -295,7 +290,7 @@ def _wait_for_page(port: int, proc: subprocess.Popen) -> None:
 
 
 def test_ctrl_c_stops_a_watched_run_cleanly(tmp_path, mnist):
-    port = _free_port()
+    port = free_port()
     proc = _start_watch(tmp_path, port)
     _wait_for_page(port, proc)
     _read_events(port, 4)  # training has begun
@@ -320,7 +315,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 def test_watching_a_training_in_a_real_browser(tmp_path, mnist):
     from playwright.sync_api import sync_playwright
 
-    port = _free_port()
+    port = free_port()
     proc = _start_watch(tmp_path, port)
     try:
         _wait_for_page(port, proc)
