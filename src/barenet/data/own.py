@@ -165,6 +165,12 @@ def load_resized(path: str | Path, size: int, invert: bool) -> np.ndarray:
     return 255 - out if invert else out
 
 
+def _split(root: Path) -> bool:
+    """Whether a folder holds train/ and test/ (each of class folders) rather than classes."""
+    parts = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return parts == {"train", "test"}
+
+
 def _load_folder(root: Path, prepare: str, size: int | None, invert: bool | None = None
                  ) -> tuple[np.ndarray, np.ndarray, list[str], str, int, bool]:  # fmt: skip
     classes, files = _class_folders(root)
@@ -315,8 +321,7 @@ def load_own(path: str | Path, prepare: str = "auto", size: int | None = None,
     x_test = y_test = None
     test_classes: list[str] = []
     if layout == "folder":
-        parts = {p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")}
-        if parts == {"train", "test"}:
+        if _split(path):
             x, y, classes, how, size, invert = _load_folder(path / "train", prepare, size, invert)
             x_test, y_test, test_classes, *_ = _load_folder(path / "test", how, size, invert)
         else:
@@ -370,18 +375,19 @@ def held_out(path: str | Path, source: dict[str, object], classes: list[str]) ->
     prepare = str(source.get("prepare", "as is"))
     size = int(str(source.get("size", 28)))
     layout = layout_of(path)
-    if layout == "folder":
+    if layout == "folder":  # only the part measured on is read and prepared
         if prepare == "as is":
             prepare = "resize"
         invert = bool(source.get("invert", False)) if prepare == "resize" else None
-        dataset, _ = load_own(path, prepare=prepare, size=size, invert=invert)
+        folder = path / "test" if _split(path) else path
+        x, y, names, *_ = _load_folder(folder, prepare, size, invert)
     else:
         dataset, _ = load_own(path)
-    if len(dataset.test_labels):  # its own held-out part
-        x, y = dataset.test_images, dataset.test_labels
-    else:
-        x, y = dataset.train_images, dataset.train_labels
-    names = list(dataset.spec.classes)
+        if len(dataset.test_labels):  # its own held-out part
+            x, y = dataset.test_images, dataset.test_labels
+        else:
+            x, y = dataset.train_images, dataset.train_labels
+        names = list(dataset.spec.classes)
     unknown = sorted(set(names[c] for c in np.unique(y)) - set(classes))
     if unknown:
         raise DataError(f"{path}: classes the model does not know: {', '.join(unknown)} (it "
