@@ -184,7 +184,6 @@ def sweep(recipe: Recipe, dataset: Any, *, grid: dict[str, list[Any]],
         ),  # fmt: skip
         {"cpu": 1},
     )
-    rows: dict[str, dict[str, Any]] = {}
 
     class Table(tune.Callback):
         """A row of the table as each trial ends, finished, stopped early or failed."""
@@ -192,9 +191,7 @@ def sweep(recipe: Recipe, dataset: Any, *, grid: dict[str, list[Any]],
         def on_trial_complete(
             self, iteration: int, trials: list[Any], trial: Any, **info: Any
         ) -> None:
-            row = _row(trial, fields)
-            rows[trial.trial_id] = row
-            say(_format(row, fields))
+            say(_format(_row(trial, fields), fields))
 
         on_trial_error = on_trial_complete
 
@@ -217,7 +214,7 @@ def sweep(recipe: Recipe, dataset: Any, *, grid: dict[str, list[Any]],
     say(f"sweep of recipe '{recipe.name}': {', '.join(fields)}; {seeds} seed(s) a trial; "
         f"scored on the {len(y_val):,} validation images")  # fmt: skip
     results = tuner.fit()
-    table = [_row(r, fields) for r in _trials(results)]
+    table = [_row(results[i], fields) for i in range(len(results))]
     table.sort(key=lambda r: r["trial"])
     _write_csv(out / "results.csv", table, fields)
     finished = [r for r in table if r["status"] == "finished"]
@@ -238,10 +235,6 @@ def _valid(recipe: Recipe, name: str, value: Any) -> None:
         dataclasses.replace(recipe, **{name: value}).check()
     except BarenetError as e:
         raise BarenetError(f"{name}={value}: {e}") from None
-
-
-def _trials(results: Any) -> list[Any]:
-    return [results[i] for i in range(len(results))]
 
 
 def _row(trial: Any, fields: list[str]) -> dict[str, Any]:
