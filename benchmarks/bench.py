@@ -18,6 +18,11 @@ Medians are reported; the JSON file keeps every sample.
 
 from __future__ import annotations
 
+import os
+
+# as barenet sets it where it loads before NumPy (src/barenet/__init__.py, docs/speed.md)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+
 import argparse
 import dataclasses
 import json

@@ -16,6 +16,11 @@ training step of their own network: the issue's bound is 20% of the step.
 
 from __future__ import annotations
 
+import os
+
+# as barenet sets it where it loads before NumPy (src/barenet/__init__.py, docs/speed.md)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+
 import argparse
 import dataclasses
 import json

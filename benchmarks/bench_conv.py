@@ -13,6 +13,11 @@ step reaches. Run long trainings paused; the machine and the OpenBLAS kernel are
 
 from __future__ import annotations
 
+import os
+
+# as barenet sets it where it loads before NumPy (src/barenet/__init__.py, docs/speed.md)
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+
 import argparse
 import json
 import statistics

@@ -161,3 +161,38 @@ def test_matmul_long_equals_the_product(K):
     out = matmul_long(a32, b32)
     assert out.dtype == np.float32 and out.shape == (10, 7)
     np.testing.assert_allclose(out, a @ b, rtol=1e-4, atol=1e-3 * np.sqrt(K))
+
+
+def test_lanes_run_every_lane_once_and_give_blas_its_threads_back():
+    """`in_lanes` runs its lanes with one BLAS thread each and restores the count after,
+    also when several threads call it at once and when a lane raises."""
+    import threading
+
+    from barenet.backend.blas import _load, in_lanes
+
+    if not _numpy_ships_openblas():
+        pytest.skip("NumPy has no OpenBLAS of its own here: the lanes run one after the other")
+    lib = _load()
+    assert lib is not None and lib.get_threads is not None
+    before = lib.get_threads()
+    seen: list[tuple[int, int]] = []
+
+    def lane(i: int) -> None:
+        seen.append((i, lib.get_threads()))
+
+    callers = [threading.Thread(target=in_lanes, args=(lane, 4)) for _ in range(3)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join()
+    assert sorted(i for i, _ in seen) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert {n for _, n in seen} == {1}
+    assert lib.get_threads() == before
+
+    def failing(i: int) -> None:
+        if i == 2:
+            raise ValueError("lane 2")
+
+    with pytest.raises(ValueError, match="lane 2"):
+        in_lanes(failing, 4)
+    assert lib.get_threads() == before

@@ -197,3 +197,42 @@ def test_working_arrays_kept_between_training_steps_change_nothing(C, pool):
         np.testing.assert_array_equal(dx, dx_then)
     conv.forward(x)
     assert conv.kept_bytes == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("pool", [0, 2])
+def test_blocked_passes_equal_the_whole_product_on_any_number_of_threads(pool, dtype, monkeypatch):
+    """A padded convolution of several channels runs a block of images at a time, in lanes
+    (`Conv2D._forward_blocks`): the output and input gradient are the whole product's bit for
+    bit, the weight gradient the same sums in another order; one thread or two, the same bits."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((37, 12, 12, 40)).astype(dtype)  # blocks of 5 (float64: 2) images
+    runs = {}
+    for name, threads, blocked in [("one", 1, True), ("two", 2, True), ("whole", 2, False)]:
+        monkeypatch.setattr(barenet.backend.blas, "threads", lambda n=threads: n)
+        conv = Conv2D(40, 16, 3, padding=1, rng=np.random.default_rng(1), dtype=dtype)
+        conv.params["b"][...] = np.random.default_rng(2).standard_normal(16)
+        if not blocked:
+            monkeypatch.setattr(conv, "blocked", lambda xp: False)
+        else:
+            assert conv.blocked(np)
+            assert len(conv._image_blocks(37, 12, 12, x.itemsize)) == (8 if x.itemsize == 4 else 19)
+        outs = []
+        for step in range(2):  # the second step on the working arrays the first one kept
+            y = conv.forward(x * (step + 1), training=True, pool=pool)
+            dy = np.random.default_rng(step).standard_normal(y.shape).astype(dtype)
+            dx = conv.backward(dy)
+            outs.append((y, dx, conv.grads["W"].copy(), conv.grads["b"].copy()))
+        outs.append((conv.forward(x, pool=pool),))  # inference: nothing kept
+        assert conv.kept_bytes == 0
+        runs[name] = outs
+    for a, b in zip(runs["one"], runs["two"]):
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(u, v)
+    for a, b in zip(runs["two"], runs["whole"]):
+        np.testing.assert_array_equal(a[0], b[0])  # the output
+        if len(a) > 1:
+            np.testing.assert_array_equal(a[1], b[1])  # dx
+            np.testing.assert_allclose(a[2], b[2], rtol=1e-4 if dtype == np.float32 else 1e-12,
+                                       atol=1e-3 if dtype == np.float32 else 1e-10)  # fmt: skip
+            np.testing.assert_array_equal(a[3], b[3])  # db

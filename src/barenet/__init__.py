@@ -7,6 +7,15 @@ net.evaluate(x_test, y_test)    # {"loss": ..., "accuracy": ...}
 net.predict(inputs)             # classes; net.predict_proba(inputs): probabilities
 """
 
+import os as _os
+
+# OpenBLAS's idle threads spin for 2**28 cycles (about 0.1 s) after each product, on the cores
+# that barenet's own threads need next (a convolution's blocks, elementwise work); 2**20 keeps
+# them awake between the products of one step only (docs/speed.md, "BLAS threads that spin").
+# OpenBLAS reads it once, when NumPy loads it: so only where NumPy is not loaded yet, and
+# never over a value already set.
+_os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+
 from .errors import BarenetError, DataError, ImageError, ModelFileError, TrainingDiverged
 from .files.modelfile import load_model, save_model
 from .nn.conv import Conv2D, MaxPool2D

@@ -22,13 +22,15 @@ from __future__ import annotations
 import ctypes
 import functools
 import os
+import threading
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from .arrays import array_module
-from .threads import in_blocks
+from .threads import in_blocks, pool, threads
 
 _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112  # CBLAS's enumerations
 
@@ -55,6 +57,11 @@ class Level1:
                              int_type, ctypes.c_void_p, int_type, real, ctypes.c_void_p, int_type]  # fmt: skip
             gemm.restype = None
             self._gemm[np.dtype(dtype)] = gemm
+        self.get_threads = getattr(lib, f"{prefix}openblas_get_num_threads{suffix}", None)
+        self.set_threads = getattr(lib, f"{prefix}openblas_set_num_threads{suffix}", None)
+        if self.set_threads is not None:
+            self.set_threads.argtypes = [ctypes.c_int]
+            self.set_threads.restype = None
 
     def matmul_add(self, a: np.ndarray, b: np.ndarray, c: np.ndarray) -> bool:
         """c <- c + a b in place, if BLAS can take the arrays as they lie (see `matmul_add`)."""
@@ -162,6 +169,55 @@ def matmul_long(a: Any, b: Any, chunk: int = 1024) -> Any:
     if L < K:
         out += a[:, L:] @ b[L:]
     return out
+
+
+_lanes_lock = threading.Lock()
+_lanes_running = 0  # callers of `in_lanes` inside it now
+_blas_threads = 0  # OpenBLAS's thread count before the first of them came in
+
+
+def in_lanes(work: Callable[[int], None], lanes: int) -> None:
+    """work(0), ..., work(lanes - 1) in parallel threads, every product in them on one BLAS
+    thread (the calling one).
+
+    Why: small products (a few hundred rows, as a convolution's blocks of patches are) spread
+    poorly over BLAS's own threads, and the unfolded patches they read are fastest to make
+    just before, in the core's cache; two threads that each unfold and multiply their own
+    blocks keep both cores busy with both (docs/speed.md). Each lane does the same work
+    whatever the number of threads, so the results do not depend on it. Without NumPy's
+    OpenBLAS (`matmul_add`), or on one CPU, the lanes run one after the other.
+    Callers in several threads at once share the setting: the last one out restores it.
+    """
+    global _lanes_running, _blas_threads
+    lib = _load()
+    get_threads = lib.get_threads if lib is not None else None
+    set_threads = lib.set_threads if lib is not None else None
+    width = 1
+    if get_threads is not None and set_threads is not None:
+        with _lanes_lock:
+            if _lanes_running == 0:
+                _blas_threads = get_threads()
+                set_threads(1)
+            _lanes_running += 1
+            width = min(threads(), _blas_threads, lanes)  # threadpoolctl's limit holds too
+    try:
+        if width < 2:
+            for lane in range(lanes):
+                work(lane)
+        else:  # thread t runs lanes t, t + width, ...
+
+            def run(first: int) -> None:
+                for lane in range(first, lanes, width):
+                    work(lane)
+
+            for _ in pool().map(run, range(width)):
+                pass
+    finally:
+        if get_threads is not None and set_threads is not None:
+            with _lanes_lock:
+                _lanes_running -= 1
+                if _lanes_running == 0:
+                    set_threads(_blas_threads)
 
 
 def _numpy_openblas_path() -> str | None:

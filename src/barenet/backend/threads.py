@@ -38,15 +38,21 @@ def in_blocks(work: Callable[..., None], *arrays: Any, min_size: int = 1 << 16) 
     `min_size` elements in the first one), one CPU, or a GPU array: one call, no thread.
     An exception in any block is raised here.
     """
-    global _pool
     n = min(threads(), arrays[0].shape[0] if arrays[0].ndim else 1)
     if n < 2 or arrays[0].size < min_size or array_module(arrays[0]) is not np:
         work(*arrays)
         return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="barenet")
     rows = arrays[0].shape[0]
     bounds = [rows * i // n for i in range(n + 1)]
     blocks = [[a[lo:hi] for a in arrays] for lo, hi in zip(bounds, bounds[1:], strict=False)]
-    for _ in _pool.map(lambda block: work(*block), blocks):
+    for _ in pool().map(lambda block: work(*block), blocks):
         pass
+
+
+def pool() -> ThreadPoolExecutor:
+    """The process's worker threads (`threads()` of them), made on first use. Work given to
+    them must not wait on other work given to them."""
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=threads(), thread_name_prefix="barenet")
+    return _pool

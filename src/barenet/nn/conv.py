@@ -7,10 +7,13 @@ the (N, OH, OW, F) output: no transpose anywhere, forward or backward.
 
 Output size, for input size H, kernel k, stride s, padding p: OH = (H + 2p - k) // s + 1.
 
-Two orders of the same work, for speed: a convolution followed by a w x w max-pool may write
+Three orders of the same work, for speed: a convolution followed by a w x w max-pool may write
 its output window-major, (w*w, N, OH/w, OW/w, F), so that the pool reads contiguous blocks
-(`Conv2D.forward(pool=w)`, which `Sequential` asks for); and with stride 1 the input gradient
-is a sum of shifted products added in place by BLAS, without col2im.
+(`Conv2D.forward(pool=w)`, which `Sequential` asks for); with stride 1 the input gradient is a
+sum of shifted products added in place by BLAS, without col2im; and a padded convolution of
+several channels unfolds and multiplies its patches a block of images at a time, each block's
+patches still in the core's cache when the product reads them, blocks on both cores at once
+(`blas.in_lanes`; the weight gradient unfolds them again instead of keeping them all).
 
 Derivations in docs/backprop.md ("Conv2D", "MaxPool2D"); gradients are checked in float64 by
 tests/test_conv.py and `barenet gradcheck`.
@@ -18,13 +21,14 @@ tests/test_conv.py and `barenet gradcheck`.
 
 from __future__ import annotations
 
+import math
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from ..backend.arrays import array_module, kept_array
-from ..backend.blas import matmul_add, matmul_long
+from ..backend.blas import in_lanes, matmul_add, matmul_long
 from ..backend.threads import in_blocks
 from .layers import Array, column_sums, fold, init_weights
 
@@ -41,6 +45,15 @@ def _windows(x: Array, kh: int, kw: int, stride: int) -> Array:
     return xp.lib.stride_tricks.as_strided(
         x, (N, OH, OW, kh, kw, C), (sN, stride * sH, stride * sW, sH, sW, sC), writeable=False
     )
+
+
+def _unfold(windows: Array, buffer: Array) -> Array:
+    """windows (w, w, n, PH, PW, k, k, C), a view (`Conv2D._block_windows`) -> their copy
+    in buffer's first elements, as patches (w*w, n*PH*PW, k*k*C)."""
+    w, _, n, PH, PW, k, _, C = windows.shape
+    cols = buffer[: windows.size].reshape(windows.shape)
+    cols[...] = windows
+    return cols.reshape(w * w, n * PH * PW, k * k * C)
 
 
 def _scatter_windows(dwin: Array, shape: tuple[int, ...], stride: int, padding: int) -> Array:
@@ -89,6 +102,10 @@ def _scatter_windows(dwin: Array, shape: tuple[int, ...], stride: int, padding: 
                     else:
                         target += block
     return dx
+
+
+LANES = 4  # the blocked passes' lanes (`blas.in_lanes`): fixed, so results never depend on the CPUs
+BLOCK_BYTES = 1 << 20  # the unfolded patches of one block of images: about 1 MB, in a core's cache
 
 
 def _positions(N: int, OH: int, OW: int, w: int) -> tuple[int, ...]:
@@ -146,6 +163,7 @@ class Conv2D:
         self._kept: dict[str, Array] = {}  # working arrays kept between training steps
         self._x_shape: tuple[int, ...] = ()
         self._w = 1  # the window-major block size of the last forward's output (1: plain)
+        self._blocks: tuple[Array, list[tuple[int, int]]] | None = None  # `_forward_blocks`
 
     def output_shape(self, H: int, W: int) -> tuple[int, int]:
         k, s, p = self.kernel_size, self.stride, self.padding
@@ -167,8 +185,11 @@ class Conv2D:
             self._kept.clear()  # training is over or paused: give the working arrays back
         xpad, OH, OW = self._padded(x, keep=training)
         w = self._window(OH, OW, pool)
+        self._blocks = None
         if C == 1:
             out, cols = self._forward_one_channel(xpad, OH, OW, w, keep=training)
+        elif self.blocked(xp):
+            out, cols = self._forward_blocks(xpad, OH, OW, w, keep=training), None
         else:
             windows = _windows(xpad, k, k, self.stride)  # (N, OH, OW, k, k, C), a view
             if w > 1:  # (w, w, N, OH/w, OW/w, k, k, C), a view
@@ -182,6 +203,97 @@ class Conv2D:
         self._cols = cols if training else None
         self._x_shape, self._w = x.shape, w
         return out.reshape(*_positions(N, OH, OW, w), F)
+
+    def blocked(self, xp: ModuleType) -> bool:
+        """Whether the passes run a block of images at a time (`_forward_blocks`): NumPy
+        arrays, several input channels and some padding (the padded input is then this layer's
+        own copy, which the weight gradient reads again)."""
+        return xp is np and self.in_channels > 1 and self.padding > 0
+
+    def _block_windows(self, xpad: Array, OH: int, OW: int, w: int) -> Array:
+        """Every window of xpad in the order of the output's rows: (w, w, N, OH/w, OW/w, k, k,
+        C), a view; [a, b, n, ph, pw] is the window of output (n, w*ph + a, w*pw + b)
+        (w = 1: the plain order)."""
+        N, C, k = xpad.shape[0], self.in_channels, self.kernel_size
+        windows = _windows(xpad, k, k, self.stride)  # (N, OH, OW, k, k, C)
+        windows = windows.reshape(N, OH // w, w, OW // w, w, k, k, C)
+        return windows.transpose(2, 4, 0, 1, 3, 5, 6, 7)
+
+    def _image_blocks(self, N: int, OH: int, OW: int, itemsize: int) -> list[tuple[int, int]]:
+        """[n0, n1) ranges of images whose patches take about BLOCK_BYTES (at least one image)."""
+        per_image = OH * OW * self.kernel_size**2 * self.in_channels * itemsize
+        step = max(1, BLOCK_BYTES // per_image)
+        return [(n0, min(N, n0 + step)) for n0 in range(0, N, step)]
+
+    def _forward_blocks(self, xpad: Array, OH: int, OW: int, w: int, keep: bool) -> Array:
+        """The forward pass a block of images at a time: xpad (N, Hp, Wp, C) -> out, (w*w, N,
+        OH/w, OW/w, F) (window-major for w > 1, else (1, N, OH, OW, F): the plain layout).
+
+        For each block [n0, n1): its patches, cols (w*w, rows, k*k*C), are unfolded into a
+        buffer of the block's lane, and out[:, n0:n1] = cols W + b: the same sums as one
+        product over all of cols, with cols never written out whole (docs/speed.md). Keeps
+        what the weight gradient needs to unfold the blocks again (`_weight_gradient_blocks`).
+        """
+        xp = array_module(xpad)
+        N, k, C, F = xpad.shape[0], self.kernel_size, self.in_channels, self.out_channels
+        windows = self._block_windows(xpad, OH, OW, w)
+        blocks = self._image_blocks(N, OH, OW, xpad.dtype.itemsize)
+        rows = (blocks[0][1] - blocks[0][0]) * OH * OW
+        buffers = [self.work(f"patches {i}", (rows * k * k * C,), xpad.dtype, xp, keep)
+                   for i in range(min(LANES, len(blocks)))]  # fmt: skip
+        out = xp.empty((w * w, N, OH // w, OW // w, F), dtype=xpad.dtype)
+        W2 = self.params["W"].reshape(k * k * C, F)
+        r = fold((blocks[0][1] - blocks[0][0]) * (OH // w) * (OW // w), F)
+        bias = xp.tile(self.params["b"], r)
+
+        def lane(i: int) -> None:
+            for n0, n1 in blocks[i::LANES]:
+                cols = _unfold(windows[:, :, n0:n1], buffers[i])
+                block = out[:, n0:n1].reshape(w * w, -1, F)
+                xp.matmul(cols, W2, out=block)
+                if block.shape[1] % r == 0:  # the bias over (rows / r, r F) views: longer loops
+                    block.reshape(w * w, -1, r * F)[...] += bias
+                else:  # the last, shorter block
+                    block += self.params["b"]
+
+        in_lanes(lane, LANES)
+        self._blocks = (windows, blocks) if keep else None
+        return out
+
+    def _weight_gradient_blocks(self, dout: Array) -> Array:
+        """dW as (k*k*C, F) from dout (w*w, N, OH/w, OW/w, F), the blocks of `_forward_blocks`
+        unfolded again: dW = sum over blocks of cols_block^T dout_block, each lane adding its
+        blocks' products in place (BLAS's beta = 1), the lanes' sums added in a fixed order."""
+        assert self._blocks is not None
+        windows, blocks = self._blocks
+        xp = array_module(dout)
+        k, C, F = self.kernel_size, self.in_channels, self.out_channels
+        w2 = dout.shape[0]
+        rows = (blocks[0][1] - blocks[0][0]) * math.prod(dout.shape[2:4])
+        lanes = min(LANES, len(blocks))
+        buffers = [self.work(f"patches {i}", (w2 * rows * k * k * C,), dout.dtype, xp, True)
+                   for i in range(lanes)]  # fmt: skip
+        douts = [self.work(f"dout {i}", (w2 * rows * F,), dout.dtype, xp, True)
+                 for i in range(lanes)]  # fmt: skip
+        sums = [self.work(f"dW {i}", (F, k * k * C), dout.dtype, xp, True) for i in range(lanes)]
+
+        def lane(i: int) -> None:
+            total = sums[i]
+            total.fill(0)
+            for n0, n1 in blocks[i::LANES]:
+                cols = _unfold(windows[:, :, n0:n1], buffers[i]).reshape(-1, k * k * C)
+                part = dout[:, n0:n1]  # (w*w, n1 - n0, OH/w, OW/w, F): rows in cols' order
+                d = douts[i][: part.size].reshape(part.shape)
+                d[...] = part
+                d2 = d.reshape(-1, F)
+                if not matmul_add(d2.T, cols, total):
+                    total += d2.T @ cols
+
+        in_lanes(lane, lanes)
+        dW = sums[0].copy()
+        for s in sums[1:]:
+            dW += s
+        return dW.T
 
     @staticmethod
     def _window(OH: int, OW: int, pool: int) -> int:
@@ -293,7 +405,7 @@ class Conv2D:
         of the padding dropped (docs/backprop.md, "Conv2D").
         """
         cols = self._cols
-        if cols is None:
+        if cols is None and self._blocks is None:
             raise RuntimeError("Conv2D.backward called without a forward(training=True) before it")
         xp = array_module(dout)
         k, p, F, w = self.kernel_size, self.padding, self.out_channels, self._w
@@ -301,7 +413,7 @@ class Conv2D:
         dout2 = dout.reshape(-1, F)  # (N*OH*OW, F), its rows in the order of cols
         blocks = (w, w, N, *dout.shape[-3:-1])  # (w, w, N, OH/w, OW/w); w = 1: plain
         W2 = self.params["W"].reshape(-1, F)  # (k*k*C, F), a view
-        if self._x_shape[3] == 1:  # cols is colsT (k*k + 1, N*OH*OW): _forward_one_channel
+        if self._x_shape[3] == 1 and cols is not None:  # cols is colsT: _forward_one_channel
             if need_grads:
                 dWb = matmul_long(cols, dout2)  # (k*k + 1, F): [dW; db]
                 self.grads["W"].reshape(-1, F)[...] = dWb[:-1]
@@ -312,7 +424,12 @@ class Conv2D:
             return _scatter_windows(dcols, self._x_shape, self.stride, p)
         # dW^T = dout2^T cols: the same product as cols^T dout2, but OpenBLAS runs this
         # orientation (long contiguous rows on both sides) faster.
-        if need_grads:
+        if need_grads and cols is None:  # _forward_blocks: its blocks unfolded again
+            self.grads["W"].reshape(-1, F)[...] = self._weight_gradient_blocks(
+                dout.reshape(w * w, N, *dout.shape[-3:])
+            )
+            self.grads["b"][...] = column_sums(dout2)
+        elif need_grads:
             self.grads["W"].reshape(-1, F)[...] = (dout2.T @ cols).T
             self.grads["b"][...] = column_sums(dout2)
         if not need_dx:

@@ -121,7 +121,8 @@ class Sequential:
     def inference_bytes(self) -> int:
         """Bytes of working memory one example needs in a forward pass at inference: the most
         any layer holds at once, its input, its output and, for a convolution, its padded
-        input and its patches (k*k*C values per output position)."""
+        input and its patches (k*k*C values per output position; a blocked convolution,
+        `Conv2D.blocked`, unfolds a few images' patches at a time, in a fixed few MB)."""
         item = next((p.itemsize for _, p, _ in self.parameters()), 4)
         shape: tuple[int, ...] = (self.input_size,)
         most = 0
@@ -146,7 +147,9 @@ class Sequential:
                 OH, OW = (H + 2 * p - k) // s + 1, (W + 2 * p - k) // s + 1
                 if isinstance(layer, Conv2D):
                     shape = (OH, OW, layer.out_channels)
-                    extra = (H + 2 * p) * (W + 2 * p) * C + OH * OW * k * k * C
+                    extra = (H + 2 * p) * (W + 2 * p) * C  # the padded input
+                    if not layer.blocked(array_module(layer.params["W"])):
+                        extra += OH * OW * k * k * C  # all its patches at once
                 else:
                     shape = (OH, OW, C)
             most = max(most, size + math.prod(shape) + extra)
