@@ -32,9 +32,11 @@ def _toy(n=400, seed=0):
 
 
 # Every source of randomness at once: dropout, DropConnect, augmentation, virtual adversarial
-# perturbations, BatchNorm buffers, Adam's moments and its step count.
+# perturbations, BatchNorm buffers, Adam's moments and its step count; and both kinds of
+# convolution (the second one, of 4 channels, runs in blocks on both cores: `Conv2D.blocked`).
 RECIPE = Recipe(
-    name="toy", description="toy", arch="cnn", conv=(4,), kernel_size=3, batchnorm=True,
+    name="toy", description="toy", arch="cnn", conv=(4,), convs_per_block=2, kernel_size=3,
+    batchnorm=True,
     hidden=(8,), dropout=0.3, dropconnect=0.2, optimizer="adam", lr=0.01, epochs=3,
     batch_size=32, val_size=50, augment=Augment(rotate=10, shift=1, elastic_alpha=8),
     schedule="onecycle", max_norm=2.0, label_smoothing=0.1, vat_eps=1.0,
@@ -172,6 +174,49 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path,
     assert meta["seed"] == 0
     for (name, p, _), (_, q, _) in zip(a.parameters(), b.parameters()):
         np.testing.assert_array_equal(p, q, err_msg=name)
+
+
+def test_sigkill_in_a_later_member_then_resume_gives_the_uninterrupted_ensemble(tmp_path, mnist):
+    """A run of two members killed inside member 2 (member 1 saved, member 2 checkpointed
+    after each step) and resumed: both members and the ensemble's figures are those of a run
+    never killed."""
+    flags = ["train", "--members", "2", "--epochs", "2", "--batch-size", "256", "--no-progress"]
+    straight = _barenet(*flags, "--out", str(tmp_path / "straight"))
+    assert straight.returncode == 0, straight.stderr
+    killed_dir = tmp_path / "killed"
+    run = subprocess.Popen([sys.executable, "-m", "barenet", *flags, "--checkpoint-minutes",
+                            "0.001", "--out", str(killed_dir)], stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    second = killed_dir / "member-2" / "checkpoint.npz"
+
+    def taken() -> tuple[int, int]:
+        try:
+            state = load_checkpoint(second)
+        except ModelFileError:  # none yet
+            return 0, 0
+        return state.epoch, state.inside.step if state.inside else 0
+
+    while taken() < (0, 30):  # inside member 2's first epoch
+        assert run.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.kill(run.pid, signal.SIGKILL)
+    run.wait()
+    assert (killed_dir / "member-1" / "model.npz").exists()
+    assert not (killed_dir / "member-2" / "model.npz").exists()
+
+    resumed = _barenet("train", "--resume", str(killed_dir), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "member 1/2 already trained" in resumed.stderr and "resuming from" in resumed.stderr
+    for member in ("member-1", "member-2"):
+        a, _ = load_model(tmp_path / "straight" / member)
+        b, _ = load_model(killed_dir / member)
+        for (name, p, _), (_, q, _) in zip(a.parameters(), b.parameters()):
+            np.testing.assert_array_equal(p, q, err_msg=f"{member} {name}")
+    figures = [
+        json.loads((d / "ensemble.json").read_text()) for d in (tmp_path / "straight", killed_dir)
+    ]
+    assert figures[0] == figures[1] and figures[0]["val_accuracy"] > 0.9
 
 
 def test_resume_errors_are_one_line(tmp_path):
