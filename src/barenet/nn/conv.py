@@ -47,13 +47,18 @@ def _windows(x: Array, kh: int, kw: int, stride: int) -> Array:
     )
 
 
+def _copy_into(view: Array, buffer: Array) -> Array:
+    """A contiguous copy of `view`, of its shape, in the first elements of the 1-D `buffer`."""
+    copy = buffer[: view.size].reshape(view.shape)
+    copy[...] = view
+    return copy
+
+
 def _unfold(windows: Array, buffer: Array) -> Array:
     """windows (w, w, n, PH, PW, k, k, C), a view (`Conv2D._block_windows`) -> their copy
     in buffer's first elements, as patches (w*w, n*PH*PW, k*k*C)."""
     w, _, n, PH, PW, k, _, C = windows.shape
-    cols = buffer[: windows.size].reshape(windows.shape)
-    cols[...] = windows
-    return cols.reshape(w * w, n * PH * PW, k * k * C)
+    return _copy_into(windows, buffer).reshape(w * w, n * PH * PW, k * k * C)
 
 
 def _scatter_windows(dwin: Array, shape: tuple[int, ...], stride: int, padding: int) -> Array:
@@ -191,10 +196,7 @@ class Conv2D:
         elif self.blocked(xp):
             out, cols = self._forward_blocks(xpad, OH, OW, w, keep=training), None
         else:
-            windows = _windows(xpad, k, k, self.stride)  # (N, OH, OW, k, k, C), a view
-            if w > 1:  # (w, w, N, OH/w, OW/w, k, k, C), a view
-                windows = windows.reshape(N, OH // w, w, OW // w, w, k, k, C)
-                windows = windows.transpose(2, 4, 0, 1, 3, 5, 6, 7)
+            windows = self._block_windows(xpad, OH, OW, w)  # in the order of cols' rows
             cols = self.work("cols", (N * OH * OW, k * k * C), x.dtype, xp, keep=training)
             cols.reshape(windows.shape)[...] = windows  # the copy
             out = cols @ self.params["W"].reshape(k * k * C, F)  # (N*OH*OW, F)
@@ -273,8 +275,9 @@ class Conv2D:
         lanes = min(LANES, len(blocks))
         buffers = [self.work(f"patches {i}", (w2 * rows * k * k * C,), dout.dtype, xp, True)
                    for i in range(lanes)]  # fmt: skip
+        # window-major dout: a block's w*w parts lie apart, and are copied together
         douts = [self.work(f"dout {i}", (w2 * rows * F,), dout.dtype, xp, True)
-                 for i in range(lanes)]  # fmt: skip
+                 for i in range(lanes if w2 > 1 else 0)]  # fmt: skip
         sums = [self.work(f"dW {i}", (F, k * k * C), dout.dtype, xp, True) for i in range(lanes)]
 
         def lane(i: int) -> None:
@@ -283,9 +286,9 @@ class Conv2D:
             for n0, n1 in blocks[i::LANES]:
                 cols = _unfold(windows[:, :, n0:n1], buffers[i]).reshape(-1, k * k * C)
                 part = dout[:, n0:n1]  # (w*w, n1 - n0, OH/w, OW/w, F): rows in cols' order
-                d = douts[i][: part.size].reshape(part.shape)
-                d[...] = part
-                d2 = d.reshape(-1, F)
+                if w2 > 1:
+                    part = _copy_into(part, douts[i])
+                d2 = part.reshape(-1, F)
                 if not matmul_add(d2.T, cols, total):
                     total += d2.T @ cols
 
