@@ -51,8 +51,16 @@ class AvgPool2D:
         if OH < 1 or OW < 1:
             raise ValueError(f"AvgPool2D: a {k}x{k} window does not fit a {H}x{W} input")
         self._x_shape = x.shape
-        windows = x[:, : OH * k, : OW * k].reshape(N, OH, k, OW, k, C)
-        return windows.mean(axis=(2, 4))
+        # out = (1 / k^2) sum over a, b of x[:, k*oh + a, k*ow + b]: k*k strided views added
+        # (faster than a mean over the two window axes of a reshaped x, which NumPy reduces
+        # with short inner loops)
+        out = x[:, : OH * k : k, : OW * k : k].copy()
+        for a in range(k):
+            for b in range(k):
+                if a or b:
+                    out += x[:, a : OH * k : k, b : OW * k : k]
+        out *= x.dtype.type(1.0 / (k * k))
+        return out
 
     def backward(self, dout: Array, need_dx: bool = True, need_grads: bool = True) -> Array | None:
         """dout: (N, OH, OW, C) -> dx: (N, H, W, C)."""
@@ -61,12 +69,15 @@ class AvgPool2D:
         if not need_dx:
             return None
         xp = array_module(dout)
-        N, OH, OW, C = dout.shape
+        _, OH, OW, _ = dout.shape
         k = self.kernel_size
-        dx = xp.zeros(self._x_shape, dtype=dout.dtype)
-        share = (dout / (k * k))[:, :, None, :, None, :]  # (N, OH, 1, OW, 1, C)
-        spread = xp.broadcast_to(share, (N, OH, k, OW, k, C)).reshape(N, OH * k, OW * k, C)
-        dx[:, : OH * k, : OW * k] = spread
+        _, H, W, _ = self._x_shape
+        exact = H == OH * k and W == OW * k  # every input pixel in a window: none left zero
+        dx = (xp.empty if exact else xp.zeros)(self._x_shape, dtype=dout.dtype)
+        share = dout * dout.dtype.type(1.0 / (k * k))  # each of a window's k*k pixels' share
+        for a in range(k):
+            for b in range(k):
+                dx[:, a : OH * k : k, b : OW * k : k] = share
         return dx
 
     def config(self) -> dict[str, Any]:
@@ -183,8 +194,10 @@ class SqueezeExcite:
             )
         x, s, z, g = self._cache
         P, G = self.params, self.grads
-        _, H, W, _ = x.shape
-        dg = (dout * x).sum(axis=(1, 2))  # (N, C)
+        xp = array_module(x)
+        N, H, W, C = x.shape
+        # dg[n, c] = sum over positions of dout * x: one pass, no (N, H, W, C) product array
+        dg = xp.einsum("npc,npc->nc", dout.reshape(N, H * W, C), x.reshape(N, H * W, C))
         da2 = dg * g * (1 - g)
         dz = da2 @ P["W2"].T
         da1 = dz * (z > 0)
@@ -195,7 +208,9 @@ class SqueezeExcite:
         if not need_dx:
             return None
         ds = da1 @ P["W1"].T  # (N, C)
-        return dout * g[:, None, None, :] + (ds / (H * W))[:, None, None, :]
+        dx = dout * g[:, None, None, :]
+        dx += (ds / (H * W))[:, None, None, :]
+        return dx
 
     def config(self) -> dict[str, Any]:
         return {"type": "SqueezeExcite", "channels": self.channels, "reduction": self.reduction}
