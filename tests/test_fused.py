@@ -7,12 +7,18 @@ import numpy as np
 import pytest
 
 from barenet.nn.conv import Conv2D, MaxPool2D
-from barenet.nn.fused import BatchNormMaxPool, ConvBatchNorm
+from barenet.nn.fused import BatchNormMaxPool, ConvBatchNorm, fold_batchnorm
 from barenet.nn.gradcheck import away_from_kinks, numerical_gradient
 from barenet.nn.layers import BatchNorm, Dense, Flatten, ReLU, Reshape
 from barenet.nn.losses import softmax_cross_entropy
 from barenet.nn.model import Sequential
-from barenet.nn.plan import BatchNormPoolStep, ConvBatchNormStep, plan, pooled_convolutions
+from barenet.nn.plan import (
+    BatchNormPoolStep,
+    ConvBatchNormStep,
+    FoldedConvStep,
+    plan,
+    pooled_convolutions,
+)
 from barenet.train.recipes import RECIPES, build_model
 
 
@@ -265,3 +271,56 @@ def test_batchnorm_maxpool_applies_only_to_window_major_inputs_and_positive_gamm
     pool.forward(x, training=True)
     with pytest.raises(ValueError, match="add_to"):
         pool.backward(np.zeros((2, 3, 3, 5), dtype=np.float32), add_to=np.zeros((2, 6, 6, 5)))
+
+
+def _trained_statistics(net, rng):
+    """Give every BatchNorm of net running statistics and gammas of either sign, as training
+    leaves them."""
+    for layer in net.layers:
+        if isinstance(layer, BatchNorm):
+            F = layer.num_features
+            layer.params["gamma"][...] = rng.uniform(0.5, 2.0, F) * rng.choice([-1, 1], F)
+            layer.params["beta"][...] = rng.standard_normal(F)
+            layer.buffers["running_mean"][...] = rng.standard_normal(F)
+            layer.buffers["running_var"][...] = rng.uniform(0.2, 3.0, F)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 2e-5)])
+def test_inference_folds_batchnorm_into_the_convolutions_and_equals_the_layers_apart(dtype, tol):
+    rng = np.random.default_rng(5)
+    net = Sequential([
+        Reshape((8, 8, 1)),
+        Conv2D(1, 4, 3, padding=1, rng=rng, dtype=dtype), BatchNorm(4, dtype=dtype), ReLU(),
+        Conv2D(4, 6, 3, padding=1, rng=rng, dtype=dtype), BatchNorm(6, dtype=dtype),
+        MaxPool2D(2), ReLU(),  # the convolution's output window-major for the pool
+        Conv2D(6, 5, 3, rng=rng, dtype=dtype), BatchNorm(5, dtype=dtype),  # no ReLU after it
+        Flatten(), Dense(20, 3, rng=rng, dtype=dtype),
+    ])  # fmt: skip
+    _trained_statistics(net, rng)
+    x = rng.uniform(0, 1, (7, 64)).astype(dtype)
+    steps = plan(net.layers, training=False)
+    folded = [(s.start, s.stop) for s in steps if isinstance(s, FoldedConvStep)]
+    assert folded == [(1, 4), (4, 6), (8, 10)]
+    assert not any(isinstance(s, FoldedConvStep) for s in plan(net.layers, training=True))
+    expected = _run_plain(net.layers, x)
+    weights = [p.copy() for _, p, _ in net.parameters()]
+    np.testing.assert_allclose(net.forward(x), expected, rtol=tol, atol=tol)
+    # the layers themselves are left as they were
+    for (name, p, _), before in zip(net.parameters(), weights):
+        np.testing.assert_array_equal(p, before, err_msg=name)
+
+
+def test_folded_convolution_is_one_convolution_and_refuses_a_mismatch():
+    rng = np.random.default_rng(0)
+    conv, bn = Conv2D(3, 4, 3, padding=1, rng=rng, dtype=np.float64), BatchNorm(4, dtype=np.float64)
+    _trained_statistics(Sequential([conv, bn]), rng)
+    x = rng.standard_normal((2, 5, 5, 3))
+    single = fold_batchnorm(conv, bn)
+    assert isinstance(single, Conv2D) and single.config() == conv.config()
+    np.testing.assert_allclose(
+        single.forward(x), bn.forward(conv.forward(x)), rtol=1e-12, atol=1e-12
+    )
+    with pytest.raises(ValueError, match="channels"):
+        fold_batchnorm(conv, BatchNorm(3))
+    with pytest.raises(RuntimeError, match="inference only"):
+        FoldedConvStep([conv, bn], 0, relu=False).forward(x, training=True)

@@ -35,6 +35,13 @@ channel, so it commutes with the max: pool(bn(x)) = (gamma / sigma) pool(x - mu)
 (docs/backprop.md, "3i"). `Sequential` uses it while training where the BatchNorm's input is
 window-major for that pool (`Conv2D.forward(pool=k)`), and runs the two layers apart in a step
 where some gamma is not positive.
+
+fold_batchnorm: at inference, a Conv2D and the BatchNorm after it as one convolution. With the
+running statistics BatchNorm is a fixed affine map of each channel, y = s z + t with
+s = gamma / sqrt(running_var + eps) and t = beta - running_mean s, and z = cols W + b is linear,
+so y = cols (W diag(s)) + (s b + t): the convolution with its weights' columns scaled and a new
+bias. `Sequential` runs the pair so at inference (and a ReLU after it in place on the
+convolution's new output), saving BatchNorm's two passes over the output and ReLU's new array.
 """
 
 from __future__ import annotations
@@ -187,3 +194,20 @@ class BatchNormMaxPool:
 def _float64(a: Array) -> np.ndarray:
     """A small array of either module as a NumPy float64 array (on the CPU)."""
     return to_numpy(a).astype(np.float64)
+
+
+def fold_batchnorm(conv: Conv2D, bn: BatchNorm) -> Conv2D:
+    """A Conv2D computing bn(conv(x)) at inference (bn's running statistics): its weights
+    W[..., f] s_f and bias b_f s_f + t_f, s = gamma / sqrt(running_var + eps), t = beta -
+    running_mean s (the module's docstring). A new layer: conv and bn are left as they are."""
+    if bn.num_features != conv.out_channels:
+        raise ValueError("fold_batchnorm needs a BatchNorm over the convolution's channels")
+    xp = array_module(conv.params["W"])
+    dtype = conv.params["W"].dtype
+    s = bn.params["gamma"] / xp.sqrt(bn.buffers["running_var"] + dtype.type(bn.eps))
+    t = bn.params["beta"] - bn.buffers["running_mean"] * s
+    folded = Conv2D(conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
+                    padding=conv.padding, dtype=dtype, xp=xp)  # fmt: skip
+    folded.params["W"] = conv.params["W"] * s
+    folded.params["b"] = conv.params["b"] * s + t
+    return folded

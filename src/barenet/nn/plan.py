@@ -14,6 +14,8 @@ one by one):
   - while training, a BatchNorm with the max-pool right after it normalises only the pooled
     values (`fused.BatchNormMaxPool`), in a step where its input is window-major and every
     gamma positive; otherwise the two run apart.
+  - at inference, a Conv2D with a BatchNorm after it runs as one convolution, BatchNorm folded
+    into its weights (`fused.fold_batchnorm`), and a ReLU after the pair in place on its output.
 
 `plan(layers, training, input_grad)` returns the steps of one pass. Every step runs layers
 [start, stop) with the layer interface: forward(x, training) and backward(dout, need_dx,
@@ -25,8 +27,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from ..backend.arrays import array_module
 from .conv import Conv2D, MaxPool2D
-from .fused import BatchNormMaxPool, ConvBatchNorm
+from .fused import BatchNormMaxPool, ConvBatchNorm, fold_batchnorm
 from .layers import Array, BatchNorm, Dropout, Layer, ReLU
 
 
@@ -101,6 +104,29 @@ class BatchNormPoolStep:
         return self.bn.backward(dmid, need_dx=need_dx, need_grads=need_grads)
 
 
+class FoldedConvStep:
+    """At inference, a Conv2D (layer `start`), its BatchNorm and, with relu, the ReLU after
+    them: one convolution with BatchNorm folded into its weights, the ReLU applied in place
+    on the convolution's output (a new array of its own)."""
+
+    def __init__(self, layers: Sequence[Layer], i: int, relu: bool, pool: int = 0) -> None:
+        conv, bn = layers[i], layers[i + 1]
+        assert isinstance(conv, Conv2D) and isinstance(bn, BatchNorm)
+        self.conv, self.bn, self.relu, self.pool = conv, bn, relu, pool
+        self.start, self.stop = i, i + 3 if relu else i + 2
+
+    def forward(self, x: Array, training: bool) -> Array:
+        if training:
+            raise RuntimeError("FoldedConvStep is for inference only")
+        out = fold_batchnorm(self.conv, self.bn).forward(x, pool=self.pool)
+        if self.relu:
+            array_module(out).maximum(out, 0, out=out)
+        return out
+
+    def backward(self, dout: Array, need_dx: bool, need_grads: bool) -> Array | None:
+        raise RuntimeError("FoldedConvStep is for inference only: no backward pass")
+
+
 def first_with_params(layers: Sequence[Layer]) -> int:
     """The index of the first layer with parameters (0 if none has any)."""
     return next((i for i, layer in enumerate(layers) if layer.params), 0)
@@ -139,6 +165,9 @@ def plan(layers: Sequence[Layer], training: bool, input_grad: bool = False) -> l
             steps.append(ConvBatchNormStep(layers, i, pools.get(i, 0)))
         elif training and isinstance(layer, BatchNorm) and isinstance(following, MaxPool2D):
             steps.append(BatchNormPoolStep(layers, i))
+        elif not training and isinstance(layer, Conv2D) and isinstance(following, BatchNorm):
+            relu = i + 2 < len(layers) and isinstance(layers[i + 2], ReLU)
+            steps.append(FoldedConvStep(layers, i, relu, pools.get(i, 0)))
         else:
             steps.append(LayerStep(layers, i, pools.get(i, 0)))
         i = steps[-1].stop
