@@ -1,13 +1,15 @@
 """Wide 3x3 convolutions, forward + backward, barenet against PyTorch, in one process.
 
-    python benchmarks/bench_conv.py [--batch 128] [--repeats 5] [--out benchmarks/results/NAME.json]
+    python benchmarks/bench_conv.py [--batch 128] [--repeats 5] [--recipe record]
+        [--out benchmarks/results/NAME.json]
 
 For each shape (channels in -> out at H x W, "same" padding), the median time of a training
 pass: barenet's `Conv2D.forward(x, training=True)` and `backward(dout)` (input and weight
 gradients), and PyTorch's `conv2d` forward and backward in channels_last memory format (oneDNN's
-layout of choice on a CPU) and in its default NCHW, alternating. Then the `record` recipe's
-whole training step (forward, backward, SGD), its FLOPs against NumPy's float32 GEMM throughput
-measured in the same process just before: the share of the machine's matrix-product speed the
+layout of choice on a CPU) and in its default NCHW, alternating. Then a member's whole
+training step (forward, backward, the recipe's optimiser; `--recipe`: a recipe's name or
+.json file, default `record`), its FLOPs against NumPy's float32 GEMM throughput measured in
+the same process just before: the share of the machine's matrix-product speed the
 step reaches. Run long trainings paused; the machine and the OpenBLAS kernel are recorded.
 """
 
@@ -28,9 +30,10 @@ import numpy as np
 from machine import machine
 
 from barenet.nn.conv import Conv2D
+from barenet.nn.layers import Dense
 from barenet.nn.losses import softmax_cross_entropy
 from barenet.train.loop import make_optimizer
-from barenet.train.recipes import RECIPES, build_model
+from barenet.train.recipes import RECIPES, Recipe, build_model
 
 SHAPES = [(64, 64, 28), (64, 128, 14), (128, 128, 14), (128, 128, 28)]
 
@@ -83,8 +86,22 @@ def torch_pass(C: int, F: int, H: int, B: int, channels_last: bool):
     return run
 
 
-def record_step(B: int):
-    recipe = RECIPES["record"]
+def forward_flops(model) -> int:
+    """Multiply-adds x 2 of one image's forward pass through the convolutions and dense
+    layers (the rest is a few percent), read from each layer's input as an image passes."""
+    flops, x = 0, np.zeros((1, 784), dtype=np.float32)
+    for layer in model.layers:
+        out = layer.forward(x)
+        if isinstance(layer, Conv2D):
+            k = layer.kernel_size
+            flops += 2 * out.shape[1] * out.shape[2] * k * k * layer.in_channels * out.shape[3]
+        elif isinstance(layer, Dense):
+            flops += 2 * x.shape[1] * out.shape[1]
+        x = out
+    return flops
+
+
+def member_step(B: int, recipe):
     model = build_model(recipe, (28, 28), 10)
     optimizer = make_optimizer(recipe, model)
     rng = np.random.default_rng(0)
@@ -93,24 +110,20 @@ def record_step(B: int):
     def run() -> None:
         _, d = softmax_cross_entropy(model.forward(x, training=True), y)
         model.backward(d)
-        optimizer.step(0.01)
+        optimizer.step(recipe.lr)
 
-    # multiply-adds of the convolutions and dense layers, forward; backward twice that
-    # (the first convolution has no input gradient: a small difference, counted anyway)
-    flops, H, C = 0, 28, 1
-    for F in recipe.conv:
-        for _ in range(recipe.convs_per_block):
-            flops += 2 * H * H * 9 * C * F
-            C = F
-        H //= 2
-    flops += 2 * (H * H * C * recipe.hidden[0] + recipe.hidden[0] * 10)
-    return run, 3 * flops * B
+    # backward twice the forward (the first convolution has no input gradient: a small
+    # difference, counted anyway)
+    return run, 3 * forward_flops(model) * B
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--recipe", default="record",
+                        help="the member whose training step is measured: a recipe's name or "
+                        ".json file (default: record)")  # fmt: skip
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     try:
@@ -135,14 +148,18 @@ def main() -> None:
         print(f"{f'{C}->{F} at {H}x{H}':>22} {t['barenet']:>9} {t['torch_channels_last']:>9} "
               f"{t['torch_nchw']:>11}  {flops / row['barenet'] / 1e9:.0f}")  # fmt: skip
     gemm = gemm_throughput()
-    run, step_flops = record_step(B)
+    if args.recipe.endswith(".json"):
+        recipe = Recipe.from_dict(json.loads(Path(args.recipe).read_text()))
+    else:
+        recipe = RECIPES[args.recipe]
+    run, step_flops = member_step(B, recipe)
     step = median_seconds(run, args.repeats)
     efficiency = step_flops / step / gemm
     print(f"float32 GEMM 2048^3: {gemm / 1e9:.0f} GFLOP/s")
-    print(f"record member, training step of {B}: {1000 * step:.0f} ms, "
+    print(f"{recipe.name} member, training step of {B}: {1000 * step:.0f} ms, "
           f"{step_flops / step / 1e9:.0f} GFLOP/s = {100 * efficiency:.0f}% of GEMM")  # fmt: skip
     results = {"date": time.strftime("%Y-%m-%d %H:%M"), "machine": machine(), "convolutions": rows,
-               "gemm_flops_per_s": gemm, "record_step_seconds": step,
+               "gemm_flops_per_s": gemm, "step_recipe": recipe.name, "record_step_seconds": step,
                "record_step_flops": step_flops, "record_step_gemm_efficiency": efficiency}  # fmt: skip
     out = args.out or Path(__file__).parent / "results" / f"{time.strftime('%Y-%m-%d')}-conv.json"
     out.write_text(json.dumps(results, indent=1) + "\n")
