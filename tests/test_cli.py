@@ -67,6 +67,49 @@ def test_evaluate(trained):
     assert sum(int(v) for row in rows for v in row[1:]) == 10000
 
 
+def test_evaluate_on_the_validation_split(trained):
+    out, _ = trained
+    e = run("evaluate", str(out), "--validation")
+    assert e.returncode == 0, e.stderr
+    assert "mnist validation split (held out in training): 5000 images" in e.stdout
+    val = json.loads((out / "history.json").read_text())["epochs"][-1]["val_accuracy"]
+    assert f"validation accuracy {100 * val:.2f}%" in e.stdout
+    assert "test accuracy" not in e.stdout
+    rows = [line.split() for line in e.stdout.splitlines()[-10:]]
+    assert sum(int(v) for row in rows for v in row[1:]) == 5000
+    for extra, fragment in ((["--dataset", "mnist"], "leave --data and --dataset out"),
+                            (["--data", str(out)], "leave --data and --dataset out")):  # fmt: skip
+        assert_one_line_error(run("evaluate", str(out), "--validation", *extra), fragment)
+
+
+def test_evaluate_refuses_models_of_different_validation_splits(trained, tmp_path):
+    out, _ = trained
+    other = tmp_path / "other"
+    p = run("train", "--epochs", "1", "--batch-size", "512", "--out", str(other), "--no-progress",
+            "--recipe", str(_recipe_file(tmp_path, val_size=1000)))  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    e = run("evaluate", str(other), "--validation")
+    assert e.returncode == 0 and "split (held out in training): 1000 images" in e.stdout
+    assert_one_line_error(run("evaluate", str(out), str(other), "--validation"),
+                          "the same validation split")  # fmt: skip
+
+
+def _recipe_file(tmp_path: Path, **changes) -> Path:
+    from barenet.train.recipes import RECIPES
+
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps({**RECIPES["seed"].to_dict(), **changes}))
+    return path
+
+
+def test_output_into_a_closed_pipe_ends_quietly(trained):
+    out, _ = trained
+    # `true` reads nothing and is gone long before the accuracy is known: every write fails
+    p = subprocess.run(f"{sys.executable} -m barenet evaluate {out} | true", shell=True,
+                       capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert p.returncode == 0 and p.stderr == ""
+
+
 def test_predict_real_test_digits(trained, mnist, tmp_path):
     out, _ = trained
     paths = []

@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -445,6 +446,36 @@ def _models_test_set(
     return dataset, inputs
 
 
+def _models_validation_set(
+    args: argparse.Namespace, models: Sequence[Any], metas: Sequence[dict[str, Any]]
+) -> tuple[datasets.Dataset, np.ndarray, np.ndarray]:
+    """The validation split the models were trained beside: the last val_size images of their
+    training set (their recipe's val_size, which all must share), its inputs and labels. For
+    choosing among models and ensembles without reading the test set."""
+    from ..train.ensemble import dataset_name
+    from ..train.loop import to_inputs
+
+    if args.data is not None or args.dataset is not None:
+        raise BarenetError("--validation measures on the models' own validation split: leave "
+                           "--data and --dataset out")  # fmt: skip
+    sizes = {(meta.get("recipe") or {}).get("val_size") for meta in metas}
+    if len(sizes) != 1 or not isinstance(size := sizes.pop(), int) or size < 1:
+        raise BarenetError("--validation needs models that were trained beside the same "
+                           "validation split (their files name different ones, or none)")  # fmt: skip
+    own_source = _own_source(metas[0])
+    if own_source:
+        dataset = _load_own_again(own_source)
+    else:
+        dataset = _load_dataset(dataset_name(metas[0]) or "mnist", args.data_dir)
+    if size >= len(dataset.train_labels):
+        raise BarenetError(f"the models' validation split ({size} images) does not fit "
+                           f"{dataset.spec.name}'s {len(dataset.train_labels)} training images")  # fmt: skip
+    _, _, x_val, y_val = dataset.split(size)
+    inputs = to_inputs(x_val)
+    _check_fits(models, inputs.shape[1], len(dataset.spec.classes), dataset.spec.name)
+    return dataset, inputs, y_val
+
+
 def _class_names(models: Sequence[Any], metas: Sequence[dict[str, Any]]) -> list[str]:
     """The class names the models' metadata holds (checked by load_model), else "0", "1", ..."""
     named = (metas[0].get("dataset") or {}).get("classes")
@@ -496,16 +527,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..train.ensemble import average_proba, load_ensemble
 
     models, metas = load_ensemble(args.models)
-    dataset, inputs = _models_test_set(args, models, metas)
-    name, C = dataset.spec.name, len(dataset.spec.classes)
+    if args.validation:
+        dataset, inputs, y = _models_validation_set(args, models, metas)
+        where, kind = f"{dataset.spec.name} validation split (held out in training)", "validation"
+    else:
+        dataset, inputs = _models_test_set(args, models, metas)
+        y = dataset.test_labels
+        where = f"held-out set {args.data}" if args.data else f"{dataset.spec.name} test set"
+        kind = "test"
+    C = len(dataset.spec.classes)
     predicted = average_proba(models, inputs).argmax(axis=1)
-    y = dataset.test_labels.astype(np.int64)
+    y = y.astype(np.int64)
     confusion = np.zeros((C, C), dtype=np.int64)
     np.add.at(confusion, (y, predicted), 1)
     what = f", an ensemble of {len(models)} models" if len(models) > 1 else ""
-    where = f"held-out set {args.data}" if args.data else f"{name} test set"
     print(f"{where}: {len(y)} images{what}")
-    print(f"test accuracy {100 * float(np.mean(predicted == y)):.2f}%")
+    print(f"{kind} accuracy {100 * float(np.mean(predicted == y)):.2f}%")
     print("per-class accuracy:")
     for c, label in enumerate(dataset.spec.classes):
         total = confusion[c].sum()
@@ -873,6 +910,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("models", nargs="+", metavar="MODEL",
                    help="model.npz files or run directories; several are averaged as an "
                    "ensemble")  # fmt: skip
+    p.add_argument("--validation", action="store_true",
+                   help="measure on the validation split the models were trained beside (the "
+                   "last images of the training set, as the recipe holds them out), not the "
+                   "test set: for choosing among models without reading the test set")  # fmt: skip
     p.add_argument("--dataset", choices=data_names, help=MODEL_DATASET_HELP)
     p.add_argument("--data", metavar="PATH",
                    help="a held-out set of your own, in a --data layout of barenet train; "
@@ -977,6 +1018,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("barenet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`barenet evaluate ... | head`): no error
+        # stdout's last flush at exit would fail again: point it at nothing
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as e:  # e.g. --out in a read-only place, a full disk
         where = f"{e.filename}: " if e.filename else ""
         print(f"barenet: error: {where}{e.strerror or e}", file=sys.stderr)
