@@ -12,7 +12,7 @@ from barenet.nn.config import layer_from_config
 from barenet.nn.gradcheck import TOLERANCE, check_layer
 from barenet.nn.pooling import AvgPool2D, GlobalPool, SqueezeExcite
 from barenet.nn.trace import SUSPECT, trace
-from barenet.train.recipes import RECIPES, build_model
+from barenet.train.recipes import RECIPES, Recipe, build_model
 
 
 def test_gradients_float64():
@@ -61,6 +61,47 @@ def test_recipes_check_the_new_fields():
         "Reshape", "Conv2D", "BatchNorm", "MaxPool2D", "ReLU", "Conv2D", "BatchNorm",
         "MaxPool2D", "ReLU", "Flatten", "Dense", "BatchNorm", "ReLU", "Dropout", "Dense",
     ]  # fmt: skip
+
+
+def test_blocks_with_their_own_pooling_and_one_batchnorm_each():
+    """Matuzas's layout: three convolutions and their ReLUs, one BatchNorm, a gate; the first
+    block unpooled, the others average-pooled, then the whole-image pooling."""
+    recipe = dataclasses.replace(RECIPES["cnn"], conv=(4, 4, 6), convs_per_block=3,
+                                 kernel_size=3, batchnorm=True, batchnorm_per="block",
+                                 block_pools=("none", "avg", "avg"), head="global",
+                                 squeeze_excite=2, hidden=())  # fmt: skip
+    recipe.check()
+    net = build_model(recipe, (28, 28), 10)
+    block = ["Conv2D", "ReLU"] * 3 + ["BatchNorm", "SqueezeExcite"]
+    assert [c["type"] for c in net.config()] == [
+        "Reshape", *block, *block, "AvgPool2D", *block, "AvgPool2D", "GlobalPool", "Dense",
+    ]  # fmt: skip
+    assert net.layers[-1].params["W"].shape == (12, 10)  # mean and max of 6 channels
+    x = np.random.default_rng(1).random((4, 784))
+    h = x
+    for layer in net.layers[:-2]:
+        h = layer.forward(h)
+    assert h.shape == (4, 7, 7, 6)  # 28 -> 28 -> 14 -> 7
+    rows = trace(net, x, np.arange(4))
+    assert all(r.error < SUSPECT for r in rows), [(r.name, r.error) for r in rows]
+    assert Recipe.from_dict(recipe.to_dict()) == recipe
+    # block_pools with the dense head: every listed pooling, then the flattened maps
+    dense = dataclasses.replace(recipe, head="dense", block_pools=("max", "none", "max"),
+                                batchnorm_per="conv", hidden=(8,))  # fmt: skip
+    types = [c["type"] for c in build_model(dense, (28, 28), 10).config()]
+    assert types.count("MaxPool2D") == 2 and types.count("BatchNorm") == 10
+    hidden = next(layer for layer in build_model(dense, (28, 28), 10).layers
+                  if type(layer).__name__ == "Dense")  # fmt: skip
+    assert hidden.params["W"].shape == (7 * 7 * 6, 8)  # 28 -> 14 -> 14 -> 7
+
+
+def test_recipes_check_block_pools_and_batchnorm_placement():
+    cnn = dataclasses.replace(RECIPES["cnn"], conv=(4, 4))
+    for changes, field in (({"block_pools": ("avg",)}, "block_pools"),
+                           ({"block_pools": ("avg", "min")}, "block_pools"),
+                           ({"batchnorm_per": "layer"}, "batchnorm_per")):  # fmt: skip
+        with pytest.raises(BarenetError, match=field):
+            dataclasses.replace(cnn, **changes).check()
 
 
 def test_a_gated_network_traces_clean():

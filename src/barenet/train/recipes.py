@@ -27,6 +27,8 @@ ARCHS = ("mlp", "cnn")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
 POOLS, HEADS = ("max", "avg"), ("dense", "global")
+BLOCK_POOLS = (*POOLS, "none")  # a block's own pooling (`Recipe.block_pools`)
+BATCHNORM_PLACES = ("conv", "block")  # `Recipe.batchnorm_per`
 
 
 @dataclass(frozen=True)
@@ -41,9 +43,14 @@ class Recipe:
     convs_per_block: int = 1  # cnn: k x k convolutions in each block before its 2x2 pooling
     kernel_size: int = 5  # cnn: k, with "same" padding k // 2
     batchnorm: bool = False  # BatchNorm after every convolution and hidden dense layer
+    batchnorm_per: str = "conv"  # cnn with batchnorm: "conv": after every convolution (before
+    # its ReLU); "block": once per block, after all its convolutions and their ReLUs
     pool: str = "max"  # cnn: each block ends in 2x2 "max" or "avg" pooling
     head: str = "dense"  # cnn: "dense": the last block's maps, flattened, feed the dense layers;
     # "global": the last block is not pooled 2x2 but over the whole image (mean and max)
+    block_pools: tuple[str, ...] = ()  # cnn: each block's own 2x2 pooling, "max", "avg" or
+    # "none" (one per block; with the global head, the whole-image pooling follows the last
+    # block's); empty: `pool` after every block (but the last, under the global head)
     squeeze_excite: int = 0  # cnn: a squeeze-and-excitation gate of reduction r ending each
     # block (Hu et al. 2018); 0: none
     init: str = "he"  # weight initialisation: "he" suits ReLU
@@ -116,6 +123,13 @@ class Recipe:
             raise bad("pool", self.pool, f"choose from {', '.join(POOLS)}")
         if self.head not in HEADS:
             raise bad("head", self.head, f"choose from {', '.join(HEADS)}")
+        if self.block_pools and (len(self.block_pools) != len(self.conv)
+                                 or set(self.block_pools) - set(BLOCK_POOLS)):  # fmt: skip
+            raise bad("block_pools", self.block_pools,
+                      f"one per block, each of {', '.join(BLOCK_POOLS)}")  # fmt: skip
+        if self.batchnorm_per not in BATCHNORM_PLACES:
+            raise bad("batchnorm_per", self.batchnorm_per,
+                      f"choose from {', '.join(BATCHNORM_PLACES)}")  # fmt: skip
         if not 0 <= self.squeeze_excite <= min(self.conv, default=1):
             raise bad("squeeze_excite", self.squeeze_excite,
                       "must be a reduction in 0..the fewest channels (0: none)")  # fmt: skip
@@ -146,6 +160,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["hidden"], d["conv"] = list(self.hidden), list(self.conv)
+        d["block_pools"] = list(self.block_pools)
         return d
 
     @classmethod
@@ -156,6 +171,7 @@ class Recipe:
             raise BarenetError(f"not a recipe: unknown fields {sorted(set(d) - known)}")
         d = dict(d)
         d["hidden"], d["conv"] = tuple(d.get("hidden", ())), tuple(d.get("conv", ()))
+        d["block_pools"] = tuple(d.get("block_pools", ()))
         d["augment"] = Augment(**d.get("augment", {}))
         recipe = cls(**d)
         recipe.check()
@@ -180,28 +196,39 @@ def build_model(
     if recipe.arch == "cnn":
         layers.append(Reshape((H, W, 1)))
         channels, k = 1, recipe.kernel_size
+        per_block = recipe.batchnorm and recipe.batchnorm_per == "block"
         for b, c in enumerate(recipe.conv):
+            last = b == len(recipe.conv) - 1
             for n in range(recipe.convs_per_block):
                 layers.append(Conv2D(channels, c, k, padding=k // 2, rng=rng, init=recipe.init))
-                if recipe.batchnorm:
+                if recipe.batchnorm and not per_block:
                     layers.append(BatchNorm(c))
-                if n < recipe.convs_per_block - 1:
+                if n < recipe.convs_per_block - 1 or per_block:
                     layers.append(ReLU())
                 channels = c
+            if per_block:  # one BatchNorm of the block's rectified output
+                layers.append(BatchNorm(c))
             if recipe.squeeze_excite:
                 layers.append(SqueezeExcite(c, recipe.squeeze_excite, rng=rng))
-            if recipe.head == "global" and b == len(recipe.conv) - 1:
-                layers += [ReLU(), GlobalPool("avg+max")]
-                break
-            if recipe.pool == "max":
+            if recipe.block_pools:
+                pool = recipe.block_pools[b]
+            else:
+                pool = "none" if recipe.head == "global" and last else recipe.pool
+            relu = [] if per_block else [ReLU()]  # the block's last ReLU, unless done
+            if pool == "max":
                 # max-pool then ReLU: the same function and gradients as ReLU then max-pool
                 # (both are monotone), with the ReLU on a quarter of the values.
-                layers += [MaxPool2D(2), ReLU()]
+                layers += [MaxPool2D(2), *relu]
+            elif pool == "avg":
+                layers += [*relu, AvgPool2D(2)]
             else:
-                layers += [ReLU(), AvgPool2D(2)]
-            if recipe.conv_dropout:
+                layers += relu
+            if pool != "none":
+                H, W = H // 2, W // 2
+            if recipe.head == "global" and last:
+                layers.append(GlobalPool("avg+max"))
+            elif recipe.conv_dropout:
                 layers.append(Dropout(recipe.conv_dropout))
-            H, W = H // 2, W // 2
         if H < 1 or W < 1:
             raise BarenetError(f"recipe {recipe.name!r} pools the images below 1x1 pixel")
         if recipe.head == "global":
