@@ -95,7 +95,8 @@ def test_gaussian_matrix_smooths_like_the_kernel():
     np.testing.assert_allclose(smoothed[10], smoothed[18])
 
 
-@pytest.mark.parametrize("field,value", [("rotate", -1.0), ("scale", 1.0), ("shift", float("nan"))])
+@pytest.mark.parametrize("field,value", [("rotate", -1.0), ("scale", 1.0), ("shift", float("nan")),
+                                         ("shear", 90.0), ("shear", -5.0)])  # fmt: skip
 def test_bad_ranges_are_rejected(field, value):
     with pytest.raises(ValueError, match=field):
         Augment(**{field: value}).check()
@@ -145,3 +146,33 @@ def test_erase_chooses_images_with_its_probability_and_leaves_the_rest():
 def test_erase_must_be_a_probability(value):
     with pytest.raises(ValueError, match="erase"):
         Augment(erase=value).check()
+
+
+def test_shear_slants_a_vertical_bar_and_leaves_the_other_draws_alone():
+    n = 64
+    bars = np.zeros((n, 28, 28), np.uint8)
+    bars[:, 4:24, 13:15] = 255
+    cols = np.arange(28)
+
+    def centre(rows):  # the bar's mean column over a band of rows
+        ink = rows.sum(axis=1)  # (n, 28)
+        return (ink * cols).sum(axis=1) / ink.sum(axis=1)
+
+    out = augment(bars, np.random.default_rng(0), Augment(shear=20.0))
+    lean = centre(out[:, 17:22]) - centre(out[:, 6:11])  # bottom band against top band
+    # the bands' centres lie 11 rows apart: the bar leans by up to 11 tan(20 degrees) = 4.0
+    assert np.abs(lean).max() <= 4.1 and np.abs(lean).max() > 3.0
+    assert (lean > 0.5).sum() > n // 4 and (lean < -0.5).sum() > n // 4  # both ways
+    straight = augment(bars, np.random.default_rng(0), Augment(rotate=0.0, shift=0.0))
+    np.testing.assert_allclose(centre(straight[:, 17:22]), centre(straight[:, 6:11]))
+    # the rotation, zoom and shift of each image are drawn first, as without a shear: the same
+    # vertical shifts (a shear moves pixels sideways only)
+    a = augment(bars, np.random.default_rng(1), Augment(shift=3.0, shear=10.0))
+    b = augment(bars, np.random.default_rng(1), Augment(shift=3.0))
+
+    def height(images):  # the mean row of the ink
+        ink = images.sum(axis=2)
+        return (ink * cols).sum(axis=1) / ink.sum(axis=1)
+
+    assert np.abs(height(b) - 13.5).max() > 1.0  # shifted up and down
+    np.testing.assert_allclose(height(a), height(b), atol=0.05)

@@ -3,7 +3,17 @@ import math
 import numpy as np
 import pytest
 
-from barenet.nn.optim import SGD, Adam, AdamW, ConstantLR, CosineLR, OneCycleLR, StepLR, max_norm_
+from barenet.nn.optim import (
+    SGD,
+    Adam,
+    AdamW,
+    ConstantLR,
+    CosineLR,
+    MultiStepLR,
+    OneCycleLR,
+    StepLR,
+    max_norm_,
+)
 
 
 def _one_param(value, grad):
@@ -56,6 +66,8 @@ def test_schedules():
     assert ConstantLR(0.3)(7.5) == 0.3
     step = StepLR(1.0, step_epochs=2, gamma=0.5)
     assert [step(t) for t in (0, 1.9, 2, 4.5)] == [1.0, 1.0, 0.5, 0.25]
+    multi = MultiStepLR(1.0, milestones=(3, 5), gamma=0.5)
+    assert [multi(t) for t in (0, 2.9, 3, 4.9, 5, 9)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.25]
     cos = CosineLR(1.0, epochs=10)
     assert cos(0) == 1.0 and cos(5) == pytest.approx(0.5) and cos(10) == pytest.approx(0.0)
     warm = CosineLR(1.0, epochs=10, warmup=2)

@@ -5,6 +5,7 @@ import pytest
 
 from barenet.errors import BarenetError, TrainingDiverged
 from barenet.nn.model import mlp
+from barenet.train.augment import Augment
 from barenet.train.loop import accuracy, to_inputs, train
 from barenet.train.recipes import RECIPES, Recipe, get_recipe
 
@@ -70,7 +71,8 @@ def test_divergence_stops_with_a_clear_message():
     [("epochs", 0, "epochs"), ("batch_size", 0, "batch size"), ("lr", -0.1, "learning rate"),
      ("lr", float("nan"), "learning rate"), ("momentum", 1.0, "momentum"), ("l2", -1.0, "l2"),
      ("schedule", "linear", "schedule"), ("warmup_epochs", 99.0, "warmup"), ("hidden", (0,), "hidden"),
-     ("vat_eps", -1.0, "vat eps"), ("vat_weight", float("inf"), "vat weight")],
+     ("vat_eps", -1.0, "vat eps"), ("vat_weight", float("inf"), "vat weight"),
+     ("clean_epochs", 2, "clean epochs"), ("clean_epochs", -1, "clean epochs")],
 )  # fmt: skip
 def test_recipe_check(field, value, message):
     with pytest.raises(BarenetError, match=message):
@@ -101,3 +103,33 @@ def test_batchnorm_recalibration_averages_clean_batch_statistics():
     np.testing.assert_allclose(bn.buffers["running_mean"], np.mean(means, axis=0), rtol=1e-4,
                                atol=1e-5)  # fmt: skip
     assert bn.momentum == 0.1 and net.layers[0].p == 0.5  # settings restored
+
+
+def test_multistep_needs_increasing_milestones_inside_the_run():
+    seed = dataclasses.replace(RECIPES["seed"], epochs=20, schedule="multistep")
+    for bad in ((), (13, 13), (16, 13), (0,), (20,)):
+        with pytest.raises(BarenetError, match="milestones"):
+            dataclasses.replace(seed, milestones=bad).check()
+    good = dataclasses.replace(seed, milestones=(13, 16), lr=1e-3)
+    good.check()
+    schedule = good.lr_schedule()
+    assert [schedule(t) for t in (0, 12.9, 13, 15.5, 16, 19.9)] == pytest.approx(
+        [1e-3, 1e-3, 1e-4, 1e-4, 1e-5, 1e-5]
+    )
+    assert Recipe.from_dict(good.to_dict()) == good
+
+
+def test_the_last_clean_epochs_train_on_the_images_as_they_are():
+    x, y = _toy()
+    recipe = dataclasses.replace(RECIPE, augment=Augment(shift=2.0), clean_epochs=1)
+    weights, lines = [], []
+    for clean in (1, 0):
+        net = mlp([784, 16, 2], rng=np.random.default_rng([RECIPE.seed, 0]))
+        h = train(net, dataclasses.replace(recipe, clean_epochs=clean), x[:500], y[:500],
+                  x[500:], y[500:], progress=False, log=lines.append)  # fmt: skip
+        weights.append([p.copy() for _, p, _ in net.parameters()])
+        augmented = [e.augment_seconds > 0 for e in h.epochs]
+        assert augmented == ([True, True, False] if clean else [True, True, True])
+    assert "augmentation" in lines[1] and "augmentation" not in lines[2]
+    # the same first two epochs, then another third one
+    assert any(not np.array_equal(a, b) for a, b in zip(*weights))

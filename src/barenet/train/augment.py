@@ -1,8 +1,8 @@
 """Data augmentation on the fly: random affine maps and elastic distortions of digit images.
 
 Every image of a batch gets its own random transform, and the whole batch is resampled at once:
-    1. a random affine map (rotation, scale, shift) about the image centre gives, for every
-       output pixel, the point of the input image it shows; with `flip`, half of the images
+    1. a random affine map (rotation, scale, shift, and a shear with `shear`) about the image
+       centre gives, for every output pixel, the point of the input image it shows; with `flip`, half of the images
        (at random) are also mirrored left to right (clothes, not digits: a mirrored 7 is no 7);
     2. elastic distortion (Simard et al. 2003) adds a random, smooth displacement to that point:
        a field of uniform(-1, 1) values per pixel and axis (to 8 bits: one random byte each),
@@ -39,12 +39,17 @@ class Augment:
     elastic_sigma: float = 4.0  # smoothness of the elastic field, pixels (Simard et al.: 4)
     flip: bool = False  # mirror each image left to right with probability 1/2
     erase: float = 0.0  # probability of erasing a random rectangle of each image (0: never)
+    shear: float = 0.0  # degrees: each row slides sideways by tan(angle) x its height from
+    # the centre, angle in [-shear, shear] (Keras's shear_range; a slanted hand)
 
     @property
     def active(self) -> bool:
-        return any((self.rotate, self.scale, self.shift, self.elastic_alpha, self.flip, self.erase))
+        return any((self.rotate, self.scale, self.shift, self.elastic_alpha, self.flip, self.erase,
+                    self.shear))  # fmt: skip
 
     def check(self) -> None:
+        if not (math.isfinite(self.shear) and 0 <= self.shear < 90):
+            raise ValueError(f"augmentation shear must be degrees in [0, 90), not {self.shear!r}")
         for name in ("rotate", "scale", "shift", "elastic_alpha", "elastic_sigma"):
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
@@ -101,6 +106,9 @@ def augment(images: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.nd
     cos, sin = (np.cos(angle) / zoom)[:, None, None], (np.sin(angle) / zoom)[:, None, None]
     src_y = cos * yy - sin * xx + f32(cy) - shift[:, 0, None, None]  # (N, H, W)
     src_x = sin * yy + cos * xx + f32(cx) - shift[:, 1, None, None]
+    if aug.shear:  # drawn only when asked for: the other draws stay as they were without it
+        slant = np.tan(np.deg2rad(rng.uniform(-aug.shear, aug.shear, N))).astype(f32)
+        src_x += slant[:, None, None] * (src_y - f32(cy))  # rows slide by their height
     if aug.elastic_alpha:
         G = _gaussian_matrix(H, float(aug.elastic_sigma))
         Gw = G if W == H else _gaussian_matrix(W, float(aug.elastic_sigma))

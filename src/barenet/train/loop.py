@@ -212,6 +212,8 @@ def train(
 
     for epoch in range(first, recipe.epochs):
         start = time.perf_counter()
+        # the recipe's last clean_epochs see the images as they are
+        epoch_aug = None if epoch >= recipe.epochs - recipe.clean_epochs else aug
         if inside is None:  # a new epoch: a new order
             part = EpochSoFar(order=rngs["shuffle"].permutation(N))
         else:  # the epoch a checkpoint was taken in, from its next step
@@ -239,12 +241,12 @@ def train(
                     start += monitor.paused_seconds - paused  # a pause is not training time
                 yb = ys[i * B : (i + 1) * B]
                 rows = np.take(flat, order[i * B : (i + 1) * B], axis=0)  # (B, H*W)
-                if aug is None:
+                if epoch_aug is None:
                     xb = to_inputs(rows)
                 else:
                     t0 = time.perf_counter()
                     batch = rows.reshape(-1, *image_shape)
-                    xb = augment(batch, rngs["augment"], aug).reshape(len(yb), -1)
+                    xb = augment(batch, rngs["augment"], epoch_aug).reshape(len(yb), -1)
                     xb *= np.float32(1 / 255)
                     augment_seconds += time.perf_counter() - t0
                 scores = model.forward(xb, training=True)
@@ -282,11 +284,11 @@ def train(
             if checkpoint is not None and i > 0:
                 save(epoch, EpochSoFar(order, i, loss_sum, correct, augment_seconds,
                                        part.seconds + time.perf_counter() - start))  # fmt: skip
-            if aug is not None:  # the model as it stands, ready to use
+            if epoch_aug is not None:  # the model as it stands, ready to use
                 recalibrate_batchnorm(model, x_train[:RECALIBRATION_IMAGES], B)
             say(f"stopped in epoch {epoch + 1}/{recipe.epochs} after step {i}/{steps}")
             break
-        if aug is not None:
+        if epoch_aug is not None:
             recalibrate_batchnorm(model, x_train[:RECALIBRATION_IMAGES], B)
         seconds = part.seconds + time.perf_counter() - start
         proba = None
@@ -307,7 +309,7 @@ def train(
             augment_seconds=augment_seconds,
         )
         history.epochs.append(record)
-        extra = f"  (augmentation {100 * augment_seconds / seconds:.0f}%)" if aug else ""
+        extra = f"  (augmentation {100 * augment_seconds / seconds:.0f}%)" if epoch_aug else ""
         val = "" if x_val is None else f"  val {100 * record.val_accuracy:.2f}%"
         say(f"epoch {record.epoch}/{recipe.epochs}  loss {record.train_loss:.4f}  "
             f"train {100 * record.train_accuracy:.2f}%{val}  {record.seconds:.2f} s{extra}")  # fmt: skip

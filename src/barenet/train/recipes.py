@@ -19,13 +19,13 @@ from ..errors import BarenetError
 from ..nn.conv import Conv2D, MaxPool2D
 from ..nn.layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, Layer, ReLU, Reshape
 from ..nn.model import Sequential
-from ..nn.optim import ConstantLR, CosineLR, OneCycleLR, StepLR
+from ..nn.optim import ConstantLR, CosineLR, MultiStepLR, OneCycleLR, StepLR
 from ..nn.pooling import AvgPool2D, GlobalPool, SqueezeExcite
 from .augment import Augment
 
 ARCHS = ("mlp", "cnn")
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "onecycle")
 POOLS, HEADS = ("max", "avg"), ("dense", "global")
 BLOCK_POOLS = (*POOLS, "none")  # a block's own pooling (`Recipe.block_pools`)
 BATCHNORM_PLACES = ("conv", "block")  # `Recipe.batchnorm_per`
@@ -63,6 +63,7 @@ class Recipe:
     label_smoothing: float = 0.0
     l2: float = 1e-4  # lambda of 0.5 * lambda * sum W^2 (weights only); 5e-4 was no better
     augment: Augment = field(default_factory=Augment)  # random transforms of training images
+    clean_epochs: int = 0  # the last epochs train on the images as they are, not augmented
     # Virtual adversarial training (`barenet.train.adversarial`): the length of the perturbation
     # (L2 over the input, pixels in [0, 1]; 0: off) and the weight of its KL penalty.
     vat_eps: float = 0.0
@@ -74,10 +75,12 @@ class Recipe:
     lr: float = 0.2  # peak learning rate, chosen on validation
     momentum: float = 0.9  # sgd
     nesterov: bool = True  # sgd
-    schedule: str = "cosine"  # "constant", "step", "cosine" or "onecycle"
+    schedule: str = "cosine"  # "constant", "step", "multistep", "cosine" or "onecycle"
     warmup_epochs: float = 0.0  # cosine: linear warm-up before the decay
     step_epochs: float = 1.0  # step: multiply the lr by step_gamma every step_epochs
-    step_gamma: float = 0.1
+    step_gamma: float = 0.1  # step and multistep
+    milestones: tuple[float, ...] = ()  # multistep: the epochs at which the lr is multiplied
+    # by step_gamma
     # Runs.
     members: int = 1  # an ensemble of this many networks, seeds seed, seed + 1, ...
     seed: int = 0  # initial weights, shuffling, masks and augmentation of every epoch
@@ -107,6 +110,14 @@ class Recipe:
             raise bad("optimizer", self.optimizer, f"choose from {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
             raise bad("schedule", self.schedule, f"choose from {', '.join(SCHEDULES)}")
+        if self.schedule == "multistep" and not (
+            self.milestones and all(0 < m < self.epochs for m in self.milestones)
+            and list(self.milestones) == sorted(set(self.milestones))
+        ):  # fmt: skip
+            raise bad("milestones", self.milestones,
+                      "multistep needs increasing epochs between 0 and the last epoch")  # fmt: skip
+        if not 0 <= self.clean_epochs < self.epochs:
+            raise bad("clean epochs", self.clean_epochs, "must be in [0, epochs)")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise bad("warmup epochs", self.warmup_epochs, "must be in [0, epochs)")
         if self.val_size < 1:
@@ -148,11 +159,13 @@ class Recipe:
         except ValueError as e:
             raise BarenetError(str(e)) from None
 
-    def lr_schedule(self) -> ConstantLR | StepLR | CosineLR | OneCycleLR:
+    def lr_schedule(self) -> ConstantLR | StepLR | MultiStepLR | CosineLR | OneCycleLR:
         if self.schedule == "constant":
             return ConstantLR(self.lr)
         if self.schedule == "step":
             return StepLR(self.lr, self.step_epochs, self.step_gamma)
+        if self.schedule == "multistep":
+            return MultiStepLR(self.lr, self.milestones, self.step_gamma)
         if self.schedule == "onecycle":
             return OneCycleLR(self.lr, self.epochs)
         return CosineLR(self.lr, self.epochs, warmup=self.warmup_epochs)
@@ -160,7 +173,7 @@ class Recipe:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["hidden"], d["conv"] = list(self.hidden), list(self.conv)
-        d["block_pools"] = list(self.block_pools)
+        d["block_pools"], d["milestones"] = list(self.block_pools), list(self.milestones)
         return d
 
     @classmethod
@@ -172,6 +185,7 @@ class Recipe:
         d = dict(d)
         d["hidden"], d["conv"] = tuple(d.get("hidden", ())), tuple(d.get("conv", ()))
         d["block_pools"] = tuple(d.get("block_pools", ()))
+        d["milestones"] = tuple(d.get("milestones", ()))
         d["augment"] = Augment(**d.get("augment", {}))
         recipe = cls(**d)
         recipe.check()
