@@ -106,7 +106,7 @@ def augment(images: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.nd
     cos, sin = (np.cos(angle) / zoom)[:, None, None], (np.sin(angle) / zoom)[:, None, None]
     src_y = cos * yy - sin * xx + f32(cy) - shift[:, 0, None, None]  # (N, H, W)
     src_x = sin * yy + cos * xx + f32(cx) - shift[:, 1, None, None]
-    if aug.shear:  # drawn only when asked for: the other draws stay as they were without it
+    if aug.shear:  # drawn only when asked for: without a shear, every draw is as it was
         slant = np.tan(np.deg2rad(rng.uniform(-aug.shear, aug.shear, N))).astype(f32)
         src_x += slant[:, None, None] * (src_y - f32(cy))  # rows slide by their height
     if aug.elastic_alpha:
