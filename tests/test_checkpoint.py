@@ -31,15 +31,16 @@ def _toy(n=400, seed=0):
     return x.astype(np.uint8), y.astype(np.uint8)
 
 
-# Every source of randomness at once: dropout, DropConnect, augmentation, virtual adversarial
-# perturbations, BatchNorm buffers, Adam's moments and its step count; and both kinds of
-# convolution (the second one, of 4 channels, runs in blocks on both cores: `Conv2D.blocked`).
+# Every source of randomness at once: dropout, DropConnect, augmentation (a shear too),
+# virtual adversarial perturbations, BatchNorm buffers, Adam's moments and its step count; both
+# kinds of convolution (the second one, of 4 channels, runs in blocks on both cores:
+# `Conv2D.blocked`); and a last epoch on the images as they are.
 RECIPE = Recipe(
     name="toy", description="toy", arch="cnn", conv=(4,), convs_per_block=2, kernel_size=3,
     batchnorm=True,
     hidden=(8,), dropout=0.3, dropconnect=0.2, optimizer="adam", lr=0.01, epochs=3,
-    batch_size=32, val_size=50, augment=Augment(rotate=10, shift=1, elastic_alpha=8),
-    schedule="onecycle", max_norm=2.0, label_smoothing=0.1, vat_eps=1.0,
+    batch_size=32, val_size=50, augment=Augment(rotate=10, shift=1, elastic_alpha=8, shear=5),
+    schedule="onecycle", max_norm=2.0, label_smoothing=0.1, vat_eps=1.0, clean_epochs=1,
 )  # fmt: skip
 
 
@@ -114,7 +115,7 @@ def test_resumed_within_an_epoch_is_bit_for_bit_the_uninterrupted_one(tmp_path, 
 def test_resume_rejects_a_checkpoint_of_another_network(tmp_path):
     x, y = _toy()
     ckpt = tmp_path / "c.npz"
-    small = dataclasses.replace(RECIPE, epochs=1)
+    small = dataclasses.replace(RECIPE, epochs=1, clean_epochs=0)
     train(build_model(small, (28, 28), 3), small, x[:350], y[:350], x[350:], y[350:],
           progress=False, checkpoint=ckpt)  # fmt: skip
     other = dataclasses.replace(RECIPE, hidden=(9,))
@@ -235,7 +236,7 @@ def test_resume_errors_are_one_line(tmp_path):
 
 def _train_one_epoch(ckpt: Path) -> None:
     x, y = _toy()
-    one = dataclasses.replace(RECIPE, epochs=1)
+    one = dataclasses.replace(RECIPE, epochs=1, clean_epochs=0)
     train(build_model(one, (28, 28), 3), one, x[:350], y[:350], x[350:], y[350:],
           progress=False, checkpoint=ckpt)  # fmt: skip
 
