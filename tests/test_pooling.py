@@ -30,6 +30,9 @@ def test_gradients_float64():
 def test_values_on_a_hand_made_case():
     x = np.arange(16.0).reshape(1, 4, 4, 1)
     np.testing.assert_array_equal(AvgPool2D(2).forward(x)[0, :, :, 0], [[2.5, 4.5], [10.5, 12.5]])
+    # whole numbers of pixels average to fractions, as NumPy's mean gives them
+    np.testing.assert_array_equal(AvgPool2D(2).forward(x.astype(np.uint8))[0, :, :, 0],
+                                  [[2.5, 4.5], [10.5, 12.5]])  # fmt: skip
     np.testing.assert_array_equal(GlobalPool("avg+max").forward(x), [[7.5, 15.0]])
     se = SqueezeExcite(1, 1)
     se.params["W1"][...], se.params["W2"][...] = 0.0, 0.0  # gate = sigmoid(0) = 1/2

@@ -54,12 +54,12 @@ class AvgPool2D:
         # out = (1 / k^2) sum over a, b of x[:, k*oh + a, k*ow + b]: k*k strided views added
         # (faster than a mean over the two window axes of a reshaped x, which NumPy reduces
         # with short inner loops)
-        out = x[:, : OH * k : k, : OW * k : k].copy()
+        out = x[:, : OH * k : k, : OW * k : k].astype(np.result_type(x.dtype, np.float32))
         for a in range(k):
             for b in range(k):
                 if a or b:
                     out += x[:, a : OH * k : k, b : OW * k : k]
-        out *= x.dtype.type(1.0 / (k * k))
+        out *= out.dtype.type(1.0 / (k * k))
         return out
 
     def backward(self, dout: Array, need_dx: bool = True, need_grads: bool = True) -> Array | None:
