@@ -20,6 +20,7 @@ Derivations: docs/backprop.md ("3j"); gradient checks: tests/test_pooling.py and
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -27,6 +28,14 @@ import numpy as np
 
 from ..backend.arrays import array_module
 from .layers import Array, init_weights
+
+
+def _window_slices(k: int, OH: int, OW: int) -> Iterator[tuple[slice, ...]]:
+    """The k*k strided views of a k x k, stride-k pooling: view (a, b) holds, for every
+    window (oh, ow), its pixel x[:, k*oh + a, k*ow + b] (an (N, OH, OW, C) view of x)."""
+    for a in range(k):
+        for b in range(k):
+            yield (slice(None), slice(a, OH * k, k), slice(b, OW * k, k))
 
 
 class AvgPool2D:
@@ -54,11 +63,10 @@ class AvgPool2D:
         # out = (1 / k^2) sum over a, b of x[:, k*oh + a, k*ow + b]: k*k strided views added
         # (faster than a mean over the two window axes of a reshaped x, which NumPy reduces
         # with short inner loops)
-        out = x[:, : OH * k : k, : OW * k : k].astype(np.result_type(x.dtype, np.float32))
-        for a in range(k):
-            for b in range(k):
-                if a or b:
-                    out += x[:, a : OH * k : k, b : OW * k : k]
+        windows = _window_slices(k, OH, OW)
+        out = x[next(windows)].astype(np.result_type(x.dtype, np.float32))
+        for window in windows:
+            out += x[window]
         out *= out.dtype.type(1.0 / (k * k))
         return out
 
@@ -75,9 +83,8 @@ class AvgPool2D:
         exact = H == OH * k and W == OW * k  # every input pixel in a window: none left zero
         dx = (xp.empty if exact else xp.zeros)(self._x_shape, dtype=dout.dtype)
         share = dout * dout.dtype.type(1.0 / (k * k))  # each of a window's k*k pixels' share
-        for a in range(k):
-            for b in range(k):
-                dx[:, a : OH * k : k, b : OW * k : k] = share
+        for window in _window_slices(k, OH, OW):
+            dx[window] = share
         return dx
 
     def config(self) -> dict[str, Any]:

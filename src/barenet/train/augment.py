@@ -2,8 +2,9 @@
 
 Every image of a batch gets its own random transform, and the whole batch is resampled at once:
     1. a random affine map (rotation, scale, shift, and a shear with `shear`) about the image
-       centre gives, for every output pixel, the point of the input image it shows; with `flip`, half of the images
-       (at random) are also mirrored left to right (clothes, not digits: a mirrored 7 is no 7);
+       centre gives, for every output pixel, the point of the input image it shows; with
+       `flip`, half of the images (at random) are also mirrored left to right (clothes, not
+       digits: a mirrored 7 is no 7);
     2. elastic distortion (Simard et al. 2003) adds a random, smooth displacement to that point:
        a field of uniform(-1, 1) values per pixel and axis (to 8 bits: one random byte each),
        smoothed by a Gaussian of width sigma and scaled by alpha. The Gaussian is separable,
