@@ -246,6 +246,18 @@ def test_train_an_ensemble_then_evaluate_it(tmp_path, mnist):
     e = run("evaluate", str(out))
     assert e.returncode == 0 and "an ensemble of 2 models" in e.stdout
     assert f"test accuracy {100 * summary['test_accuracy']:.2f}%" in e.stdout
+    # --members: each member alone (its own last validation figure), the first k together
+    m = run("evaluate", str(out), "--validation", "--members")
+    assert m.returncode == 0, m.stderr
+    lines = m.stdout.splitlines()
+    start = lines.index("members (validation accuracy alone; the first k together):")
+    rows = [line.split() for line in lines[start + 1 : start + 3]]
+    vals = [100 * h["epochs"][-1]["val_accuracy"] for h in seeds]
+    assert [row[0] for row in rows] == ["1", "2"] and rows[0][1] == rows[0][2]
+    assert [row[1] for row in rows] == [f"{v:.2f}%" for v in vals]
+    assert rows[1][3].endswith("member-2/model.npz")
+    assert f"members' mean {np.mean(vals):.2f}% ± {np.std(vals):.2f} (std over 2)" in m.stdout
+    assert f"validation accuracy {rows[1][2]}" in m.stdout  # the ensemble: both together
     again = run("train", "--resume", str(out), "--no-progress")  # nothing left to do
     assert again.returncode == 0 and again.stderr.count("already trained") == 2
     # Member k is exactly the single run with seed k - 1: the same weights, bit for bit.

@@ -26,7 +26,7 @@ import numpy as np
 from ..data import datasets
 from ..errors import BarenetError
 from ..files.atomic import atomic_write
-from ..files.modelfile import default_model_path
+from ..files.modelfile import default_model_path, resolve_all
 from ..train.recipes import RECIPES, Recipe, get_recipe
 from ..version import __version__
 
@@ -536,8 +536,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         where = f"held-out set {args.data}" if args.data else f"{dataset.spec.name} test set"
         kind = "test"
     C = len(dataset.spec.classes)
-    predicted = average_proba(models, inputs).argmax(axis=1)
     y = y.astype(np.int64)
+    if args.members and len(models) > 1:
+        files = [file for path in args.models for file in resolve_all(path)]
+        predicted = _report_members(models, files, inputs, y, kind).argmax(axis=1)
+    else:
+        predicted = average_proba(models, inputs).argmax(axis=1)
     confusion = np.zeros((C, C), dtype=np.int64)
     np.add.at(confusion, (y, predicted), 1)
     what = f", an ensemble of {len(models)} models" if len(models) > 1 else ""
@@ -554,6 +558,27 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for c in range(C):
         print(f"{c:>6d}" + "".join(f"{v:>6d}" for v in confusion[c]))
     return 0
+
+
+def _report_members(
+    models: Sequence[Any], files: Sequence[Path], inputs: np.ndarray, y: np.ndarray, kind: str
+) -> np.ndarray:
+    """Print each member's accuracy and that of the first k members together (the order given:
+    how the ensemble grows), then the members' mean and std; return the members' mean class
+    probabilities, (N, C), summed in the order `average_proba` sums them."""
+    total = np.empty(0)
+    accuracies = []
+    print(f"members ({kind} accuracy alone; the first k together):")
+    for k, (model, file) in enumerate(zip(models, files), 1):
+        proba = model.predict_proba(inputs)
+        total = proba if k == 1 else total + proba
+        accuracies.append(float(np.mean(proba.argmax(axis=1) == y)))
+        together = float(np.mean(total.argmax(axis=1) == y))  # argmax of the sum = of the mean
+        print(f"  {k:>3d}  {100 * accuracies[-1]:6.2f}%  {100 * together:6.2f}%  {file}")
+    a = np.array(accuracies)
+    print(f"members' mean {100 * a.mean():.2f}% ± {100 * a.std():.2f} (std over {len(a)}), "
+          f"lowest {100 * a.min():.2f}%, highest {100 * a.max():.2f}%")  # fmt: skip
+    return total / len(models)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -914,6 +939,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure on the validation split the models were trained beside (the "
                    "last images of the training set, as the recipe holds them out), not the "
                    "test set: for choosing among models without reading the test set")  # fmt: skip
+    p.add_argument("--members", action="store_true",
+                   help="for several models: each one's accuracy, the first k together (k = "
+                   "1, 2, ...), and the members' mean and std, before the ensemble's")  # fmt: skip
     p.add_argument("--dataset", choices=data_names, help=MODEL_DATASET_HELP)
     p.add_argument("--data", metavar="PATH",
                    help="a held-out set of your own, in a --data layout of barenet train; "
