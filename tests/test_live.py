@@ -298,6 +298,9 @@ def test_ctrl_c_stops_a_watched_run_cleanly(tmp_path, mnist):
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert "stopped in epoch 1/20" in out and "Traceback" not in out
+    # the model as it stands, on validation only: the test set is read when a run finishes
+    assert "test accuracy       not measured: the run stopped before its end" in out
+    assert "validation accuracy" in out and "test accuracy       9" not in out
     meta_run = tmp_path / "run"
     assert {"model.npz", "checkpoint.npz", "watch.json", "history.json"} <= {
         p.name for p in meta_run.iterdir()
@@ -305,6 +308,21 @@ def test_ctrl_c_stops_a_watched_run_cleanly(tmp_path, mnist):
     states = [e["state"] for e in Monitor.load(meta_run / "watch.json").events()
               if e["type"] == "state"]  # fmt: skip
     assert states == ["stopped"]
+
+
+def test_ctrl_c_in_an_ensembles_first_member_stops_the_run(tmp_path, mnist):
+    port = free_port()
+    proc = _start_watch(tmp_path, port, "--members", "2", "--batch-size", "512")
+    _wait_for_page(port, proc)
+    _read_events(port, 4)
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in out, out
+    assert "member 1 as it stands: validation accuracy" in out and "member 2/2" not in out
+    assert "test accuracy       not measured" in out and "ensemble of" not in out
+    run_dir = tmp_path / "run"
+    assert (run_dir / "member-1" / "checkpoint.npz").exists()
+    assert not (run_dir / "ensemble.json").exists()  # written once the ensemble is complete
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -349,10 +349,12 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
         if not stopped:  # the model is saved: nothing left to resume
             (where / "checkpoint.npz").unlink(missing_ok=True)
         trained[k] = (result.model, path)
-        if recipe.members > 1:
+        if recipe.members > 1 and not stopped:
             _say(f"member {k + 1}: validation {100 * result.val_accuracy:.2f}%, "
                  f"test {100 * result.test_accuracy:.2f}%")  # fmt: skip
         return bool(stopped)
+
+    stopped: tuple[int, Any] | None = None  # (k, Result) of a member stopped early
 
     if args.ray is not None and todo:
         from .cluster import train_members_on_ray
@@ -361,7 +363,8 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
             args.ray, recipe, dataset, out, todo, checkpoint_minutes=args.checkpoint_minutes,
             threads=args.threads_per_member, say=_say,
         ):  # fmt: skip
-            save(k, result)
+            if save(k, result) and stopped is None:
+                stopped = (k, result)
     for k in todo if args.ray is None else []:
         where = out if recipe.members == 1 else out / f"member-{k + 1}"
         if recipe.members > 1:
@@ -372,10 +375,21 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
                      log=_say, checkpoint_seconds=60 * args.checkpoint_minutes, monitor=monitor,
                      checkpoint=where / "checkpoint.npz", resume=args.resume is not None)  # fmt: skip
         monitor.save(where / "watch.json")
-        if save(k, result) or monitor.stop_requested:
+        if save(k, result) or (monitor.stop_requested and k != todo[-1]):
             _say(f"stopped: the model as it stands is saved; continue the run with: "
                  f"barenet train --resume {out}")  # fmt: skip
+            stopped = (k, result)
             break
+    if stopped is not None:  # the test set is read once, when the run has finished
+        k, result = stopped
+        what = f"member {k + 1} as it stands: " if recipe.members > 1 else ""
+        print(f"{what}validation accuracy {100 * result.val_accuracy:.2f}%")
+        print("test accuracy       not measured: the run stopped before its end (the test set "
+              "is read when it finishes)")  # fmt: skip
+        print(f"training time       {train_seconds:.1f} s ({time.perf_counter() - start:.1f} s "
+              f"in all)")  # fmt: skip
+        print(f"model saved to      {trained[k][1]}")
+        return 0
     models = [trained[k][0] for k in sorted(trained)]
     paths = [trained[k][1] for k in sorted(trained)]
     _, _, x_val, y_val = dataset.split(recipe.val_size)

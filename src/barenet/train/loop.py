@@ -348,8 +348,9 @@ def fit(
     monitor: Monitor | None = None,
 ) -> Result:
     """Build the recipe's network, train it on the dataset's training split (minus the
-    validation split) and measure it on validation and, once at the end, on the test set.
-    `seed` overrides recipe.seed (ensemble members); see `train` for the others."""
+    validation split) and measure it on validation and, once at the end, on the test set (a
+    run stopped early is measured on validation only: test_accuracy is NaN). `seed` overrides
+    recipe.seed (ensemble members); see `train` for the others."""
     recipe.check()
     x_train, y_train, x_val, y_val = dataset.split(recipe.val_size)
     H, W = dataset.train_images.shape[1:]
@@ -359,16 +360,12 @@ def fit(
                     log=log, checkpoint=checkpoint, resume=resume,
                     checkpoint_seconds=checkpoint_seconds, monitor=monitor)  # fmt: skip
     seconds = time.perf_counter() - start - (monitor.paused_seconds - paused if monitor else 0.0)
+    test_accuracy = math.nan  # stopped early, or data of one's own without a held-out part
     if history.stopped_at is None:
         val_accuracy = history.epochs[-1].val_accuracy
-    else:  # stopped early: the model as it stands
+        if len(dataset.test_labels):
+            test_accuracy = accuracy(model, dataset.test_images, dataset.test_labels)
+    else:  # stopped early: the model as it stands, on validation only
         val_accuracy = math.nan if x_val is None else accuracy(model, x_val, y_val)
-    return Result(
-        model=model,
-        history=history,
-        val_accuracy=val_accuracy,
-        test_accuracy=accuracy(model, dataset.test_images, dataset.test_labels)
-        if len(dataset.test_labels)
-        else math.nan,  # data of one's own without a held-out part
-        train_seconds=seconds,
-    )
+    return Result(model=model, history=history, val_accuracy=val_accuracy,
+                  test_accuracy=test_accuracy, train_seconds=seconds)  # fmt: skip
