@@ -323,6 +323,9 @@ def test_ctrl_c_in_an_ensembles_first_member_stops_the_run(tmp_path, mnist):
     run_dir = tmp_path / "run"
     assert (run_dir / "member-1" / "checkpoint.npz").exists()
     assert not (run_dir / "ensemble.json").exists()  # written once the ensemble is complete
+    # `barenet serve RUN` shows the stopped ensemble's training page: its first member's
+    states = [e["state"] for e in monitor_of_run(run_dir).events() if e["type"] == "state"]
+    assert states == ["stopped"]
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

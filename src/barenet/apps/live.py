@@ -150,8 +150,8 @@ def monitor_of_run(run_dir: Path) -> Monitor:
     """A finished run's events: its watch.json (written by every `barenet train`), or, for a
     run from before, what its history.json and model say (curves per epoch, the filters, and
     the confusion matrix on its validation split). For an ensemble, its first member."""
-    if (run_dir / "ensemble.json").exists() and not (run_dir / "watch.json").exists():
-        members = sorted(run_dir.glob("member-*"))
+    if not (run_dir / "watch.json").exists() and not (run_dir / "history.json").exists():
+        members = sorted(run_dir.glob("member-*"))  # an ensemble's run, finished or stopped
         if members:
             run_dir = members[0]
     watch = run_dir / "watch.json"
