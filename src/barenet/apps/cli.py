@@ -380,37 +380,37 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
                  f"barenet train --resume {out}")  # fmt: skip
             stopped = (k, result)
             break
+    test: float | None = None  # None: not measured (the run stopped before its end)
     if stopped is not None:  # the test set is read once, when the run has finished
         k, result = stopped
         what = f"member {k + 1} as it stands: " if recipe.members > 1 else ""
-        print(f"{what}validation accuracy {100 * result.val_accuracy:.2f}%")
-        print("test accuracy       not measured: the run stopped before its end (the test set "
-              "is read when it finishes)")  # fmt: skip
-        print(f"training time       {train_seconds:.1f} s ({time.perf_counter() - start:.1f} s "
-              f"in all)")  # fmt: skip
-        print(f"model saved to      {trained[k][1]}")
-        return 0
-    models = [trained[k][0] for k in sorted(trained)]
-    paths = [trained[k][1] for k in sorted(trained)]
-    _, _, x_val, y_val = dataset.split(recipe.val_size)
-    val = float(np.mean(average_proba(models, to_inputs(x_val)).argmax(axis=1) == y_val))
-    test = math.nan
-    if len(dataset.test_labels):
-        test = float(np.mean(average_proba(models, to_inputs(dataset.test_images)).argmax(axis=1)
-                             == dataset.test_labels))  # fmt: skip
-    if recipe.members > 1:
-        with atomic_write(out / "ensemble.json", "w") as f:
-            json.dump({"members": [str(p.relative_to(out)) for p in paths],
-                       "val_accuracy": val, "test_accuracy": test}, f, indent=1)  # fmt: skip
-    what = f"ensemble of {len(models)} " if len(models) > 1 else ""
+        val, saved = result.val_accuracy, trained[k][1]
+    else:
+        models = [trained[k][0] for k in sorted(trained)]
+        paths = [trained[k][1] for k in sorted(trained)]
+        _, _, x_val, y_val = dataset.split(recipe.val_size)
+        val = float(np.mean(average_proba(models, to_inputs(x_val)).argmax(axis=1) == y_val))
+        test = math.nan
+        if len(dataset.test_labels):
+            test = float(np.mean(average_proba(models, to_inputs(dataset.test_images))
+                                 .argmax(axis=1) == dataset.test_labels))  # fmt: skip
+        if recipe.members > 1:
+            with atomic_write(out / "ensemble.json", "w") as f:
+                json.dump({"members": [str(p.relative_to(out)) for p in paths],
+                           "val_accuracy": val, "test_accuracy": test}, f, indent=1)  # fmt: skip
+        what = f"ensemble of {len(models)} " if len(models) > 1 else ""
+        saved = paths[0] if len(paths) == 1 else out
     print(f"{what}validation accuracy {100 * val:.2f}%")
-    if math.isnan(test):
+    if test is None:
+        print(f"{what}test accuracy       not measured: the run stopped before its end (the "
+              f"test set is read when it finishes)")  # fmt: skip
+    elif math.isnan(test):
         print(f"{what}test accuracy       none: the data has no held-out test set (measure "
               f"one with: barenet evaluate {out} --data HELD_OUT)")  # fmt: skip
     else:
         print(f"{what}test accuracy       {100 * test:.2f}%")
     print(f"training time       {train_seconds:.1f} s ({time.perf_counter() - start:.1f} s in all)")
-    print(f"model saved to      {paths[0] if len(paths) == 1 else out}")
+    print(f"model saved to      {saved}")
     return 0
 
 
