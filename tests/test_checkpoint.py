@@ -48,9 +48,12 @@ class Interrupt(Exception):
     pass
 
 
-def test_resumed_training_is_bit_for_bit_the_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("validation", [True, False])
+def test_resumed_training_is_bit_for_bit_the_uninterrupted_one(tmp_path, validation):
+    """Also without a validation split (val_size 0: every image trains; the history's
+    validation figures are NaN, null in the checkpoint's JSON)."""
     x, y = _toy()
-    args = (x[:350], y[:350], x[350:], y[350:])
+    args = (x[:350], y[:350], x[350:], y[350:]) if validation else (x, y, None, None)
     straight = build_model(RECIPE, (28, 28), 3)
     train(straight, RECIPE, *args, progress=False)
 
@@ -69,6 +72,9 @@ def test_resumed_training_is_bit_for_bit_the_uninterrupted_one(tmp_path):
                     log=lines.append)  # fmt: skip
     assert "resuming" in lines[0] and len(history.epochs) == 3 and len(lines) == 3
     assert load_checkpoint(ckpt).epoch == 3
+    assert all(np.isnan(e.val_accuracy) != validation for e in history.epochs)
+    assert all((e["val_accuracy"] is None) != validation
+               for e in load_checkpoint(ckpt).history["epochs"])  # fmt: skip
     for name, a in model_arrays(straight).items():
         np.testing.assert_array_equal(model_arrays(resumed)[name], a, err_msg=name)
 

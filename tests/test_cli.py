@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from barenet.apps.live import monitor_of_run
 from barenet.files.modelfile import load_model
 
 
@@ -230,6 +231,38 @@ def test_plot_writes_the_four_pictures(trained, tmp_path):
     rows = (out / "history.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,train_loss,train_accuracy,val_accuracy") and len(rows) == 2
     assert_one_line_error(run("plot", str(tmp_path / "nothing")), "no such model file")
+
+
+def test_train_on_every_image_without_a_validation_split(tmp_path, mnist):
+    """--val-size 0: the members train on all 60,000 images; no validation figure anywhere
+    (null in the JSON files the pages read), the test set measured at the end as usual."""
+    out = tmp_path / "all"
+    p = run("train", "--epochs", "1", "--batch-size", "512", "--members", "2", "--val-size", "0",
+            "--out", str(out), "--no-progress")  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "member 1: validation none, test " in p.stderr and " val " not in p.stderr
+    assert ("ensemble of 2 validation accuracy none: trained on every training image "
+            "(val_size 0)") in p.stdout  # fmt: skip
+    summary = json.loads((out / "ensemble.json").read_text())
+    assert summary["val_accuracy"] is None and summary["test_accuracy"] > 0.95
+    assert f"ensemble of 2 test accuracy       {100 * summary['test_accuracy']:.2f}%" in p.stdout
+    history = json.loads((out / "member-1" / "history.json").read_text())
+    assert history["recipe"]["val_size"] == 0 and history["epochs"][0]["val_accuracy"] is None
+    events = json.loads((out / "member-1" / "watch.json").read_text())["events"]
+    begin = next(e for e in events if e["type"] == "begin")
+    assert begin["steps"] == 118  # ceil(60,000 / 512): every training image, none held out
+    assert next(e for e in events if e["type"] == "epoch")["val_accuracy"] is None
+    (out / "member-1" / "watch.json").unlink()  # `barenet serve` then builds it from history
+    rebuilt = monitor_of_run(out / "member-1").events()
+    assert [e["val_accuracy"] for e in rebuilt if e["type"] == "epoch"] == [None]
+    assert not any(e["type"] == "confusion" for e in rebuilt)  # no validation digits to show
+    assert_one_line_error(run("evaluate", str(out), "--validation"), "no validation split")
+    pics = run("plot", str(out / "member-1"), "--out", str(tmp_path / "pics"))
+    assert pics.returncode == 0, pics.stderr
+    assert run("evaluate", str(out)).returncode == 0
+    assert_one_line_error(run("train", "--val-size", "60000", "--out", str(tmp_path / "x")),
+                          "leaves none of mnist's 60000 training images")  # fmt: skip
+    assert_one_line_error(run("train", "--val-size", "-1"), "--val-size: must be 0 or more")
 
 
 def test_train_an_ensemble_then_evaluate_it(tmp_path, mnist):

@@ -295,6 +295,10 @@ def test_real_mnist_checksums_and_split(mnist):
     x, y, xv, yv = mnist.split(5000)
     assert len(x) == 55000 and len(xv) == 5000
     np.testing.assert_array_equal(xv, mnist.train_images[-5000:])
+    x, y, xv, yv = mnist.split(0)  # none held out: train on every image
+    assert x is mnist.train_images and y is mnist.train_labels and xv is None and yv is None
+    with pytest.raises(ValueError, match="0 to 59999 images"):
+        mnist.split(60000)
 
 
 def test_debian_fashion_mnist_matches_published_checksums(tmp_path):

@@ -20,6 +20,7 @@ import pytest
 
 from barenet.apps.cli import main
 from barenet.files.modelfile import load_model
+from barenet.train.recipes import RECIPES
 
 ray = pytest.importorskip("ray", reason="Ray is in the test extra: pip install '.[test]'")
 
@@ -173,6 +174,15 @@ def test_bad_sweeps_and_addresses_are_one_line(tmp_path, args, fragment):
     p = barenet(*args, "--out", str(tmp_path / "out"), timeout=180)
     assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
     assert fragment in p.stderr.strip().splitlines()[-1]
+
+
+def test_a_sweep_needs_a_validation_split(tmp_path, mnist):
+    recipe = tmp_path / "all.json"
+    recipe.write_text(json.dumps({**RECIPES["seed"].to_dict(), "val_size": 0}))
+    p = barenet("sweep", "--recipe", str(recipe), "--grid", "lr=0.1,0.2", "--out",
+                str(tmp_path / "out"), timeout=180)  # fmt: skip
+    assert p.returncode == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "val_size 0 holds none out" in p.stderr.strip().splitlines()[-1]
 
 
 def test_without_ray_one_line_says_what_to_install(monkeypatch, tmp_path, capsys):

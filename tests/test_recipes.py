@@ -74,6 +74,7 @@ def test_random_layers_get_their_own_seeded_generators():
         ({"members": 0}, "members"),
         ({"max_norm": -1.0}, "max norm"),
         ({"label_smoothing": 1.5}, "label smoothing"),
+        ({"val_size": -1}, "validation size"),
     ],  # fmt: skip
 )
 def test_check_names_the_bad_field(change, message):

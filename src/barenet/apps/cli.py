@@ -55,6 +55,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {value}")
+    return value
+
+
 def _seed(text: str) -> int:
     value = _whole_number(text)
     if not 0 <= value < 2**63:
@@ -138,7 +145,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     overrides = {
         k: getattr(args, k)
-        for k in ("epochs", "lr", "batch_size", "seed", "members")
+        for k in ("epochs", "lr", "batch_size", "seed", "members", "val_size")
         if getattr(args, k) is not None
     }
     source: dict[str, Any] | None = None  # your own data: where from and how prepared
@@ -207,6 +214,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                 )
         if source is None:
             dataset = _load_dataset(dataset_name, args.data_dir)
+        if recipe.val_size >= len(dataset.train_labels):
+            raise BarenetError(f"a validation split of {recipe.val_size} images leaves none of "
+                               f"{dataset.spec.name}'s {len(dataset.train_labels)} training "
+                               "images to train on")  # fmt: skip
     from ..train.monitor import Monitor
 
     if args.resume is None:
@@ -350,8 +361,8 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
             (where / "checkpoint.npz").unlink(missing_ok=True)
         trained[k] = (result.model, path)
         if recipe.members > 1 and not stopped:
-            _say(f"member {k + 1}: validation {100 * result.val_accuracy:.2f}%, "
-                 f"test {100 * result.test_accuracy:.2f}%")  # fmt: skip
+            _say(f"member {k + 1}: validation {_percent(result.val_accuracy)}, "
+                 f"test {_percent(result.test_accuracy)}")  # fmt: skip
         return bool(stopped)
 
     stopped: tuple[int, Any] | None = None  # (k, Result) of a member stopped early
@@ -389,18 +400,25 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
         models = [trained[k][0] for k in sorted(trained)]
         paths = [trained[k][1] for k in sorted(trained)]
         _, _, x_val, y_val = dataset.split(recipe.val_size)
-        val = float(np.mean(average_proba(models, to_inputs(x_val)).argmax(axis=1) == y_val))
+        val = math.nan  # trained on every training image: none held out
+        if x_val is not None:
+            val = float(np.mean(average_proba(models, to_inputs(x_val)).argmax(axis=1) == y_val))
         test = math.nan
         if len(dataset.test_labels):
             test = float(np.mean(average_proba(models, to_inputs(dataset.test_images))
                                  .argmax(axis=1) == dataset.test_labels))  # fmt: skip
         if recipe.members > 1:
             with atomic_write(out / "ensemble.json", "w") as f:
-                json.dump({"members": [str(p.relative_to(out)) for p in paths],
-                           "val_accuracy": val, "test_accuracy": test}, f, indent=1)  # fmt: skip
+                json.dump({"members": [str(p.relative_to(out)) for p in paths],  # none: null
+                           **{k: None if math.isnan(v) else v for k, v in
+                              (("val_accuracy", val), ("test_accuracy", test))}},
+                          f, indent=1)  # fmt: skip
         what = f"ensemble of {len(models)} " if len(models) > 1 else ""
         saved = paths[0] if len(paths) == 1 else out
-    print(f"{what}validation accuracy {100 * val:.2f}%")
+    if math.isnan(val):
+        print(f"{what}validation accuracy none: trained on every training image (val_size 0)")
+    else:
+        print(f"{what}validation accuracy {100 * val:.2f}%")
     if test is None:
         print(f"{what}test accuracy       not measured: the run stopped before its end (the "
               f"test set is read when it finishes)")  # fmt: skip
@@ -412,6 +430,11 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
     print(f"training time       {train_seconds:.1f} s ({time.perf_counter() - start:.1f} s in all)")
     print(f"model saved to      {saved}")
     return 0
+
+
+def _percent(fraction: float) -> str:
+    """An accuracy as a percentage, or "none" where it was not measured (NaN)."""
+    return "none" if math.isnan(fraction) else f"{100 * fraction:.2f}%"
 
 
 def _check_fits(models: Sequence[Any], inputs: int, classes: int | None, what: str) -> None:
@@ -473,6 +496,9 @@ def _models_validation_set(
         raise BarenetError("--validation measures on the models' own validation split: leave "
                            "--data and --dataset out")  # fmt: skip
     sizes = {(meta.get("recipe") or {}).get("val_size") for meta in metas}
+    if sizes == {0}:
+        raise BarenetError("--validation: the models were trained on every training image "
+                           "(val_size 0); there is no validation split to measure them on")  # fmt: skip
     if len(sizes) != 1 or not isinstance(size := sizes.pop(), int) or size < 1:
         raise BarenetError("--validation needs models that were trained beside the same "
                            "validation split (their files name different ones, or none)")  # fmt: skip
@@ -485,6 +511,7 @@ def _models_validation_set(
         raise BarenetError(f"the models' validation split ({size} images) does not fit "
                            f"{dataset.spec.name}'s {len(dataset.train_labels)} training images")  # fmt: skip
     _, _, x_val, y_val = dataset.split(size)
+    assert x_val is not None and y_val is not None  # size >= 1, checked above
     inputs = to_inputs(x_val)
     _check_fits(models, inputs.shape[1], len(dataset.spec.classes), dataset.spec.name)
     return dataset, inputs, y_val
@@ -754,8 +781,9 @@ def _export_web(args: argparse.Namespace) -> int:
     val = meta.get("val_accuracy")
     what = f"an ensemble of {len(models)} '{recipe}' networks" if len(models) > 1 else \
         f"a '{recipe}' network"  # fmt: skip
-    about = f"The network: {what}" + (f", {100 * val:.2f}% on its validation digits."
-                                       if isinstance(val, float) else ".")  # fmt: skip
+    about = f"The network: {what}."
+    if isinstance(val, float) and not math.isnan(val):  # NaN: trained on every image
+        about = f"The network: {what}, {100 * val:.2f}% on its validation digits."
     path = export_web(models, _class_names(models, metas), args.web, about=about,
                       version=__version__, source=_own_source(meta))  # fmt: skip
     size = sum(f.stat().st_size for f in path.iterdir())
@@ -873,6 +901,10 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive_int,
         help="train an ensemble of this many networks (seeds seed, seed+1, ...)",
     )
+    p.add_argument("--val-size", type=_count, metavar="N",
+                   help="override the recipe's validation split, the last N training images "
+                   "(0: train on all of them, with settings fixed beforehand: no validation "
+                   "figure)")  # fmt: skip
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its last checkpoint")  # fmt: skip
     p.add_argument("--out", help="run directory (default: a new runs/<recipe>-<dataset>[-N])")

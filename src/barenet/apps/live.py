@@ -167,7 +167,7 @@ def _monitor_from_history(run_dir: Path) -> Monitor:
     try:
         history = json.loads((run_dir / "history.json").read_text())
         recipe = Recipe.from_dict(history["recipe"])
-        records = [EpochRecord(**e) for e in history["epochs"]]
+        records = [EpochRecord.from_dict(e) for e in history["epochs"]]
     except FileNotFoundError:
         raise BarenetError(f"{run_dir}: not a run directory (no watch.json or history.json)"
                            ) from None  # fmt: skip
@@ -183,7 +183,8 @@ def _monitor_from_history(run_dir: Path) -> Monitor:
     if filters is not None:
         monitor.emit(filters)
     _, _, x_val, y_val = dataset.split(recipe.val_size)
-    proba = model.predict_proba(to_inputs(x_val))
-    monitor.emit(confusion(len(records), proba, y_val, x_val))
+    if x_val is not None and y_val is not None:  # trained on every image: no validation page
+        proba = model.predict_proba(to_inputs(x_val))
+        monitor.emit(confusion(len(records), proba, y_val, x_val))
     monitor.finish(stopped=False)
     return monitor

@@ -45,8 +45,12 @@ def plot_curves(histories: Sequence[dict[str, Any]], path: Path) -> Path:
         ax_loss.plot(e, [r["train_loss"] for r in epochs], "o-", label=f"training{tag}")
         ax_acc.plot(e, [100 * r["train_accuracy"] for r in epochs], "o-",
                     label=f"training{tag}")  # fmt: skip
-        ax_acc.plot(e, [100 * r["val_accuracy"] for r in epochs], "s--",
-                    label=f"validation{tag}")  # fmt: skip
+        # null: trained on every image, none held out
+        val = [
+            (r["epoch"], 100 * r["val_accuracy"]) for r in epochs if r["val_accuracy"] is not None
+        ]
+        if val:
+            ax_acc.plot(*zip(*val), "s--", label=f"validation{tag}")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Training loss", yscale="log")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
     for ax in (ax_loss, ax_acc):

@@ -157,6 +157,8 @@ def sweep(recipe: Recipe, dataset: Any, *, grid: dict[str, list[Any]],
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    if recipe.val_size == 0:
+        raise BarenetError("a sweep chooses on the validation split: val_size 0 holds none out")
     for name, values in grid.items():  # every value makes a valid recipe, before any trial
         for v in values:
             _valid(recipe, name, v)

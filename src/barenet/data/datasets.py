@@ -115,14 +115,19 @@ class Dataset:
     test_images: np.ndarray
     test_labels: np.ndarray
 
-    def split(self, val_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def split(
+        self, val_size: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
         """The training set minus its last `val_size` images, and those images as validation.
 
-        Returns: x_train (N - V, 28, 28), y_train (N - V,), x_val (V, 28, 28), y_val (V,).
+        Returns: x_train (N - V, 28, 28), y_train (N - V,), x_val (V, 28, 28), y_val (V,);
+        with val_size 0, the whole training set and None, None (no validation split).
         """
         n = len(self.train_labels)
-        if not 0 < val_size < n:
-            raise ValueError(f"the validation split must hold 1 to {n - 1} images, not {val_size}")
+        if not 0 <= val_size < n:
+            raise ValueError(f"the validation split must hold 0 to {n - 1} images, not {val_size}")
+        if val_size == 0:
+            return self.train_images, self.train_labels, None, None
         k = n - val_size
         return (self.train_images[:k], self.train_labels[:k],
                 self.train_images[k:], self.train_labels[k:])  # fmt: skip

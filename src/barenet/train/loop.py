@@ -37,10 +37,23 @@ class EpochRecord:
     epoch: int  # 1-based
     train_loss: float  # mean cross-entropy over the epoch's batches + L2 penalty at its end
     train_accuracy: float  # on the epoch's batches, as they were seen
-    val_accuracy: float
+    val_accuracy: float  # NaN without a validation split (null in JSON)
     lr: float  # learning rate at the epoch's last step
     seconds: float  # wall time of the epoch, its validation included
     augment_seconds: float = 0.0  # of which augmenting the batches
+
+    def to_dict(self) -> dict[str, Any]:
+        """As JSON holds it: a missing validation figure is null (NaN is not JSON)."""
+        d = asdict(self)
+        if math.isnan(self.val_accuracy):
+            d["val_accuracy"] = None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> EpochRecord:
+        if d.get("val_accuracy") is None:
+            d = {**d, "val_accuracy": math.nan}
+        return cls(**d)
 
 
 @dataclass
@@ -51,7 +64,7 @@ class History:
     stopped_at: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epochs": [asdict(e) for e in self.epochs]}
+        return {"epochs": [e.to_dict() for e in self.epochs]}
 
 
 def accuracy(model: Sequential, images: np.ndarray, labels: np.ndarray) -> float:
@@ -186,7 +199,7 @@ def train(
         except (KeyError, ValueError, TypeError) as e:
             raise ModelFileError(f"{checkpoint}: the checkpoint does not fit the recipe "
                                  f"({type(e).__name__}: {e})") from None  # fmt: skip
-        history = History([EpochRecord(**e) for e in state.history["epochs"]])
+        history = History([EpochRecord.from_dict(e) for e in state.history["epochs"]])
         first, inside = state.epoch, state.inside
         where = f", step {inside.step}/{steps} of epoch {first + 1}" if inside else ""
         say(f"resuming from {checkpoint} after epoch {first}/{recipe.epochs}{where}")
@@ -366,6 +379,8 @@ def fit(
         if len(dataset.test_labels):
             test_accuracy = accuracy(model, dataset.test_images, dataset.test_labels)
     else:  # stopped early: the model as it stands, on validation only
-        val_accuracy = math.nan if x_val is None else accuracy(model, x_val, y_val)
+        val_accuracy = math.nan
+        if x_val is not None and y_val is not None:
+            val_accuracy = accuracy(model, x_val, y_val)
     return Result(model=model, history=history, val_accuracy=val_accuracy,
                   test_accuracy=test_accuracy, train_seconds=seconds)  # fmt: skip

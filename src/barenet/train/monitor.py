@@ -27,7 +27,6 @@ import math
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -151,7 +150,7 @@ class Monitor:
                    "epochs": epochs, "steps": steps, "batch_size": batch_size,
                    "recipe": recipe, "classes": classes})  # fmt: skip
         for record in done:
-            self.emit({"type": "epoch", **asdict(record)})
+            self.emit({"type": "epoch", **record.to_dict()})
         self._set_state("paused" if not self._running.is_set() else "running")
 
     def step(self, epoch: int, step: int, steps: int, batch: int, loss: float, accuracy: float,
@@ -183,7 +182,7 @@ class Monitor:
               images: np.ndarray | None) -> None:  # fmt: skip
         """An epoch ended: its record (an EpochRecord), and its validation predictions (N, C)
         of `labels` (N,) for `images` (N, H, W) uint8, when it has a validation split."""
-        self.emit({"type": "epoch", **asdict(record)})
+        self.emit({"type": "epoch", **record.to_dict()})
         if proba is not None and labels is not None and images is not None:
             self.emit(confusion(record.epoch, proba, labels, images))
 

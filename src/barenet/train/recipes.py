@@ -84,7 +84,9 @@ class Recipe:
     # Runs.
     members: int = 1  # an ensemble of this many networks, seeds seed, seed + 1, ...
     seed: int = 0  # initial weights, shuffling, masks and augmentation of every epoch
-    val_size: int = 5000  # validation split: the last val_size training images
+    # validation split: the last val_size training images; 0 trains on all of them (settings
+    # fixed beforehand: no validation figure, and nothing may be chosen on the test set)
+    val_size: int = 5000
 
     def check(self) -> None:
         """Raise BarenetError naming the first field with an impossible value."""
@@ -120,8 +122,8 @@ class Recipe:
             raise bad("clean epochs", self.clean_epochs, "must be in [0, epochs)")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise bad("warmup epochs", self.warmup_epochs, "must be in [0, epochs)")
-        if self.val_size < 1:
-            raise bad("validation size", self.val_size, "must be at least 1")
+        if self.val_size < 0:
+            raise bad("validation size", self.val_size, "must be 0 (none) or more")
         if self.members < 1:
             raise bad("members", self.members, "must be at least 1")
         if any(h < 1 for h in self.hidden):
