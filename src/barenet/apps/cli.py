@@ -322,7 +322,7 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
                    source: dict[str, Any] | None) -> int:  # fmt: skip
     from ..files.modelfile import load_model, save_model
     from ..train.ensemble import average_proba
-    from ..train.loop import fit, to_inputs
+    from ..train.loop import fit, json_number, to_inputs
 
     trained: dict[int, tuple[Any, Path]] = {}  # member index -> (model, model file)
     todo = []
@@ -409,16 +409,15 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
                                  .argmax(axis=1) == dataset.test_labels))  # fmt: skip
         if recipe.members > 1:
             with atomic_write(out / "ensemble.json", "w") as f:
-                json.dump({"members": [str(p.relative_to(out)) for p in paths],  # none: null
-                           **{k: None if math.isnan(v) else v for k, v in
-                              (("val_accuracy", val), ("test_accuracy", test))}},
+                json.dump({"members": [str(p.relative_to(out)) for p in paths],
+                           "val_accuracy": json_number(val), "test_accuracy": json_number(test)},
                           f, indent=1)  # fmt: skip
         what = f"ensemble of {len(models)} " if len(models) > 1 else ""
         saved = paths[0] if len(paths) == 1 else out
-    if math.isnan(val):
-        print(f"{what}validation accuracy none: trained on every training image (val_size 0)")
-    else:
-        print(f"{what}validation accuracy {100 * val:.2f}%")
+    print(
+        f"{what}validation accuracy {_percent(val)}"
+        + (": trained on every training image (val_size 0)" if math.isnan(val) else "")
+    )
     if test is None:
         print(f"{what}test accuracy       not measured: the run stopped before its end (the "
               f"test set is read when it finishes)")  # fmt: skip
@@ -567,7 +566,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from ..train.ensemble import average_proba, load_ensemble
 
-    models, metas = load_ensemble(args.models)
+    files = [file for path in args.models for file in resolve_all(path)]
+    models, metas = load_ensemble(files)
     if args.validation:
         dataset, inputs, y = _models_validation_set(args, models, metas)
         where, kind = f"{dataset.spec.name} validation split (held out in training)", "validation"
@@ -579,7 +579,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     C = len(dataset.spec.classes)
     y = y.astype(np.int64)
     if args.members and len(models) > 1:
-        files = [file for path in args.models for file in resolve_all(path)]
         predicted = _report_members(models, files, inputs, y, kind).argmax(axis=1)
     else:
         predicted = average_proba(models, inputs).argmax(axis=1)
@@ -668,13 +667,12 @@ def _is_model_path(text: str) -> bool:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from ..files.modelfile import resolve_all
     from ..train.ensemble import average_proba, load_ensemble
     from .plots import plot_confusion, plot_curves, plot_first_layer, plot_mistakes
 
     source = Path(args.model)
     files = resolve_all(source)
-    models, metas = load_ensemble([source])
+    models, metas = load_ensemble(files)
     dataset, inputs = _models_test_set(args, models, metas)  # refusals before any writing
     C = len(dataset.spec.classes)
     out = Path(args.out) if args.out else (source if source.is_dir() else source.parent) / "plots"

@@ -32,6 +32,11 @@ from .recipes import Recipe, build_model
 Log = Callable[[str], None]
 
 
+def json_number(x: float) -> float | None:
+    """x as JSON holds it: NaN (a figure not measured) becomes null, since JSON has no NaN."""
+    return None if math.isnan(x) else x
+
+
 @dataclass
 class EpochRecord:
     epoch: int  # 1-based
@@ -44,10 +49,7 @@ class EpochRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON holds it: a missing validation figure is null (NaN is not JSON)."""
-        d = asdict(self)
-        if math.isnan(self.val_accuracy):
-            d["val_accuracy"] = None
-        return d
+        return {**asdict(self), "val_accuracy": json_number(self.val_accuracy)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EpochRecord:
