@@ -5,6 +5,7 @@ watching `barenet train --watch`."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import shutil
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -126,6 +128,35 @@ def test_pause_holds_the_loop_and_stop_ends_it_cleanly_and_resumably(tmp_path):
     ]
 
 
+def test_a_pause_is_pausing_until_the_loop_holds():
+    """The page's pause holds the loop before its next step; until the loop gets there (the
+    step in hand may still add a point) the state says "pausing", not "paused"."""
+    monitor = Monitor()
+    monitor.pause()
+    assert monitor.state == "pausing"
+    answer = []
+    loop = threading.Thread(target=lambda: answer.append(monitor.wait()))
+    loop.start()
+    deadline = time.monotonic() + 10
+    while monitor.state != "paused":
+        assert time.monotonic() < deadline, "the loop never held"
+        time.sleep(0.005)
+    assert loop.is_alive()  # held, until the page resumes it
+    monitor.resume()
+    loop.join(timeout=10)
+    assert answer == [False] and monitor.state == "running"
+    # paused and resumed before the loop came by: it never holds, and says nothing of a pause
+    monitor.pause()
+    monitor.resume()
+    assert monitor.wait() is False and monitor.state == "running"
+    states = [e["state"] for e in monitor.events() if e["type"] == "state"]
+    assert states[-1] == "running"
+    # a stop while pausing ends the wait at once
+    monitor.pause()
+    monitor.stop()
+    assert monitor.wait() is True and monitor.state == "stopping"
+
+
 def test_a_finished_run_saves_and_loads_its_events(tmp_path):
     monitor = Monitor()
     run_tiny(monitor)
@@ -150,7 +181,7 @@ def test_routes_of_a_live_run(finished):
         state = c.get("/api/state").json()
         assert state["live"] and state["state"] == "running"
         assert [e["type"] for e in state["events"]] == ["begin", "state"]
-        assert c.post("/api/control", json={"action": "pause"}).json() == {"state": "paused"}
+        assert c.post("/api/control", json={"action": "pause"}).json() == {"state": "pausing"}
         assert c.post("/api/control", json={"action": "resume"}).json() == {"state": "running"}
         assert c.post("/api/control", json={"action": "stop"}).json() == {"state": "stopping"}
         after = c.get("/api/state?after=1").json()["events"]
@@ -269,12 +300,20 @@ def test_serve_an_old_run_builds_its_page_from_history_and_model(mnist):
     assert np.trace(c["matrix"]) / np.sum(c["matrix"]) == pytest.approx(val, abs=2e-4)
 
 
-def _start_watch(tmp_path: Path, port: int, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
+@contextlib.contextmanager
+def _watching(tmp_path: Path, port: int, *extra: str) -> Iterator[subprocess.Popen]:
+    """`barenet train --watch` in a subprocess, killed and reaped however the test ends."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "barenet", "train", "--epochs", "20", "--out", str(tmp_path / "run"),
          "--no-progress", "--watch", "--port", str(port), *extra],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
 
 
 def _wait_for_page(port: int, proc: subprocess.Popen) -> None:
@@ -291,11 +330,11 @@ def _wait_for_page(port: int, proc: subprocess.Popen) -> None:
 
 def test_ctrl_c_stops_a_watched_run_cleanly(tmp_path, mnist):
     port = free_port()
-    proc = _start_watch(tmp_path, port)
-    _wait_for_page(port, proc)
-    _read_events(port, 4)  # training has begun
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
+    with _watching(tmp_path, port) as proc:
+        _wait_for_page(port, proc)
+        _read_events(port, 4)  # training has begun
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0, out
     assert "stopped in epoch 1/20" in out and "Traceback" not in out
     # the model as it stands, on validation only: the test set is read when a run finishes
@@ -312,11 +351,11 @@ def test_ctrl_c_stops_a_watched_run_cleanly(tmp_path, mnist):
 
 def test_ctrl_c_in_an_ensembles_first_member_stops_the_run(tmp_path, mnist):
     port = free_port()
-    proc = _start_watch(tmp_path, port, "--members", "2", "--batch-size", "512")
-    _wait_for_page(port, proc)
-    _read_events(port, 4)
-    proc.send_signal(signal.SIGINT)
-    out, _ = proc.communicate(timeout=120)
+    with _watching(tmp_path, port, "--members", "2", "--batch-size", "512") as proc:
+        _wait_for_page(port, proc)
+        _read_events(port, 4)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and "Traceback" not in out, out
     assert "member 1 as it stands: validation accuracy" in out and "member 2/2" not in out
     assert "test accuracy       not measured" in out and "ensemble of" not in out
@@ -337,8 +376,7 @@ def test_watching_a_training_in_a_real_browser(tmp_path, mnist):
     from playwright.sync_api import sync_playwright
 
     port = free_port()
-    proc = _start_watch(tmp_path, port)
-    try:
+    with _watching(tmp_path, port) as proc:
         _wait_for_page(port, proc)
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -378,7 +416,4 @@ def test_watching_a_training_in_a_real_browser(tmp_path, mnist):
                 browser.close()
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0 and "stopped in epoch" in out, out
-    finally:
-        if proc.poll() is None:
-            proc.kill()
     assert (tmp_path / "run" / "model.npz").exists()

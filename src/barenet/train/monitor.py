@@ -11,7 +11,10 @@ what a page needs as a list of small JSON events, and the page (apps/live.py) st
     {"type": "filters", "kind": "conv"|"dense", "size": [h, w], "images": [base64 uint8]}
     {"type": "confusion", "epoch", "matrix": C x C counts, "mistakes": [{"image": base64
      uint8 28x28, "true", "predicted", "confidence"}]}
-    {"type": "state", "state": "running"|"paused"|"stopping"|"stopped"|"done"}
+    {"type": "state", "state": "running"|"pausing"|"paused"|"stopping"|"stopped"|"done"}
+
+A pause asked for is "pausing" until the loop has finished the step in hand and holds before
+the next one; only then "paused": from there on, nothing moves until it resumes.
 
 Costs are kept off the training's path: a step records four numbers and at most every
 STEP_SECONDS (a fast recipe makes ~100 steps a second); the first layer's weights are copied at
@@ -117,6 +120,7 @@ class Monitor:
         self.seq = 0  # every event gets the next number; readers ask for those after theirs
         self._running = threading.Event()  # clear while paused
         self._running.set()
+        self._control = threading.Lock()  # one state change at a time (page and loop)
         self.stop_requested = False
         self.state = "running"
         self._last_step = self._last_filters = -math.inf
@@ -151,7 +155,7 @@ class Monitor:
                    "recipe": recipe, "classes": classes})  # fmt: skip
         for record in done:
             self.emit({"type": "epoch", **record.to_dict()})
-        self._set_state("paused" if not self._running.is_set() else "running")
+        self._set_state("pausing" if not self._running.is_set() else "running")
 
     def step(self, epoch: int, step: int, steps: int, batch: int, loss: float, accuracy: float,
              lr: float, model: Sequential, side: int) -> None:  # fmt: skip
@@ -189,6 +193,9 @@ class Monitor:
     def wait(self) -> bool:
         """Block while paused; True when a stop was requested. Called before each step."""
         if not self._running.is_set():
+            with self._control:
+                if self.state == "pausing":  # the step in hand is done: now nothing moves
+                    self._set_state("paused")
             t0 = time.monotonic()
             while not self._running.wait(0.1):
                 if self.stop_requested:
@@ -203,20 +210,24 @@ class Monitor:
     # --- asked by the page (from other threads) ----------------------------------------------
 
     def pause(self) -> None:
-        if self.state == "running":
-            self._running.clear()
-            self._set_state("paused")
+        """Hold the loop before its next step: "pausing" now, "paused" once it holds."""
+        with self._control:
+            if self.state == "running":
+                self._running.clear()
+                self._set_state("pausing")
 
     def resume(self) -> None:
-        if self.state == "paused":
-            self._running.set()
-            self._set_state("running")
+        with self._control:
+            if self.state in ("pausing", "paused"):
+                self._running.set()
+                self._set_state("running")
 
     def stop(self) -> None:
-        if self.state in ("running", "paused"):
-            self.stop_requested = True
-            self._running.set()
-            self._set_state("stopping")
+        with self._control:
+            if self.state in ("running", "pausing", "paused"):
+                self.stop_requested = True
+                self._running.set()
+                self._set_state("stopping")
 
     def _set_state(self, state: str) -> None:
         self.state = state
