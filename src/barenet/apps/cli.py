@@ -322,7 +322,8 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
                    source: dict[str, Any] | None) -> int:  # fmt: skip
     from ..files.modelfile import load_model, save_model
     from ..train.ensemble import average_proba
-    from ..train.loop import fit, json_number, to_inputs
+    from ..train.loop import fit, to_inputs
+    from ..train.monitor import json_number
 
     trained: dict[int, tuple[Any, Path]] = {}  # member index -> (model, model file)
     todo = []

@@ -26,15 +26,10 @@ from ..nn.optim import SGD, Adam, max_norm_
 from .adversarial import virtual_adversarial_step
 from .augment import augment
 from .checkpoint import EpochSoFar, load_checkpoint, restore_model, save_checkpoint
-from .monitor import Monitor
+from .monitor import Monitor, json_number
 from .recipes import Recipe, build_model
 
 Log = Callable[[str], None]
-
-
-def json_number(x: float) -> float | None:
-    """x as JSON holds it: NaN (a figure not measured) becomes null, since JSON has no NaN."""
-    return None if math.isnan(x) else x
 
 
 @dataclass

@@ -47,6 +47,11 @@ MISTAKES = 12
 REPLAYED = ("begin", "step", "epoch")  # kept in full; of the others only the latest is kept
 
 
+def json_number(x: float) -> float | None:
+    """x as JSON holds it: NaN (a figure not measured) becomes null, since JSON has no NaN."""
+    return None if math.isnan(x) else x
+
+
 def _pixels(a: np.ndarray) -> str:
     """An array scaled to 0..255 uint8, its bytes in base64 (row-major)."""
     a = np.asarray(a, dtype=np.float64)
@@ -179,7 +184,7 @@ class Monitor:
         left = self._steps_left * batch / rate if rate > 0 else None
         self.emit({"type": "step", "epoch": epoch, "step": step, "loss": round(loss, 5),
                    "accuracy": round(accuracy, 5), "lr": lr,
-                   "images_per_second": None if math.isnan(rate) else round(rate, 1),
+                   "images_per_second": json_number(round(rate, 1)),
                    "seconds_left": None if left is None else round(left, 1)})  # fmt: skip
 
     def epoch(self, record: Any, proba: np.ndarray | None, labels: np.ndarray | None,
