@@ -176,3 +176,26 @@ def test_shear_slants_a_vertical_bar_and_leaves_the_other_draws_alone():
 
     assert np.abs(height(b) - 13.5).max() > 1.0  # shifted up and down
     np.testing.assert_allclose(height(a), height(b), atol=0.05)
+
+
+def test_scale_apart_stretches_height_and_width_each_its_own_way():
+    n = 200
+    squares = np.zeros((n, 28, 28), np.uint8)
+    squares[:, 8:20, 8:20] = 255  # a 12 x 12 square about the centre
+
+    def extent(images, axis):  # the ink's extent along rows (axis 2) or columns (axis 1)
+        return (images > 127).any(axis=axis).sum(axis=1)
+
+    same = augment(squares, np.random.default_rng(0), Augment(scale=0.2))
+    apart = augment(squares, np.random.default_rng(0), Augment(scale=0.2, scale_apart=True))
+    # one zoom for both axes: a square stays a square, of side 12 / zoom in [10, 15]
+    np.testing.assert_array_equal(extent(same, 1), extent(same, 2))
+    assert 9 <= extent(same, 1).min() and extent(same, 1).max() <= 16
+    # apart: height and width each in the same range, and mostly unequal
+    h, w = extent(apart, 2), extent(apart, 1)
+    assert 9 <= min(h.min(), w.min()) and max(h.max(), w.max()) <= 16
+    assert (np.abs(h - w) >= 2).mean() > 0.3
+    np.testing.assert_array_equal(h, extent(same, 2))  # the height's zoom is drawn as before
+    assert not Augment(scale_apart=True).active  # a zoom range of 0 changes nothing
+    with pytest.raises(ValueError, match="scale_apart"):
+        Augment(scale_apart=1).check()  # type: ignore[arg-type]

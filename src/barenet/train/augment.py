@@ -1,10 +1,10 @@
 """Data augmentation on the fly: random affine maps and elastic distortions of digit images.
 
 Every image of a batch gets its own random transform, and the whole batch is resampled at once:
-    1. a random affine map (rotation, scale, shift, and a shear with `shear`) about the image
-       centre gives, for every output pixel, the point of the input image it shows; with
-       `flip`, half of the images (at random) are also mirrored left to right (clothes, not
-       digits: a mirrored 7 is no 7);
+    1. a random affine map (rotation, scale (of each axis apart with `scale_apart`), shift, and
+       a shear with `shear`) about the image centre gives, for every output pixel, the point
+       of the input image it shows; with `flip`, half of the images (at random) are also
+       mirrored left to right (clothes, not digits: a mirrored 7 is no 7);
     2. elastic distortion (Simard et al. 2003) adds a random, smooth displacement to that point:
        a field of uniform(-1, 1) values per pixel and axis (to 8 bits: one random byte each),
        smoothed by a Gaussian of width sigma and scaled by alpha. The Gaussian is separable,
@@ -42,6 +42,8 @@ class Augment:
     erase: float = 0.0  # probability of erasing a random rectangle of each image (0: never)
     shear: float = 0.0  # degrees: each row slides sideways by tan(angle) x its height from
     # the centre, angle in [-shear, shear] (Keras's shear_range; a slanted hand)
+    scale_apart: bool = False  # draw the zoom of the width apart from the height's, each in
+    # [1 - scale, 1 + scale] (Keras's zoom_range: a digit grows taller or wider alone)
 
     @property
     def active(self) -> bool:
@@ -61,8 +63,10 @@ class Augment:
             raise ValueError("elastic distortion needs elastic_sigma > 0")
         if not (isinstance(self.erase, (int, float)) and 0 <= self.erase <= 1):
             raise ValueError(f"augmentation erase is a probability in [0, 1], not {self.erase!r}")
-        if not isinstance(self.flip, bool):
-            raise ValueError(f"augmentation flip must be true or false, not {self.flip!r}")
+        for name in ("flip", "scale_apart"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"augmentation {name} must be true or false, "
+                                 f"not {getattr(self, name)!r}")  # fmt: skip
 
 
 @lru_cache(maxsize=8)
@@ -100,13 +104,18 @@ def augment(images: np.ndarray, rng: np.random.Generator, aug: Augment) -> np.nd
     # Output pixel coordinates relative to the image centre: (H, W) each.
     cy, cx = (H - 1) / 2, (W - 1) / 2
     yy, xx = _centred_grid(H, W)
-    # Inverse affine map per image: the source of output point p is R(-angle) p / zoom - shift.
+    # Inverse affine map per image: the source of output point p is Z^-1 R(-angle) p - shift,
+    # Z = diag(zoom_y, zoom_x), one zoom for both axes unless `scale_apart`.
     angle = np.deg2rad(np.asarray(rng.uniform(-aug.rotate, aug.rotate, N), dtype=f32))
-    zoom = np.asarray(rng.uniform(1 - aug.scale, 1 + aug.scale, N), dtype=f32)
+    zoom_y = np.asarray(rng.uniform(1 - aug.scale, 1 + aug.scale, N), dtype=f32)
+    zoom_x = zoom_y  # drawn apart only when asked for: otherwise every draw is as it was
+    if aug.scale_apart:
+        zoom_x = np.asarray(rng.uniform(1 - aug.scale, 1 + aug.scale, N), dtype=f32)
     shift = rng.uniform(-aug.shift, aug.shift, (N, 2)).astype(f32)
-    cos, sin = (np.cos(angle) / zoom)[:, None, None], (np.sin(angle) / zoom)[:, None, None]
-    src_y = cos * yy - sin * xx + f32(cy) - shift[:, 0, None, None]  # (N, H, W)
-    src_x = sin * yy + cos * xx + f32(cx) - shift[:, 1, None, None]
+    cos_y, sin_y = (np.cos(angle) / zoom_y)[:, None, None], (np.sin(angle) / zoom_y)[:, None, None]
+    cos_x, sin_x = (np.cos(angle) / zoom_x)[:, None, None], (np.sin(angle) / zoom_x)[:, None, None]
+    src_y = cos_y * yy - sin_y * xx + f32(cy) - shift[:, 0, None, None]  # (N, H, W)
+    src_x = sin_x * yy + cos_x * xx + f32(cx) - shift[:, 1, None, None]
     if aug.shear:  # drawn only when asked for: without a shear, every draw is as it was
         slant = np.tan(np.deg2rad(rng.uniform(-aug.shear, aug.shear, N))).astype(f32)
         src_x += slant[:, None, None] * (src_y - f32(cy))  # rows slide by their height
