@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from barenet.nn.gradcheck import TOLERANCE, numerical_gradient, relative_error
-from barenet.nn.losses import kl_divergence, l2_penalty, softmax_cross_entropy
+from barenet.nn.losses import kl_divergence, l1_penalty, l2_penalty, softmax_cross_entropy
 
 
 def test_uniform_scores_give_log_C():
@@ -83,3 +83,15 @@ def test_kl_divergence_value_and_gradient():
     index, numeric = numerical_gradient(lambda: kl_divergence(p, s)[0], s)
     assert relative_error(ds.reshape(-1)[index], numeric) < TOLERANCE
     assert kl_divergence(p, np.log(p + 1e-300))[0] == pytest.approx(0, abs=1e-12)
+
+
+def test_l1_value_and_gradient():
+    W1, W2 = np.array([[1.0, -2.0]]), np.array([3.0, 0.0])
+    loss, (g1, g2) = l1_penalty([W1, W2], 0.1)
+    assert loss == pytest.approx(0.1 * (1 + 2 + 3))
+    np.testing.assert_allclose(g1, [[0.1, -0.1]])
+    np.testing.assert_allclose(g2, [0.1, 0.0])  # at zero, the subgradient 0
+    W = np.random.default_rng(5).standard_normal((3, 3))
+    index, numeric = numerical_gradient(lambda: l1_penalty([W], 0.7)[0], W)
+    assert relative_error(l1_penalty([W], 0.7)[1][0].reshape(-1)[index], numeric) < TOLERANCE
+    assert l1_penalty([np.ones(2, np.float32)], 0.5)[1][0].dtype == np.float32

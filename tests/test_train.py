@@ -133,3 +133,33 @@ def test_the_last_clean_epochs_train_on_the_images_as_they_are():
     assert "augmentation" in lines[1] and "augmentation" not in lines[2]
     # the same first two epochs, then another third one
     assert any(not np.array_equal(a, b) for a, b in zip(*weights))
+
+
+def test_head_l1_adds_lam_sign_w_to_the_output_layers_gradient_only():
+    x, y = _toy()
+    one_step = dataclasses.replace(RECIPE, epochs=1, batch_size=500, schedule="constant",
+                                   momentum=0.0, nesterov=False, l2=0.0, lr=0.1)  # fmt: skip
+    lam = 0.01
+    nets, histories = [], []
+    for head_l1 in (0.0, lam):
+        net = mlp([784, 16, 2], rng=np.random.default_rng([RECIPE.seed, 0]))
+        start = net.layers[-1].params["W"].copy()
+        histories.append(train(net, dataclasses.replace(one_step, head_l1=head_l1), x[:500],
+                               y[:500], x[500:], y[500:], progress=False))  # fmt: skip
+        nets.append(net)
+    plain, l1 = nets
+    # one SGD step: the same data gradient, and lr * lam * sign(W) more off the head's weights
+    np.testing.assert_allclose(l1.layers[-1].params["W"],
+                               plain.layers[-1].params["W"] - 0.1 * lam * np.sign(start),
+                               rtol=0, atol=1e-7)  # fmt: skip
+    for a, b in zip(plain.layers[:-1], l1.layers[:-1]):
+        for name in a.params:
+            np.testing.assert_array_equal(a.params[name], b.params[name])
+    np.testing.assert_array_equal(plain.layers[-1].params["b"], l1.layers[-1].params["b"])
+    # the reported loss holds the penalty of the weights at the epoch's end
+    penalty = lam * np.abs(l1.layers[-1].params["W"]).sum()
+    assert histories[1].epochs[0].train_loss == pytest.approx(
+        histories[0].epochs[0].train_loss + penalty, rel=1e-6
+    )
+    with pytest.raises(BarenetError, match="head_l1"):
+        dataclasses.replace(RECIPE, head_l1=-1.0).check()

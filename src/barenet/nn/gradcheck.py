@@ -21,7 +21,7 @@ import numpy as np
 
 from .conv import Conv2D, MaxPool2D
 from .layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, ReLU, Reshape
-from .losses import kl_divergence, l2_penalty, softmax, softmax_cross_entropy
+from .losses import kl_divergence, l1_penalty, l2_penalty, softmax, softmax_cross_entropy
 from .model import Sequential, mlp
 from .pooling import AvgPool2D, GlobalPool, SqueezeExcite
 
@@ -227,6 +227,9 @@ def check_all(seed: int = 0) -> list[CheckResult]:
     _, (dW,) = l2_penalty([W], 0.3)
     index, numeric = numerical_gradient(lambda: l2_penalty([W], 0.3)[0], W)
     results.append(CheckResult("l2_penalty dW", relative_error(dW.reshape(-1)[index], numeric)))
+    _, (dW,) = l1_penalty([W], 0.3)  # |w| has a kink at 0 only: a normal draw is away from it
+    index, numeric = numerical_gradient(lambda: l1_penalty([W], 0.3)[0], W)
+    results.append(CheckResult("l1_penalty dW", relative_error(dW.reshape(-1)[index], numeric)))
 
     # The whole network: cross-entropy + L2 through Dense-ReLU-Dense-ReLU-Dense.
     net = mlp([6, 8, 7, 3], rng=rng, dtype=np.float64)

@@ -91,3 +91,15 @@ def l2_penalty(weights: Sequence[Array], lam: float) -> tuple[float, list[Array]
     """
     loss = 0.5 * lam * sum(float((W * W).sum()) for W in weights)
     return loss, [lam * W for W in weights]
+
+
+def l1_penalty(weights: Sequence[Array], lam: float) -> tuple[float, list[Array]]:
+    """The L1 penalty lam * sum of absolute values of `weights`.
+
+    Returns:
+        loss: lam * sum_W sum_ij |W_ij|.
+        grads: lam * sign(W) for each W, same shapes (0 where W_ij = 0: a subgradient, as
+            |w| has no derivative there).
+    """
+    loss = lam * sum(float(abs(W).sum()) for W in weights)
+    return loss, [lam * array_module(W).sign(W) for W in weights]

@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from ..data.datasets import Dataset
 from ..errors import ModelFileError, TrainingDiverged
-from ..nn.layers import BatchNorm, DropConnect, Dropout
-from ..nn.losses import l2_penalty, softmax_cross_entropy
+from ..nn.layers import BatchNorm, Dense, DropConnect, Dropout
+from ..nn.losses import l1_penalty, l2_penalty, softmax_cross_entropy
 from ..nn.model import Sequential, to_inputs
 from ..nn.optim import SGD, Adam, max_norm_
 from .adversarial import virtual_adversarial_step
@@ -35,7 +35,8 @@ Log = Callable[[str], None]
 @dataclass
 class EpochRecord:
     epoch: int  # 1-based
-    train_loss: float  # mean cross-entropy over the epoch's batches + L2 penalty at its end
+    train_loss: float  # mean cross-entropy over the epoch's batches + L2 (and L1) penalty at
+    # its end
     train_accuracy: float  # on the epoch's batches, as they were seen
     val_accuracy: float  # NaN without a validation split (null in JSON)
     lr: float  # learning rate at the epoch's last step
@@ -202,6 +203,10 @@ def train(
         say(f"resuming from {checkpoint} after epoch {first}/{recipe.epochs}{where}")
     decayed = model.decayed()
     weights = [p for name, p, _ in model.parameters() if name in decayed]  # L2 and max-norm
+    # the output layer: the recipe's L1 penalty (head_l1) is on its weights
+    head = next((layer for layer in reversed(model.layers) if isinstance(layer, Dense)), None)
+    if recipe.head_l1 and head is None:
+        raise ValueError("head_l1 needs a Dense output layer, and this model has none")
     aug = recipe.augment if recipe.augment.active else None
     image_shape = x_train.shape[1:]
     if aug is not None and (x_train.dtype != np.uint8 or x_train.ndim != 3):
@@ -276,6 +281,8 @@ def train(
                 if recipe.vat_eps:
                     virtual_adversarial_step(model, xb, scores, recipe.vat_eps,
                                              recipe.vat_weight, rngs["perturb"])  # fmt: skip
+                if recipe.head_l1 and head is not None:  # dW += lam sign(W) on the output layer
+                    head.grads["W"] += l1_penalty([head.params["W"]], recipe.head_l1)[1][0]
                 lr = schedule(epoch + i / steps)
                 optimizer.step(lr)
                 if recipe.max_norm:
@@ -313,9 +320,12 @@ def train(
         else:  # the probabilities also give the page its confusion matrix and mistakes
             proba = model.predict_proba(to_inputs(x_val))
             val_accuracy = float(np.mean(proba.argmax(axis=1) == y_val))
+        penalty = l2_penalty(weights, recipe.l2)[0]
+        if recipe.head_l1 and head is not None:
+            penalty += l1_penalty([head.params["W"]], recipe.head_l1)[0]
         record = EpochRecord(
             epoch=epoch + 1,
-            train_loss=loss_sum / N + l2_penalty(weights, recipe.l2)[0],
+            train_loss=loss_sum / N + penalty,
             train_accuracy=correct / N,
             val_accuracy=val_accuracy,
             lr=lr,

@@ -62,6 +62,7 @@ class Recipe:
     max_norm: float = 0.0  # max-norm radius of every unit's incoming weights (0: off)
     label_smoothing: float = 0.0
     l2: float = 1e-4  # lambda of 0.5 * lambda * sum W^2 (weights only); 5e-4 was no better
+    head_l1: float = 0.0  # lambda of lambda * sum |W| over the output layer's weights
     augment: Augment = field(default_factory=Augment)  # random transforms of training images
     clean_epochs: int = 0  # the last epochs train on the images as they are, not augmented
     # Virtual adversarial training (`barenet.train.adversarial`): the length of the perturbation
@@ -106,8 +107,9 @@ class Recipe:
             raise bad("learning rate", self.lr, "must be a positive number")
         if not 0 <= self.momentum < 1:
             raise bad("momentum", self.momentum, "must be in [0, 1)")
-        if not (math.isfinite(self.l2) and self.l2 >= 0):
-            raise bad("l2", self.l2, "must be >= 0")
+        for name in ("l2", "head_l1"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                raise bad(name, getattr(self, name), "must be >= 0")
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", self.optimizer, f"choose from {', '.join(OPTIMIZERS)}")
         if self.schedule not in SCHEDULES:
