@@ -39,6 +39,23 @@ def test_cnn_recipe_architecture():
     assert deep.augment == RECIPES["cnn"].augment and deep.augment.elastic_alpha == 0
 
 
+def test_record_recipe_is_pilot_5s_design():
+    """Nine 128-channel convolutions (six at 28 pixels, three at 14), a BatchNorm and an SE gate
+    per block, average pooling, a global head: 1,188,758 parameters, as pilot 5 had."""
+    from barenet.nn.pooling import AvgPool2D, GlobalPool, SqueezeExcite
+
+    recipe = RECIPES["record"]
+    model = build_model(recipe, (28, 28), 10)
+    kinds = [type(layer) for layer in model.layers]
+    assert kinds.count(Conv2D) == 9 and kinds.count(BatchNorm) == 3
+    assert kinds.count(SqueezeExcite) == 3 and kinds.count(AvgPool2D) == 2
+    assert kinds.count(GlobalPool) == 1 and MaxPool2D not in kinds
+    assert model.num_params() == 1_188_758
+    assert recipe.optimizer == "adam" and recipe.batch_size == 32 and recipe.epochs == 20
+    assert recipe.schedule == "multistep" and recipe.milestones == (13, 16)
+    assert recipe.clean_epochs == 1 and recipe.augment.shear == 10 and recipe.members == 5
+
+
 def test_conv_dropout_closes_every_convolution_block():
     recipe = dataclasses.replace(RECIPES["cnn"], conv_dropout=0.25)
     layers = build_model(recipe, (28, 28), 10).layers
