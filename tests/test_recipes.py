@@ -39,9 +39,9 @@ def test_cnn_recipe_architecture():
     assert deep.augment == RECIPES["cnn"].augment and deep.augment.elastic_alpha == 0
 
 
-def test_record_recipe_is_pilot_5s_design():
+def test_record_recipe_is_pilot_6s_design():
     """Nine 128-channel convolutions (six at 28 pixels, three at 14), a BatchNorm and an SE gate
-    per block, average pooling, a global head: 1,188,758 parameters, as pilot 5 had."""
+    per block, average pooling, a global head: 1,188,758 parameters, as pilot 6 had."""
     from barenet.nn.pooling import AvgPool2D, GlobalPool, SqueezeExcite
 
     recipe = RECIPES["record"]
@@ -54,6 +54,7 @@ def test_record_recipe_is_pilot_5s_design():
     assert recipe.optimizer == "adam" and recipe.batch_size == 32 and recipe.epochs == 20
     assert recipe.schedule == "multistep" and recipe.milestones == (13, 16)
     assert recipe.clean_epochs == 1 and recipe.augment.shear == 10 and recipe.members == 5
+    assert recipe.init == "glorot" and recipe.head_l1 == 0.00025 and recipe.augment.scale_apart
 
 
 def test_conv_dropout_closes_every_convolution_block():
