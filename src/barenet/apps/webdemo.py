@@ -14,8 +14,8 @@ Why a small forward pass of our own rather than onnxruntime-web: it is readable 
 src/barenet/nn/reference.py (the point of barenet), needs no 10 MB WebAssembly runtime to ship
 or download, and with the weights in a script rather than fetched, the page works from a
 file:// URL as well as from a server. The cost is speed: measured in chromium on this project's
-2-core machine, the `cnn` model answers in about 15 ms, a `record` member (2 million weights)
-in about 140 ms.
+2-core machine, the `cnn` model answers in about 15 ms, a member of pilot 1's
+`record` design (2 million weights; docs/results.md) in about 140 ms.
 """
 
 from __future__ import annotations
