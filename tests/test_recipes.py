@@ -41,7 +41,7 @@ def test_cnn_recipe_architecture():
 
 def test_record_recipe_is_pilot_6s_design():
     """Nine 128-channel convolutions (six at 28 pixels, three at 14), a BatchNorm and an SE gate
-    per block, average pooling, a global head: 1,188,758 parameters, as pilot 6 had."""
+    per block, average pooling, a global head: 1,188,758 parameters, as pilot 6 has."""
     from barenet.nn.pooling import AvgPool2D, GlobalPool, SqueezeExcite
 
     recipe = RECIPES["record"]
