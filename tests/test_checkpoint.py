@@ -19,7 +19,7 @@ from barenet.files.modelfile import load_model, model_arrays
 from barenet.train.augment import Augment
 from barenet.train.checkpoint import load_checkpoint
 from barenet.train.loop import train
-from barenet.train.recipes import Recipe, build_model
+from barenet.train.recipes import Recipe, build_model, get_recipe
 
 
 def _toy(n=400, seed=0):
@@ -44,18 +44,24 @@ RECIPE = Recipe(
 )  # fmt: skip
 
 
+# The same yielding the moving average of its weights: the averages resume too.
+AVERAGED = dataclasses.replace(RECIPE, weight_average=0.9)
+
+
 class Interrupt(Exception):
     pass
 
 
 @pytest.mark.parametrize("validation", [True, False])
-def test_resumed_training_is_bit_for_bit_the_uninterrupted_one(tmp_path, validation):
+@pytest.mark.parametrize("averaged", [False, True])
+def test_resumed_training_is_bit_for_bit_the_uninterrupted_one(tmp_path, validation, averaged):
     """Also without a validation split (val_size 0: every image trains; the history's
     validation figures are NaN, null in the checkpoint's JSON)."""
+    recipe = AVERAGED if averaged else RECIPE
     x, y = _toy()
     args = (x[:350], y[:350], x[350:], y[350:]) if validation else (x, y, None, None)
-    straight = build_model(RECIPE, (28, 28), 3)
-    train(straight, RECIPE, *args, progress=False)
+    straight = build_model(recipe, (28, 28), 3)
+    train(straight, recipe, *args, progress=False)
 
     def stop_in_epoch_2(line: str) -> None:  # called at the end of each epoch, before its save
         if line.startswith("epoch 2/"):
@@ -63,12 +69,12 @@ def test_resumed_training_is_bit_for_bit_the_uninterrupted_one(tmp_path, validat
 
     ckpt = tmp_path / "checkpoint.npz"
     with pytest.raises(Interrupt):
-        train(build_model(RECIPE, (28, 28), 3), RECIPE, *args, progress=False, checkpoint=ckpt,
+        train(build_model(recipe, (28, 28), 3), recipe, *args, progress=False, checkpoint=ckpt,
               log=stop_in_epoch_2)  # fmt: skip
     assert load_checkpoint(ckpt).epoch == 1
-    resumed = build_model(RECIPE, (28, 28), 3)
+    resumed = build_model(recipe, (28, 28), 3)
     lines: list[str] = []
-    history = train(resumed, RECIPE, *args, progress=False, checkpoint=ckpt, resume=True,
+    history = train(resumed, recipe, *args, progress=False, checkpoint=ckpt, resume=True,
                     log=lines.append)  # fmt: skip
     assert "resuming" in lines[0] and len(history.epochs) == 3 and len(lines) == 3
     assert load_checkpoint(ckpt).epoch == 3
@@ -79,13 +85,16 @@ def test_resumed_training_is_bit_for_bit_the_uninterrupted_one(tmp_path, validat
         np.testing.assert_array_equal(model_arrays(resumed)[name], a, err_msg=name)
 
 
-def test_resumed_within_an_epoch_is_bit_for_bit_the_uninterrupted_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("averaged", [False, True])
+def test_resumed_within_an_epoch_is_bit_for_bit_the_uninterrupted_one(tmp_path, monkeypatch,
+                                                                     averaged):  # fmt: skip
     """With checkpoint_seconds=0 a checkpoint follows every step; the run stops right after
     the one taken at step 5 of epoch 2 and resumes from it, inside that epoch."""
+    recipe = AVERAGED if averaged else RECIPE
     x, y = _toy()
     args = (x[:350], y[:350], x[350:], y[350:])
-    straight = build_model(RECIPE, (28, 28), 3)
-    straight_history = train(straight, RECIPE, *args, progress=False)
+    straight = build_model(recipe, (28, 28), 3)
+    straight_history = train(straight, recipe, *args, progress=False)
 
     import barenet.train.loop
 
@@ -100,14 +109,14 @@ def test_resumed_within_an_epoch_is_bit_for_bit_the_uninterrupted_one(tmp_path, 
     ckpt = tmp_path / "checkpoint.npz"
     monkeypatch.setattr(barenet.train.loop, "save_checkpoint", save_then_stop)
     with pytest.raises(Interrupt):
-        train(build_model(RECIPE, (28, 28), 3), RECIPE, *args, progress=False, checkpoint=ckpt,
+        train(build_model(recipe, (28, 28), 3), recipe, *args, progress=False, checkpoint=ckpt,
               checkpoint_seconds=0)  # fmt: skip
     monkeypatch.setattr(barenet.train.loop, "save_checkpoint", real_save)
     state = load_checkpoint(ckpt)
     assert state.epoch == 1 and state.inside is not None and state.inside.step == 5
-    resumed = build_model(RECIPE, (28, 28), 3)
+    resumed = build_model(recipe, (28, 28), 3)
     lines: list[str] = []
-    history = train(resumed, RECIPE, *args, progress=False, checkpoint=ckpt, resume=True,
+    history = train(resumed, recipe, *args, progress=False, checkpoint=ckpt, resume=True,
                     log=lines.append)  # fmt: skip
     assert "step 5/11 of epoch 2" in lines[0]
     for name, a in model_arrays(straight).items():
@@ -116,6 +125,8 @@ def test_resumed_within_an_epoch_is_bit_for_bit_the_uninterrupted_one(tmp_path, 
         assert (a.train_loss, a.train_accuracy, a.val_accuracy) == (b.train_loss,
                                                                     b.train_accuracy,
                                                                     b.val_accuracy)  # fmt: skip
+        assert np.isnan(a.raw_val_accuracy) != averaged
+        assert a.raw_val_accuracy == b.raw_val_accuracy or not averaged
 
 
 def test_resume_rejects_a_checkpoint_of_another_network(tmp_path):
@@ -138,11 +149,17 @@ def _barenet(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=600)  # fmt: skip
 
 
-@pytest.mark.parametrize("within", [False, True])
-def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path, mnist, within):
+@pytest.mark.parametrize("within, averaged", [(False, False), (True, False), (True, True)])
+def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path, mnist, within,
+                                                                       averaged):  # fmt: skip
     """Killed in epoch 2, after epoch 1's checkpoint or (within) after one taken inside
-    epoch 2 (--checkpoint-minutes 0.001: after every step)."""
+    epoch 2 (--checkpoint-minutes 0.001: after every step); (averaged) the seed recipe
+    yielding the moving average of its weights."""
     flags = ["train", "--epochs", "3", "--batch-size", "256", "--no-progress"]
+    if averaged:
+        recipe = dataclasses.replace(get_recipe("seed", "mnist"), weight_average=0.99)
+        (tmp_path / "averaged.json").write_text(json.dumps(recipe.to_dict()))
+        flags += ["--recipe", str(tmp_path / "averaged.json")]
     straight = _barenet(*flags, "--out", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr
 

@@ -7,6 +7,7 @@ one (a crash mid-write leaves the previous checkpoint whole), read without pickl
                        and within an epoch "inside": {"step": s, ...the epoch's sums}}
     model.<name>.npy   every parameter and buffer of the network (modelfile.model_arrays)
     optim.<name>.npy   the optimiser's state (velocities, or Adam's moments and step count)
+    average.<name>.npy with weight averaging: the averaged weights and the update count
     epoch_order.npy    within an epoch: the epoch's shuffled order of the training examples
 Continuing from it with the same code, data and thread count gives bit-for-bit the weights of
 a run that was never interrupted: the random generators resume mid-stream, so the next step
@@ -18,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,7 @@ class Checkpoint:
     model: dict[str, np.ndarray]
     optimizer: dict[str, np.ndarray]
     inside: EpochSoFar | None = None  # set when taken within epoch `epoch + 1`
+    average: dict[str, np.ndarray] = field(default_factory=dict)  # averaging.WeightAverage
 
 
 def save_checkpoint(
@@ -66,6 +68,7 @@ def save_checkpoint(
     model: Sequential,
     optimizer_state: dict[str, Any],
     inside: EpochSoFar | None = None,
+    average_state: dict[str, np.ndarray] | None = None,
 ) -> None:
     state = {
         "format": FORMAT,
@@ -84,6 +87,7 @@ def save_checkpoint(
     arrays["state"] = np.array(json.dumps(state))
     arrays.update({f"model.{k}": np.asarray(v) for k, v in model_arrays(model).items()})
     arrays.update({f"optim.{k}": np.asarray(v) for k, v in optimizer_state.items()})
+    arrays.update({f"average.{k}": np.asarray(v) for k, v in (average_state or {}).items()})
     with atomic_write(Path(path)) as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
 
@@ -101,6 +105,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
                                      f"this barenet reads {VERSION}")  # fmt: skip
             model = {k[6:]: z[k] for k in z.files if k.startswith("model.")}
             optim = {k[6:]: z[k] for k in z.files if k.startswith("optim.")}
+            average = {k[8:]: z[k] for k in z.files if k.startswith("average.")}
             part = state.get("inside")
             inside = None if part is None else EpochSoFar(order=z["epoch_order"], **part)
         return Checkpoint(
@@ -111,6 +116,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             model=model,
             optimizer=optim,
             inside=inside,
+            average=average,
         )
     except ModelFileError:
         raise

@@ -25,6 +25,7 @@ from ..nn.model import Sequential, to_inputs
 from ..nn.optim import SGD, Adam, max_norm_
 from .adversarial import virtual_adversarial_step
 from .augment import augment
+from .averaging import WeightAverage
 from .checkpoint import EpochSoFar, load_checkpoint, restore_model, save_checkpoint
 from .monitor import Monitor, json_number
 from .recipes import Recipe, build_model
@@ -38,19 +39,21 @@ class EpochRecord:
     train_loss: float  # mean cross-entropy over the epoch's batches + L2 (and L1) penalty at
     # its end
     train_accuracy: float  # on the epoch's batches, as they were seen
-    val_accuracy: float  # NaN without a validation split (null in JSON)
+    val_accuracy: float  # of the model the run yields (the averaged weights, with weight
+    # averaging); NaN without a validation split (null in JSON)
     lr: float  # learning rate at the epoch's last step
     seconds: float  # wall time of the epoch, its validation included
     augment_seconds: float = 0.0  # of which augmenting the batches
+    raw_val_accuracy: float = math.nan  # with weight averaging: the weights as trained
 
     def to_dict(self) -> dict[str, Any]:
         """As JSON holds it: a missing validation figure is null (NaN is not JSON)."""
-        return {**asdict(self), "val_accuracy": json_number(self.val_accuracy)}
+        return {**asdict(self), "val_accuracy": json_number(self.val_accuracy),
+                "raw_val_accuracy": json_number(self.raw_val_accuracy)}  # fmt: skip
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EpochRecord:
-        if d.get("val_accuracy") is None:
-            d = {**d, "val_accuracy": math.nan}
+        d = {k: math.nan if v is None and k.endswith("val_accuracy") else v for k, v in d.items()}
         return cls(**d)
 
 
@@ -185,6 +188,7 @@ def train(
         **random_layers(model),
     }
     optimizer = make_optimizer(recipe, model)
+    average = WeightAverage(model, recipe.weight_average) if recipe.weight_average else None
     schedule = recipe.lr_schedule()
     history, first, inside = History(), 0, None
     if resume and checkpoint is not None and checkpoint.exists():
@@ -192,6 +196,8 @@ def train(
         restore_model(model, state.model, checkpoint)
         try:
             optimizer.load_state(state.optimizer)
+            if average is not None:
+                average.load_state(state.average)
             for name, g in rngs.items():
                 g.bit_generator.state = state.rngs[name]
         except (KeyError, ValueError, TypeError) as e:
@@ -226,7 +232,8 @@ def train(
         assert checkpoint is not None
         save_checkpoint(checkpoint, epoch=epoch, recipe=recipe.to_dict(), rngs=rngs,
                         history=history.to_dict(), model=model,
-                        optimizer_state=optimizer.state(), inside=part)  # fmt: skip
+                        optimizer_state=optimizer.state(), inside=part,
+                        average_state=average.state() if average else None)  # fmt: skip
         saved = time.monotonic()
 
     for epoch in range(first, recipe.epochs):
@@ -288,6 +295,8 @@ def train(
                 if recipe.max_norm:
                     for W in weights:
                         max_norm_(W, recipe.max_norm)
+                if average is not None:
+                    average.update()
                 if monitor is not None:
                     seen = min((i + 1) * B, N)
                     monitor.step(epoch + 1, i + 1, steps, len(yb), loss_sum / seen,
@@ -305,11 +314,22 @@ def train(
             if checkpoint is not None and i > 0:
                 save(epoch, EpochSoFar(order, i, loss_sum, correct, augment_seconds,
                                        part.seconds + time.perf_counter() - start))  # fmt: skip
-            if epoch_aug is not None:  # the model as it stands, ready to use
+            if average is not None:  # the model the run yields: the average so far
+                average.swap(model)
+            if epoch_aug is not None or average is not None:  # ready to use
                 recalibrate_batchnorm(model, x_train[:RECALIBRATION_IMAGES], B)
             say(f"stopped in epoch {epoch + 1}/{recipe.epochs} after step {i}/{steps}")
             break
+        penalty = l2_penalty(weights, recipe.l2)[0]  # of the weights as trained
+        if recipe.head_l1 and head is not None:
+            penalty += l1_penalty([head.params["W"]], recipe.head_l1)[0]
         if epoch_aug is not None:
+            recalibrate_batchnorm(model, x_train[:RECALIBRATION_IMAGES], B)
+        raw_val_accuracy, trained = math.nan, None
+        if average is not None:  # measure the weights as trained, then yield their average
+            if x_val is not None and y_val is not None:
+                raw_val_accuracy = accuracy(model, x_val, y_val)
+            trained = average.swap(model)
             recalibrate_batchnorm(model, x_train[:RECALIBRATION_IMAGES], B)
         seconds = part.seconds + time.perf_counter() - start
         proba = None
@@ -320,9 +340,6 @@ def train(
         else:  # the probabilities also give the page its confusion matrix and mistakes
             proba = model.predict_proba(to_inputs(x_val))
             val_accuracy = float(np.mean(proba.argmax(axis=1) == y_val))
-        penalty = l2_penalty(weights, recipe.l2)[0]
-        if recipe.head_l1 and head is not None:
-            penalty += l1_penalty([head.params["W"]], recipe.head_l1)[0]
         record = EpochRecord(
             epoch=epoch + 1,
             train_loss=loss_sum / N + penalty,
@@ -331,14 +348,19 @@ def train(
             lr=lr,
             seconds=part.seconds + time.perf_counter() - start,
             augment_seconds=augment_seconds,
+            raw_val_accuracy=raw_val_accuracy,
         )
         history.epochs.append(record)
         extra = f"  (augmentation {100 * augment_seconds / seconds:.0f}%)" if epoch_aug else ""
         val = "" if x_val is None else f"  val {100 * record.val_accuracy:.2f}%"
+        if average is not None and x_val is not None:
+            val += f" (as trained {100 * raw_val_accuracy:.2f}%)"
         say(f"epoch {record.epoch}/{recipe.epochs}  loss {record.train_loss:.4f}  "
             f"train {100 * record.train_accuracy:.2f}%{val}  {record.seconds:.2f} s{extra}")  # fmt: skip
         if monitor is not None:
             monitor.epoch(record, proba, y_val, x_val)
+        if average is not None and trained is not None and epoch + 1 < recipe.epochs:
+            average.restore(model, trained)  # train on from the weights as trained
         if checkpoint is not None:
             save(epoch + 1)
     if monitor is not None:

@@ -65,6 +65,9 @@ class Recipe:
     head_l1: float = 0.0  # lambda of lambda * sum |W| over the output layer's weights
     augment: Augment = field(default_factory=Augment)  # random transforms of training images
     clean_epochs: int = 0  # the last epochs train on the images as they are, not augmented
+    # The run yields the moving average of its weights over the steps, with this decay
+    # (`barenet.train.averaging`; e.g. 0.9998); 0: the weights as trained.
+    weight_average: float = 0.0
     # Virtual adversarial training (`barenet.train.adversarial`): the length of the perturbation
     # (L2 over the input, pixels in [0, 1]; 0: off) and the weight of its KL penalty.
     vat_eps: float = 0.0
@@ -122,6 +125,8 @@ class Recipe:
                       "multistep needs increasing epochs between 0 and the last epoch")  # fmt: skip
         if not 0 <= self.clean_epochs < self.epochs:
             raise bad("clean epochs", self.clean_epochs, "must be in [0, epochs)")
+        if not 0 <= self.weight_average < 1:
+            raise bad("weight average", self.weight_average, "must be in [0, 1) (0: off)")
         if not 0 <= self.warmup_epochs < self.epochs:
             raise bad("warmup epochs", self.warmup_epochs, "must be in [0, epochs)")
         if self.val_size < 0:
