@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 
+import numpy as np
 import pytest
 
 from barenet.data import datasets
@@ -43,3 +44,14 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def toy_digits(n: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(n, 28, 28) uint8 'images' of three classes, each brighter in its own band of rows
+    (class c in rows 9c..9c+8), and their (n,) uint8 labels: learnable in a few steps."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    x = rng.integers(0, 60, (n, 28, 28))
+    for c in range(3):
+        x[y == c, 9 * c : 9 * c + 9] += 150
+    return x.astype(np.uint8), y.astype(np.uint8)

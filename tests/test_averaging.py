@@ -6,6 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
+from conftest import toy_digits
 
 from barenet.errors import BarenetError
 from barenet.files.modelfile import model_arrays
@@ -20,15 +21,6 @@ RECIPE = Recipe(
     hidden=(8,), optimizer="adam", lr=0.01, epochs=3, batch_size=32, val_size=50,
     augment=Augment(rotate=10, shift=1), schedule="constant", weight_average=0.9,
 )  # fmt: skip
-
-
-def _toy(n=400, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    x = rng.integers(0, 60, (n, 28, 28))
-    for c in range(3):
-        x[y == c, 9 * c : 9 * c + 9] += 150
-    return x.astype(np.uint8), y.astype(np.uint8)
 
 
 def test_the_average_follows_its_formula():
@@ -71,7 +63,7 @@ def test_a_run_yields_the_average_and_trains_the_weights_as_without_it(tmp_path)
     """The model a run returns holds the averaged weights (the final checkpoint's averages);
     the weights it trains are those of the same run without averaging (the same losses, and
     the same validation figures as trained, in every epoch); each epoch records both."""
-    x, y = _toy()
+    x, y = toy_digits()
     args = (x[:350], y[:350], x[350:], y[350:])
     plain = dataclasses.replace(RECIPE, weight_average=0.0)
     runs = {}

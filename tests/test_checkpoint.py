@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import toy_digits
 
 from barenet.errors import ModelFileError
 from barenet.files.modelfile import load_model, model_arrays
@@ -20,16 +21,6 @@ from barenet.train.augment import Augment
 from barenet.train.checkpoint import load_checkpoint
 from barenet.train.loop import train
 from barenet.train.recipes import Recipe, build_model, get_recipe
-
-
-def _toy(n=400, seed=0):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, n)
-    x = rng.integers(0, 60, (n, 28, 28))
-    for c in range(3):
-        x[y == c, 9 * c : 9 * c + 9] += 150
-    return x.astype(np.uint8), y.astype(np.uint8)
-
 
 # Every source of randomness at once: dropout, DropConnect, augmentation (a shear too),
 # virtual adversarial perturbations, BatchNorm buffers, Adam's moments and its step count; both
@@ -58,7 +49,7 @@ def test_resumed_training_is_bit_for_bit_the_uninterrupted_one(tmp_path, validat
     """Also without a validation split (val_size 0: every image trains; the history's
     validation figures are NaN, null in the checkpoint's JSON)."""
     recipe = AVERAGED if averaged else RECIPE
-    x, y = _toy()
+    x, y = toy_digits()
     args = (x[:350], y[:350], x[350:], y[350:]) if validation else (x, y, None, None)
     straight = build_model(recipe, (28, 28), 3)
     train(straight, recipe, *args, progress=False)
@@ -91,7 +82,7 @@ def test_resumed_within_an_epoch_is_bit_for_bit_the_uninterrupted_one(tmp_path, 
     """With checkpoint_seconds=0 a checkpoint follows every step; the run stops right after
     the one taken at step 5 of epoch 2 and resumes from it, inside that epoch."""
     recipe = AVERAGED if averaged else RECIPE
-    x, y = _toy()
+    x, y = toy_digits()
     args = (x[:350], y[:350], x[350:], y[350:])
     straight = build_model(recipe, (28, 28), 3)
     straight_history = train(straight, recipe, *args, progress=False)
@@ -130,7 +121,7 @@ def test_resumed_within_an_epoch_is_bit_for_bit_the_uninterrupted_one(tmp_path, 
 
 
 def test_resume_rejects_a_checkpoint_of_another_network(tmp_path):
-    x, y = _toy()
+    x, y = toy_digits()
     ckpt = tmp_path / "c.npz"
     small = dataclasses.replace(RECIPE, epochs=1, clean_epochs=0)
     train(build_model(small, (28, 28), 3), small, x[:350], y[:350], x[350:], y[350:],
@@ -258,7 +249,7 @@ def test_resume_errors_are_one_line(tmp_path):
 
 
 def _train_one_epoch(ckpt: Path) -> None:
-    x, y = _toy()
+    x, y = toy_digits()
     one = dataclasses.replace(RECIPE, epochs=1, clean_epochs=0)
     train(build_model(one, (28, 28), 3), one, x[:350], y[:350], x[350:], y[350:],
           progress=False, checkpoint=ckpt)  # fmt: skip
