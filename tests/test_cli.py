@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -302,3 +303,30 @@ def test_train_an_ensemble_then_evaluate_it(tmp_path, mnist):
     )
     for (name, a, _), (_, b, _) in zip(member.parameters(), alone.parameters(), strict=True):
         np.testing.assert_array_equal(a, b, err_msg=name)
+
+
+def test_train_with_a_teacher(trained, tmp_path):
+    """--teacher distils from a trained model: the run records where the teacher is (a
+    recipe file's relative path read from the file's folder), and a teacher that trained on
+    the student's validation digits, or none at all, is one line."""
+    from barenet.train.recipes import RECIPES
+
+    teacher, _ = trained
+    folder = tmp_path / "recipes"
+    folder.mkdir()
+    recipe = {**RECIPES["seed"].to_dict(), "epochs": 1,
+              "teacher": os.path.relpath(teacher, folder)}  # fmt: skip
+    (folder / "taught.json").write_text(json.dumps(recipe))
+    out = tmp_path / "taught"
+    p = run("train", "--recipe", str(folder / "taught.json"), "--out", str(out), "--no-progress",
+            cwd=tmp_path)  # fmt: skip
+    assert p.returncode == 0, p.stderr
+    assert "test accuracy" in p.stdout
+    history = json.loads((out / "history.json").read_text())
+    assert history["recipe"]["teacher"] == str(teacher.resolve())
+    assert history["epochs"][0]["val_accuracy"] > 0.95
+    assert_one_line_error(run("train", "--teacher", str(teacher), "--val-size", "6000",
+                              "--out", str(tmp_path / "x")),
+                          "held out the last 5000 training images")  # fmt: skip
+    assert_one_line_error(run("train", "--teacher", str(tmp_path / "none"), "--out",
+                              str(tmp_path / "y")), "no such model file")  # fmt: skip

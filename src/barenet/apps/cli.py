@@ -145,9 +145,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     overrides = {
         k: getattr(args, k)
-        for k in ("epochs", "lr", "batch_size", "seed", "members", "val_size")
+        for k in ("epochs", "lr", "batch_size", "seed", "members", "val_size", "teacher")
         if getattr(args, k) is not None
     }
+    if "teacher" in overrides:  # the run keeps where it is, for a resume from anywhere
+        overrides["teacher"] = str(Path(overrides["teacher"]).resolve())
     source: dict[str, Any] | None = None  # your own data: where from and how prepared
     if args.ray is not None and args.watch:
         raise BarenetError("--watch shows one training in this process; --ray trains members "
@@ -249,7 +251,11 @@ def _recipe(name: str, dataset_name: str) -> Recipe:
     if not name.endswith(".json"):
         return get_recipe(name, dataset_name)
     try:
-        return Recipe.from_dict(json.loads(Path(name).read_text()))
+        recipe = Recipe.from_dict(json.loads(Path(name).read_text()))
+        if recipe.teacher:  # a teacher named in a recipe file: from the file's folder
+            teacher = str((Path(name).parent / recipe.teacher).resolve())
+            recipe = dataclasses.replace(recipe, teacher=teacher)
+        return recipe
     except FileNotFoundError:
         raise BarenetError(f"{name}: no such recipe file") from None
     except (ValueError, TypeError, KeyError) as e:
@@ -904,6 +910,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the recipe's validation split, the last N training images "
                    "(0: train on all of them, with settings fixed beforehand: no validation "
                    "figure)")  # fmt: skip
+    p.add_argument("--teacher", metavar="MODEL",
+                   help="distil: also learn the probabilities of this trained model or ensemble "
+                   "(one that held out the validation split; docs/backprop.md section 10)")  # fmt: skip
     p.add_argument("--resume", metavar="RUN_DIR",
                    help="continue an interrupted run from its last checkpoint")  # fmt: skip
     p.add_argument("--out", help="run directory (default: a new runs/<recipe>-<dataset>[-N])")

@@ -21,7 +21,14 @@ import numpy as np
 
 from .conv import Conv2D, MaxPool2D
 from .layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, ReLU, Reshape
-from .losses import kl_divergence, l1_penalty, l2_penalty, softmax, softmax_cross_entropy
+from .losses import (
+    distillation_loss,
+    kl_divergence,
+    l1_penalty,
+    l2_penalty,
+    softmax,
+    softmax_cross_entropy,
+)
 from .model import Sequential, mlp
 from .pooling import AvgPool2D, GlobalPool, SqueezeExcite
 
@@ -221,6 +228,19 @@ def check_all(seed: int = 0) -> list[CheckResult]:
     index, numeric = numerical_gradient(lambda: kl_divergence(target, scores)[0], scores)
     results.append(
         CheckResult("kl_divergence dscores", relative_error(dscores.reshape(-1)[index], numeric))
+    )
+    # its own generator, so that the draws of the checks after it stay as they were
+    drng = np.random.default_rng([seed, 10])
+    teacher = softmax(drng.standard_normal((5, 4)) / 3.0)
+
+    def distill() -> tuple[float, np.ndarray]:
+        return distillation_loss(scores, y, teacher, weight=0.3, temperature=3.0)
+
+    index, numeric = numerical_gradient(lambda: distill()[0], scores)
+    results.append(
+        CheckResult(
+            "distillation dscores", relative_error(distill()[1].reshape(-1)[index], numeric)
+        )
     )
 
     W = rng.standard_normal((3, 4))

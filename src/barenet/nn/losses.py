@@ -81,6 +81,33 @@ def kl_divergence(p: Array, scores: Array) -> tuple[float, Array]:
     return loss, ((xp.exp(log_q) - p) / max(N, 1)).astype(scores.dtype, copy=False)
 
 
+def distillation_loss(
+    scores: Array, y: Array, teacher: Array, weight: float, temperature: float
+) -> tuple[float, Array]:
+    """Learning from the labels and from a teacher's softened probabilities (Hinton et al. 2015).
+
+    Arguments:
+        scores: the student's unnormalised class scores z, shape (N, C), float.
+        y: true classes, shape (N,), integers in [0, C).
+        teacher: the teacher's probabilities at temperature T, shape (N, C), rows summing to 1
+            (for an ensemble, the mean of softmax(z_m / T) over its members), held constant.
+        weight: alpha in [0, 1], the teacher's share of the loss.
+        temperature: T > 0; T > 1 softens both distributions, bringing out which wrong
+            classes the teacher finds nearly right.
+    Returns:
+        loss: L = (1 - alpha) CE(softmax(z), y) + alpha T^2 KL(teacher || softmax(z / T)).
+        dscores: dL/dz = (1 - alpha) (p - onehot(y)) / N + alpha T (q_T - teacher) / N, with
+            p = softmax(z) and q_T = softmax(z / T). The T^2 keeps the teacher's term as
+            strong as the labels' when T changes: d/dz of KL at z / T brings a factor 1 / T.
+    """
+    hard, d_hard = softmax_cross_entropy(scores, y)
+    soft, d_soft = kl_divergence(teacher, scores / temperature)  # d_soft = (q_T - teacher) / N
+    T2 = temperature * temperature
+    d_hard *= 1 - weight
+    d_hard += (weight * temperature) * d_soft  # T^2 * d_soft / T
+    return (1 - weight) * hard + weight * T2 * soft, d_hard
+
+
 def l2_penalty(weights: Sequence[Array], lam: float) -> tuple[float, list[Array]]:
     """The L2 penalty 0.5 * lam * sum of squares of `weights` (biases are not passed in).
 

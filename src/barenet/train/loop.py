@@ -17,16 +17,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..data.datasets import Dataset
+from ..data.datasets import FILES, Dataset
 from ..errors import ModelFileError, TrainingDiverged
 from ..nn.layers import BatchNorm, Dense, DropConnect, Dropout
-from ..nn.losses import l1_penalty, l2_penalty, softmax_cross_entropy
+from ..nn.losses import distillation_loss, l1_penalty, l2_penalty, softmax_cross_entropy
 from ..nn.model import Sequential, to_inputs
 from ..nn.optim import SGD, Adam, max_norm_
 from .adversarial import virtual_adversarial_step
 from .augment import augment
 from .averaging import WeightAverage
 from .checkpoint import EpochSoFar, load_checkpoint, restore_model, save_checkpoint
+from .distill import Teacher
 from .monitor import Monitor, json_number
 from .recipes import Recipe, build_model
 
@@ -152,6 +153,7 @@ def train(
     resume: bool = False,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     monitor: Monitor | None = None,
+    teacher: Teacher | None = None,
 ) -> History:
     """Train `model` in place as `recipe` says.
 
@@ -171,12 +173,17 @@ def train(
             steps, and its stop ends the run cleanly after the current step: the checkpoint
             is written (a later resume continues from that step) and the history says where
             it stopped (`stopped_at`).
+        teacher: the networks a recipe with a `teacher` distils from (`fit` loads them with
+            `Teacher.load`, which checks that they held out the validation split).
     Returns:
         the per-epoch history (of the whole run, when resumed).
     Raises:
         TrainingDiverged: the loss became NaN or infinite.
     """
     recipe.check()
+    if bool(recipe.teacher) != (teacher is not None):
+        raise ValueError("a recipe with a teacher needs its networks (teacher=Teacher.load(...)), "
+                         "and only such a recipe takes them")  # fmt: skip
     say = log or (lambda _: None)
     seed = recipe.seed if seed is None else seed
     N, B = len(x_train), recipe.batch_size
@@ -277,7 +284,12 @@ def train(
                     augment_seconds += time.perf_counter() - t0
                 scores = model.forward(xb, training=True)
                 correct += int((scores.argmax(axis=1) == yb).sum())
-                loss, dscores = softmax_cross_entropy(scores, yb, recipe.label_smoothing)
+                if teacher is None:
+                    loss, dscores = softmax_cross_entropy(scores, yb, recipe.label_smoothing)
+                else:
+                    targets = teacher.targets(xb)  # (B, C), at the recipe's temperature
+                    loss, dscores = distillation_loss(scores, yb, targets, recipe.distill_weight,
+                                                      recipe.distill_temperature)  # fmt: skip
                 if not math.isfinite(loss):
                     raise TrainingDiverged(
                         f"training diverged in epoch {epoch + 1}: the loss became {loss}; "
@@ -397,10 +409,17 @@ def fit(
     x_train, y_train, x_val, y_val = dataset.split(recipe.val_size)
     H, W = dataset.train_images.shape[1:]
     model = build_model(recipe, (H, W), len(dataset.spec.classes), seed=seed)
+    teacher = None
+    if recipe.teacher:
+        md5 = dict(zip(FILES, dataset.spec.md5)) if all(dataset.spec.md5) else None
+        teacher = Teacher.load(recipe.teacher, recipe.distill_temperature,
+                               dataset=dataset.spec.name, md5=md5, input_size=model.input_size,
+                               num_classes=model.num_classes, val_size=recipe.val_size)  # fmt: skip
     start, paused = time.perf_counter(), monitor.paused_seconds if monitor else 0.0
     history = train(model, recipe, x_train, y_train, x_val, y_val, seed=seed, progress=progress,
                     log=log, checkpoint=checkpoint, resume=resume,
-                    checkpoint_seconds=checkpoint_seconds, monitor=monitor)  # fmt: skip
+                    checkpoint_seconds=checkpoint_seconds, monitor=monitor,
+                    teacher=teacher)  # fmt: skip
     seconds = time.perf_counter() - start - (monitor.paused_seconds - paused if monitor else 0.0)
     test_accuracy = math.nan  # stopped early, or data of one's own without a held-out part
     if history.stopped_at is None:

@@ -72,6 +72,12 @@ class Recipe:
     # (L2 over the input, pixels in [0, 1]; 0: off) and the weight of its KL penalty.
     vat_eps: float = 0.0
     vat_weight: float = 1.0
+    # Distillation (`barenet.train.distill`): a model file, run or ensemble directory whose
+    # probabilities at distill_temperature the net learns with weight distill_weight beside
+    # the labels; "": none. A teacher must have held out the net's validation split.
+    teacher: str = ""
+    distill_weight: float = 0.5
+    distill_temperature: float = 4.0
     # Optimisation.
     optimizer: str = "sgd"  # "sgd" (momentum), "adam" or "adamw"
     epochs: int = 4  # validation accuracy plateaus at ~98.5% from 4 epochs on
@@ -163,6 +169,13 @@ class Recipe:
             raise bad("vat eps", self.vat_eps, "must be >= 0 (0: off)")
         if not (math.isfinite(self.vat_weight) and self.vat_weight >= 0):
             raise bad("vat weight", self.vat_weight, "must be >= 0")
+        if self.teacher and self.label_smoothing:
+            raise bad("label smoothing", self.label_smoothing,
+                      "a teacher already softens the targets: use one or the other")  # fmt: skip
+        if not 0 <= self.distill_weight <= 1:
+            raise bad("distill weight", self.distill_weight, "must be in [0, 1]")
+        if not (math.isfinite(self.distill_temperature) and self.distill_temperature > 0):
+            raise bad("distill temperature", self.distill_temperature, "must be > 0")
         try:
             self.augment.check()
         except ValueError as e:
