@@ -166,6 +166,7 @@ def test_data_info_and_fetch(mnist):
         (["predict", "nope.npz", "x.png"], "no such model file"),
         (["data", "fetch", "emnist"], "unknown dataset 'emnist'"),
         (["frobnicate"], "invalid choice"),
+        (["train", "--gpu", "--ray"], "--gpu trains in this process"),
     ],
 )
 def test_bad_flags_and_files_one_line(args, fragment):
@@ -330,3 +331,18 @@ def test_train_with_a_teacher(trained, tmp_path):
                           "held out the last 5000 training images")  # fmt: skip
     assert_one_line_error(run("train", "--teacher", str(tmp_path / "none"), "--out",
                               str(tmp_path / "y")), "no such model file")  # fmt: skip
+
+
+def test_train_on_a_gpu_without_one_is_one_line(tmp_path):
+    """Where CuPy or a GPU is missing (CI, this machine), --gpu says which, before any file."""
+    try:
+        import cupy
+
+        have_gpu = cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:
+        have_gpu = False
+    if have_gpu:
+        pytest.skip("a GPU is present: tests/test_gpu.py trains on it")
+    p = run("train", "--gpu", "--out", str(tmp_path / "run"))
+    assert_one_line_error(p, "--gpu")
+    assert "CuPy" in p.stderr and not (tmp_path / "run").exists()

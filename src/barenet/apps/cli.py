@@ -151,6 +151,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "teacher" in overrides:  # the run keeps where it is, for a resume from anywhere
         overrides["teacher"] = str(Path(overrides["teacher"]).resolve())
     source: dict[str, Any] | None = None  # your own data: where from and how prepared
+    if args.ray is not None and args.gpu:
+        raise BarenetError("--gpu trains in this process; --ray trains members elsewhere: "
+                           "give one of them")  # fmt: skip
+    xp = _gpu() if args.gpu else None  # CuPy and a GPU present, before anything is written
     if args.ray is not None and args.watch:
         raise BarenetError("--watch shows one training in this process; --ray trains members "
                            "elsewhere: give one of them")  # fmt: skip
@@ -231,7 +235,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     _say(f"run directory {out} (continue an interrupted run with: barenet train --resume {out})")
     monitor = Monitor(members=recipe.members, classes=list(dataset.spec.classes))
     with _watching(monitor, args):
-        return _train_members(args, recipe, dataset, out, monitor, start, source)
+        return _train_members(args, recipe, dataset, out, monitor, start, source, xp)
+
+
+def _gpu() -> Any:
+    """--gpu: CuPy's module, once it has found a GPU; BarenetError saying what is missing."""
+    try:
+        import cupy
+    except ImportError:
+        raise BarenetError("--gpu needs CuPy for your CUDA version (for example pip install "
+                           "cupy-cuda12x) and an NVIDIA GPU") from None  # fmt: skip
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CuPy's CUDA errors: no driver, no device
+        raise BarenetError(f"--gpu: CuPy finds no GPU ({type(e).__name__}: {e})") from None
+    if count < 1:
+        raise BarenetError("--gpu: CuPy finds no GPU")
+    return cupy
 
 
 _PREPARED = {"photo": "prepared as photos of digits are (--prepare resize keeps them as they are)",
@@ -325,7 +345,7 @@ def _watching(monitor: Any, args: argparse.Namespace) -> Iterator[None]:
 
 def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.Dataset,
                    out: Path, monitor: Any, start: float,
-                   source: dict[str, Any] | None) -> int:  # fmt: skip
+                   source: dict[str, Any] | None, xp: Any = None) -> int:  # fmt: skip
     from ..files.modelfile import load_model, save_model
     from ..train.ensemble import average_proba
     from ..train.loop import fit, to_inputs
@@ -391,7 +411,8 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
         monitor.member = k + 1
         result = fit(recipe, dataset, seed=recipe.seed + k, progress=not args.no_progress,
                      log=_say, checkpoint_seconds=60 * args.checkpoint_minutes, monitor=monitor,
-                     checkpoint=where / "checkpoint.npz", resume=args.resume is not None)  # fmt: skip
+                     checkpoint=where / "checkpoint.npz", resume=args.resume is not None,
+                     xp=xp)  # fmt: skip
         monitor.save(where / "watch.json")
         if save(k, result) or (monitor.stop_requested and k != todo[-1]):
             _say(f"stopped: the model as it stands is saved; continue the run with: "
@@ -910,6 +931,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override the recipe's validation split, the last N training images "
                    "(0: train on all of them, with settings fixed beforehand: no validation "
                    "figure)")  # fmt: skip
+    p.add_argument("--gpu", action="store_true",
+                   help="train on an NVIDIA GPU through CuPy: the same layers and gradients, "
+                   "the arrays on the GPU (docs/speed.md)")  # fmt: skip
     p.add_argument("--teacher", metavar="MODEL",
                    help="distil: also learn the probabilities of this trained model or ensemble "
                    "(one that held out the validation split; docs/backprop.md section 10)")  # fmt: skip

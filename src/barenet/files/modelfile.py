@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend.arrays import to_numpy
 from ..errors import ModelFileError
 from ..nn.model import Sequential
 from .atomic import atomic_write
@@ -91,7 +92,7 @@ def save_model(path: str | os.PathLike[str], model: Sequential, metadata: dict[s
         "metadata": np.array(json.dumps(metadata)),
     }
     for name, p in model_arrays(model).items():
-        arrays[name] = np.asarray(p)
+        arrays[name] = to_numpy(p)  # from a GPU too
     with atomic_write(path) as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
     return path

@@ -42,9 +42,10 @@ def _windows(x: Array, kh: int, kw: int, stride: int) -> Array:
     N, H, W, C = x.shape
     OH, OW = (H - kh) // stride + 1, (W - kw) // stride + 1
     sN, sH, sW, sC = x.strides
-    return xp.lib.stride_tricks.as_strided(
-        x, (N, OH, OW, kh, kw, C), (sN, stride * sH, stride * sW, sH, sW, sC), writeable=False
-    )
+    shape, strides = (N, OH, OW, kh, kw, C), (sN, stride * sH, stride * sW, sH, sW, sC)
+    if xp is not np:  # CuPy's as_strided has no read-only flag
+        return xp.lib.stride_tricks.as_strided(x, shape, strides)
+    return xp.lib.stride_tricks.as_strided(x, shape, strides, writeable=False)
 
 
 def _copy_into(view: Array, buffer: Array) -> Array:

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend.arrays import array_module
+from ..backend.arrays import array_module, to_numpy
 from .config import layer_from_config
 from .conv import Conv2D, MaxPool2D
 from .layers import Array, Dense, Flatten, Layer, ReLU, Reshape
@@ -160,6 +160,30 @@ class Sequential:
         (default INFERENCE_BYTES): large batches keep the matrix products efficient, and
         a wide network's patches stay within memory."""
         return max(1, (budget or INFERENCE_BYTES) // self.inference_bytes())
+
+    @property
+    def xp(self) -> ModuleType:
+        """The array module that holds the parameters: numpy, or cupy for a network on a GPU
+        (its inputs must be that module's arrays too)."""
+        return next((array_module(p) for _, p, _ in self.parameters()), np)
+
+    def to(self, xp: ModuleType) -> Sequential:
+        """This network with its arrays held by `xp`: numpy, or cupy to run it on a GPU (and
+        numpy to bring it back). A new network, with the same weights, running statistics and
+        random layers' generators; itself when its arrays are there already."""
+        if xp is self.xp:
+            return self
+        dtype = next((p.dtype for _, p, _ in self.parameters()), np.dtype(np.float32))
+        moved = Sequential.from_config(self.config(), dtype=dtype, xp=xp)
+        moved.fast = self.fast
+        for (_, dst, _), (_, src, _) in zip(moved.parameters(), self.parameters(), strict=True):
+            dst[...] = xp.asarray(to_numpy(src))
+        for (_, dst), (_, src) in zip(moved.buffers(), self.buffers(), strict=True):
+            dst[...] = xp.asarray(to_numpy(src))
+        for new, old in zip(moved.layers, self.layers, strict=True):
+            if hasattr(old, "rng"):  # Dropout, DropConnect: their masks' generators, on the CPU
+                new.rng = old.rng
+        return moved
 
     def parameters(self) -> Iterator[tuple[str, Array, Array]]:
         """(name, param, grad) for every trainable array, named "layers.<i>.<key>"."""

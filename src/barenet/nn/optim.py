@@ -26,7 +26,7 @@ def _load_into(buffers: dict[str, Array], prefix: str, state: dict[str, Array]) 
         if src.shape != buf.shape:
             raise ValueError(f"optimiser state {prefix}.{name} has shape {src.shape}, "
                              f"not {buf.shape}")  # fmt: skip
-        buf[...] = src
+        buf[...] = array_module(buf).asarray(src)
 
 
 def _flat(*arrays: Array) -> list[Array]:

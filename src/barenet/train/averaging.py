@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend.arrays import array_module
 from ..nn.model import Sequential
 
 
@@ -75,5 +76,5 @@ class WeightAverage:
             if src.shape != a.shape:
                 raise ValueError(f"the average of {name} has shape {src.shape}, "
                                  f"the network needs {a.shape}")  # fmt: skip
-            a[...] = src
+            a[...] = array_module(a).asarray(src)
         self.count = int(state["count"])

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend.arrays import array_module, to_numpy
 from ..errors import ModelFileError
 from ..files.atomic import atomic_write
 from ..files.modelfile import READ_ERRORS, model_arrays
@@ -85,9 +86,10 @@ def save_checkpoint(
                            "seconds": inside.seconds}  # fmt: skip
         arrays["epoch_order"] = np.asarray(inside.order)
     arrays["state"] = np.array(json.dumps(state))
-    arrays.update({f"model.{k}": np.asarray(v) for k, v in model_arrays(model).items()})
-    arrays.update({f"optim.{k}": np.asarray(v) for k, v in optimizer_state.items()})
-    arrays.update({f"average.{k}": np.asarray(v) for k, v in (average_state or {}).items()})
+    # to_numpy: a network trained on a GPU is saved as one trained here, and resumes anywhere
+    arrays.update({f"model.{k}": to_numpy(v) for k, v in model_arrays(model).items()})
+    arrays.update({f"optim.{k}": to_numpy(v) for k, v in optimizer_state.items()})
+    arrays.update({f"average.{k}": to_numpy(v) for k, v in (average_state or {}).items()})
     with atomic_write(Path(path)) as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]
 
@@ -135,4 +137,4 @@ def restore_model(model: Sequential, arrays: dict[str, np.ndarray], path: Path) 
         if arrays[name].shape != dst.shape:
             raise ModelFileError(f"{path}: {name} has shape {arrays[name].shape}, "
                                  f"the network needs {dst.shape}")  # fmt: skip
-        dst[...] = arrays[name]
+        dst[...] = array_module(dst).asarray(arrays[name])

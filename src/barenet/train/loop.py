@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from ..backend.arrays import to_numpy
 from ..data.datasets import FILES, Dataset
 from ..errors import ModelFileError, TrainingDiverged
 from ..nn.layers import BatchNorm, Dense, DropConnect, Dropout
@@ -71,9 +73,11 @@ class History:
 
 def accuracy(model: Sequential, images: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of `images` (N, 28, 28) uint8 whose predicted class is `labels` (N,)."""
-    predicted = np.concatenate(
-        [model.predict(to_inputs(images[i : i + 5000])) for i in range(0, len(images), 5000)]
-    )
+    xp = model.xp  # numpy, or cupy: each chunk goes to the GPU and its answers come back
+    predicted = np.concatenate([
+        to_numpy(model.predict(xp.asarray(to_inputs(images[i : i + 5000]))))
+        for i in range(0, len(images), 5000)
+    ])  # fmt: skip
     return float(np.mean(predicted == labels))
 
 
@@ -111,7 +115,7 @@ def recalibrate_batchnorm(model: Sequential, x: np.ndarray, batch_size: int) -> 
         for k, i in enumerate(range(0, len(x), batch_size), start=1):
             for bn in norms:
                 bn.momentum = 1.0 / k
-            model.forward(to_inputs(x[i : i + batch_size]), training=True)
+            model.forward(model.xp.asarray(to_inputs(x[i : i + batch_size])), training=True)
     finally:
         for bn, m in zip(norms, saved):
             bn.momentum = m
@@ -186,6 +190,9 @@ def train(
                          "and only such a recipe takes them")  # fmt: skip
     say = log or (lambda _: None)
     seed = recipe.seed if seed is None else seed
+    xp = model.xp  # numpy, or cupy for a network on a GPU: each batch goes where it is
+    if teacher is not None and any(m.xp is not xp for m in teacher.models):
+        raise ValueError("the teacher's networks must be where the student is (Sequential.to)")
     N, B = len(x_train), recipe.batch_size
     steps = math.ceil(N / B)
     rngs = {
@@ -272,7 +279,7 @@ def train(
                         history.stopped_at = {"epoch": epoch + 1, "step": i}
                         break
                     start += monitor.paused_seconds - paused  # a pause is not training time
-                yb = ys[i * B : (i + 1) * B]
+                yb = xp.asarray(ys[i * B : (i + 1) * B])
                 rows = np.take(flat, order[i * B : (i + 1) * B], axis=0)  # (B, H*W)
                 if epoch_aug is None:
                     xb = to_inputs(rows)
@@ -282,6 +289,7 @@ def train(
                     xb = augment(batch, rngs["augment"], epoch_aug).reshape(len(yb), -1)
                     xb *= np.float32(1 / 255)
                     augment_seconds += time.perf_counter() - t0
+                xb = xp.asarray(xb)  # itself on the CPU; onto the GPU for a network there
                 scores = model.forward(xb, training=True)
                 correct += int((scores.argmax(axis=1) == yb).sum())
                 if teacher is None:
@@ -350,7 +358,7 @@ def train(
         elif monitor is None:
             val_accuracy = accuracy(model, x_val, y_val)
         else:  # the probabilities also give the page its confusion matrix and mistakes
-            proba = model.predict_proba(to_inputs(x_val))
+            proba = to_numpy(model.predict_proba(xp.asarray(to_inputs(x_val))))
             val_accuracy = float(np.mean(proba.argmax(axis=1) == y_val))
         record = EpochRecord(
             epoch=epoch + 1,
@@ -400,11 +408,14 @@ def fit(
     resume: bool = False,
     checkpoint_seconds: float = CHECKPOINT_SECONDS,
     monitor: Monitor | None = None,
+    xp: ModuleType | None = None,
 ) -> Result:
     """Build the recipe's network, train it on the dataset's training split (minus the
     validation split) and measure it on validation and, once at the end, on the test set (a
     run stopped early is measured on validation only: test_accuracy is NaN). `seed` overrides
-    recipe.seed (ensemble members); see `train` for the others."""
+    recipe.seed (ensemble members); `xp` (cupy) trains on a GPU: the network and its teacher
+    go there, each batch follows them, and the result comes back as a NumPy network; see
+    `train` for the others."""
     recipe.check()
     x_train, y_train, x_val, y_val = dataset.split(recipe.val_size)
     H, W = dataset.train_images.shape[1:]
@@ -415,6 +426,10 @@ def fit(
         teacher = Teacher.load(recipe.teacher, recipe.distill_temperature,
                                dataset=dataset.spec.name, md5=md5, input_size=model.input_size,
                                num_classes=model.num_classes, val_size=recipe.val_size)  # fmt: skip
+    if xp is not None:
+        model = model.to(xp)
+        if teacher is not None:
+            teacher.models = [m.to(xp) for m in teacher.models]
     start, paused = time.perf_counter(), monitor.paused_seconds if monitor else 0.0
     history = train(model, recipe, x_train, y_train, x_val, y_val, seed=seed, progress=progress,
                     log=log, checkpoint=checkpoint, resume=resume,
@@ -430,5 +445,5 @@ def fit(
         val_accuracy = math.nan
         if x_val is not None and y_val is not None:
             val_accuracy = accuracy(model, x_val, y_val)
-    return Result(model=model, history=history, val_accuracy=val_accuracy,
+    return Result(model=model.to(np), history=history, val_accuracy=val_accuracy,
                   test_accuracy=test_accuracy, train_seconds=seconds)  # fmt: skip

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend.arrays import to_numpy
 from ..files.atomic import atomic_write
 from ..nn.conv import Conv2D
 from ..nn.layers import Dense
@@ -54,7 +55,7 @@ def json_number(x: float) -> float | None:
 
 def _pixels(a: np.ndarray) -> str:
     """An array scaled to 0..255 uint8, its bytes in base64 (row-major)."""
-    a = np.asarray(a, dtype=np.float64)
+    a = to_numpy(a).astype(np.float64)  # a network on a GPU: its copy here
     lo, hi = float(a.min()), float(a.max())
     scaled = (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
     return base64.b64encode(np.rint(255 * scaled).astype(np.uint8).tobytes()).decode()
