@@ -12,7 +12,7 @@ import numpy as np
 from ..backend.arrays import array_module, to_numpy
 from .config import layer_from_config
 from .conv import Conv2D, MaxPool2D
-from .layers import Array, Dense, Flatten, Layer, ReLU, Reshape
+from .layers import Array, Dense, DropConnect, Dropout, Flatten, Layer, ReLU, Reshape
 from .losses import softmax, softmax_cross_entropy
 from .plan import Step, first_with_params, plan
 from .pooling import AvgPool2D, GlobalPool
@@ -181,8 +181,8 @@ class Sequential:
         for (_, dst), (_, src) in zip(moved.buffers(), self.buffers(), strict=True):
             dst[...] = xp.asarray(to_numpy(src))
         for new, old in zip(moved.layers, self.layers, strict=True):
-            if hasattr(old, "rng"):  # Dropout, DropConnect: their masks' generators, on the CPU
-                new.rng = old.rng
+            if isinstance(old, Dropout | DropConnect) and isinstance(new, Dropout | DropConnect):
+                new.rng = old.rng  # their masks' generators, on the CPU
         return moved
 
     def parameters(self) -> Iterator[tuple[str, Array, Array]]:
