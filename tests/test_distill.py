@@ -67,6 +67,8 @@ def test_the_teachers_targets_are_its_members_mean_at_the_temperature():
     expected = sum(softmax(m.forward(inputs) / 3.0) for m in members) / 2
     np.testing.assert_allclose(teacher.targets(inputs), expected, rtol=1e-6)
     np.testing.assert_allclose(teacher.targets(inputs).sum(axis=1), 1, rtol=1e-6)
+    moved = teacher.to(np)  # where its networks are already: the same networks (test_gpu: cupy)
+    assert moved.temperature == 3.0 and all(a is b for a, b in zip(moved.models, members))
     with pytest.raises(ValueError, match="temperature"):
         Teacher(members, temperature=0.0)
 

@@ -113,7 +113,7 @@ def test_training_on_the_gpu_learns_checkpoints_and_resumes_on_the_cpu(tmp_path)
     histories = {}
     for xp in (np, cupy):
         model = build_model(student, (28, 28), 3).to(xp)
-        teacher = Teacher([taught.to(xp)], temperature=4.0)
+        teacher = Teacher([taught], temperature=4.0).to(xp)
         ckpt = tmp_path / f"{xp.__name__}.npz"
         histories[xp.__name__] = train(model, student, *args, progress=False, teacher=teacher,
                                        checkpoint=ckpt)  # fmt: skip
@@ -127,7 +127,7 @@ def test_training_on_the_gpu_learns_checkpoints_and_resumes_on_the_cpu(tmp_path)
     plain = dataclasses.replace(student, weight_average=0.0)
     gpu_ckpt = tmp_path / "plain.npz"
     train(build_model(plain, (28, 28), 3).to(cupy), plain, *args, progress=False,
-          teacher=Teacher([taught.to(cupy)], 4.0), checkpoint=gpu_ckpt)  # fmt: skip
+          teacher=Teacher([taught], 4.0).to(cupy), checkpoint=gpu_ckpt)  # fmt: skip
     longer = dataclasses.replace(plain, epochs=4)
     resumed = build_model(longer, (28, 28), 3)
     history = train(resumed, longer, *args, progress=False, teacher=Teacher([taught], 4.0),

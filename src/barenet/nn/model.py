@@ -92,12 +92,16 @@ class Sequential:
                 dout = dx
         return dout if input_grad else None
 
-    def predict_proba(self, x: Array, batch_size: int | None = None) -> Array:
-        """x: (N, D) -> class probabilities: (N, C), rows sum to 1; computed in batches of
-        `batch_size` examples (default: as many as `INFERENCE_BYTES` of working memory hold)."""
+    def predict_proba(
+        self, x: Array, batch_size: int | None = None, temperature: float = 1.0
+    ) -> Array:
+        """x: (N, D) -> class probabilities softmax(z / T): (N, C), rows sum to 1; computed in
+        batches of `batch_size` examples (default: as many as `INFERENCE_BYTES` of working
+        memory hold). A temperature T > 1 softens them (a distillation teacher's targets)."""
         xp = array_module(x)
         B = batch_size or self.inference_batch()
-        chunks = [softmax(self.forward(x[i : i + B])) for i in range(0, x.shape[0], B)]
+        chunks = [softmax(self.forward(x[i : i + B]) / temperature)
+                  for i in range(0, x.shape[0], B)]  # fmt: skip
         return xp.concatenate(chunks) if chunks else xp.zeros((0, self.num_classes))
 
     def predict(self, x: Array, batch_size: int | None = None) -> Array:

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
-import numpy as np
-
 from ..errors import BarenetError
-from ..nn.losses import softmax
+from ..nn.layers import Array
 from ..nn.model import Sequential
-from .ensemble import dataset_name, load_ensemble
+from .ensemble import average_proba, dataset_name, load_ensemble
 
 
 class Teacher:
@@ -40,13 +39,14 @@ class Teacher:
             raise ValueError(f"the temperature must be > 0, not {temperature}")
         self.models, self.temperature = list(models), float(temperature)
 
-    def targets(self, x: np.ndarray) -> np.ndarray:
+    def targets(self, x: Array) -> Array:
         """x: (N, D) inputs -> t: (N, C), the members' mean of softmax(z_m / T)."""
-        total = softmax(self.models[0].forward(x, training=False) / self.temperature)
-        for model in self.models[1:]:
-            total += softmax(model.forward(x, training=False) / self.temperature)
-        total /= len(self.models)
-        return total
+        return average_proba(self.models, x, self.temperature)
+
+    def to(self, xp: ModuleType) -> Teacher:
+        """This teacher with its networks held by `xp` (cupy: on the GPU its student trains on;
+        see `Sequential.to`)."""
+        return Teacher([model.to(xp) for model in self.models], self.temperature)
 
     @classmethod
     def load(

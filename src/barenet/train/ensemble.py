@@ -47,10 +47,13 @@ def dataset_name(meta: dict[str, Any]) -> str | None:
     return d.get("name") if isinstance(d, dict) else None
 
 
-def average_proba(models: Sequence[Sequential], x: np.ndarray) -> np.ndarray:
-    """x: (N, D) inputs -> the members' mean class probabilities, shape (N, C)."""
-    total = models[0].predict_proba(x)
+def average_proba(
+    models: Sequence[Sequential], x: np.ndarray, temperature: float = 1.0
+) -> np.ndarray:
+    """x: (N, D) inputs -> the members' mean class probabilities, shape (N, C):
+    (1/K) sum_m softmax(z_m / T), at temperature T (1: as they predict)."""
+    total = models[0].predict_proba(x, temperature=temperature)
     for model in models[1:]:
-        total += model.predict_proba(x)
+        total += model.predict_proba(x, temperature=temperature)
     total /= len(models)
     return total

@@ -429,7 +429,7 @@ def fit(
     if xp is not None:
         model = model.to(xp)
         if teacher is not None:
-            teacher.models = [m.to(xp) for m in teacher.models]
+            teacher = teacher.to(xp)
     start, paused = time.perf_counter(), monitor.paused_seconds if monitor else 0.0
     history = train(model, recipe, x_train, y_train, x_val, y_val, seed=seed, progress=progress,
                     log=log, checkpoint=checkpoint, resume=resume,
