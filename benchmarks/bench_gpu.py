@@ -1,6 +1,7 @@
 """Training speed on a GPU: the `record` recipe's network in barenet (CuPy) and in PyTorch.
 
     python benchmarks/bench_gpu.py [--steps 100] [--batch 32] [--out benchmarks/results/NAME.json]
+    python benchmarks/bench_gpu.py --breakdown [--batch 32]
 
 Needs CuPy, PyTorch and an NVIDIA GPU. Times one training step (forward, cross-entropy,
 backward, Adam) of the `record` recipe's network (nine 3x3 convolutions of 128 channels,
@@ -10,6 +11,11 @@ barenet's step with the distillation teacher (`models/cnn-ensemble`, four networ
 beside it, and what the recipe's augmentation of one batch costs on the CPU, which a run does
 between steps. PyTorch runs the same layers in channels_last with TF32 off (CuPy's float32
 products do not use TF32 either), so both compute in float32.
+
+--breakdown says where barenet's step goes instead: each part of it (every step of the
+network's plan forward and backward, the loss, the teacher, Adam), timed by
+`cupyx.profiler.benchmark` as the CPU's time to issue it and the GPU's time to run it. Where
+the CPU's time is the larger, the part is bound by Python and kernel launches, not by the GPU.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from barenet.nn.losses import distillation_loss, softmax_cross_entropy
+from barenet.nn.losses import distillation_loss, l1_penalty, softmax_cross_entropy
 from barenet.train.augment import augment
 from barenet.train.distill import Teacher
 from barenet.train.ensemble import load_ensemble
@@ -137,13 +143,73 @@ def augment_seconds(n: int, repeats: int = 50) -> float:
     return statistics.median(times)
 
 
+def breakdown(n: int, repeats: int = 50) -> list[tuple[str, float, float]]:
+    """(part, CPU ms, GPU ms) for each part of one training step of the record network."""
+    import cupy
+    from cupyx.profiler import benchmark
+
+    recipe = RECIPES["record"]
+    model = build_model(recipe, (28, 28), 10).to(cupy)
+    opt = make_optimizer(recipe, model)
+    models, _ = load_ensemble([ROOT / "models" / "cnn-ensemble"])
+    teacher = Teacher(models, 4.0).to(cupy)
+    x, y = batch(n)
+    xb, yb = cupy.asarray(x.reshape(n, -1).astype(np.float32) / 255), cupy.asarray(y)
+    rows: list[tuple[str, float, float]] = []
+
+    def bench(name: str, func: object) -> None:
+        result = benchmark(func, n_repeat=repeats, n_warmup=5)
+        rows.append((name, 1e3 * float(np.mean(result.cpu_times)),
+                     1e3 * float(np.mean(result.gpu_times))))  # fmt: skip
+
+    bench("forward (training)", lambda: model.forward(xb, training=True))
+    scores = model.forward(xb, training=True)
+    _, ds = softmax_cross_entropy(scores, yb)
+    bench("backward", lambda: model.backward(ds))
+    bench("adam step", lambda: opt.step(1e-3))
+    bench("cross-entropy", lambda: softmax_cross_entropy(scores, yb))
+    targets = teacher.targets(xb)
+    bench("teacher's targets (4 networks)", lambda: teacher.targets(xb))
+    bench("distillation loss", lambda: distillation_loss(scores, yb, targets, 0.5, 4.0))
+    head = model.layers[-1]
+    bench("correct count (argmax, to the host)", lambda: int((scores.argmax(axis=1) == yb).sum()))
+    bench("host batch to the GPU", lambda: cupy.asarray(x.reshape(n, -1).astype(np.float32)))
+    W = head.params["W"]
+    bench("L1 on the head", lambda: l1_penalty([W], 0.00025))
+    # the plan's steps one by one, forward then backward, on their own inputs
+    inputs, out = [], xb
+    for step in model._steps:
+        inputs.append(out)
+        out = step.forward(out, True)
+    for k, step in enumerate(model._steps):
+        names = "+".join(type(layer).__name__ for layer in model.layers[step.start : step.stop])
+        x_in = inputs[k]
+        bench(f"  forward  {k:2d} {names}", lambda s=step, v=x_in: s.forward(v, True))
+    outs = [*inputs[1:], out]
+    for k in reversed(range(len(model._steps))):
+        step = model._steps[k]
+        step.forward(inputs[k], True)  # its cache, for its backward
+        dout = cupy.full_like(outs[k], 1e-3)
+        names = "+".join(type(layer).__name__ for layer in model.layers[step.start : step.stop])
+        bench(f"  backward {k:2d} {names}", lambda s=step, d=dout, k=k: s.backward(d, k > 1, True))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--breakdown", action="store_true", help="where barenet's step goes")
     args = parser.parse_args()
     import cupy
+
+    if args.breakdown:
+        rows3 = breakdown(args.batch)
+        print(f"record network, batch {args.batch}: {'part':44s} {'CPU ms':>8s} {'GPU ms':>8s}")
+        for name, cpu, gpu_ms in rows3:
+            print(f"  {name:60s} {cpu:8.3f} {gpu_ms:8.3f}")
+        return
     import torch
 
     rows = {
