@@ -15,6 +15,7 @@ from conftest import toy_digits
 from barenet.backend.arrays import array_module, to_numpy
 from barenet.nn.losses import softmax_cross_entropy
 from barenet.nn.model import Sequential
+from barenet.nn.optim import Adam
 from barenet.train.augment import Augment
 from barenet.train.checkpoint import load_checkpoint
 from barenet.train.distill import Teacher
@@ -79,6 +80,31 @@ def test_a_step_on_the_gpu_is_the_step_on_the_cpu(name):
         scale = np.abs(want).max() + 1e-12
         on_cpu, on_gpu = (np.abs(r[key] - want)[kept].max(initial=0) / scale for r in (cpu_, gpu_))
         assert on_gpu <= 10 * on_cpu + 1e-5, f"{key}: GPU {on_gpu:.1e}, CPU {on_cpu:.1e}"
+
+
+@pytest.mark.parametrize("decoupled", [False, True])
+def test_adam_on_the_gpu_updates_as_on_the_cpu_to_the_bit(decoupled):
+    """Adam's one-kernel update on the GPU does the NumPy path's float32 operations in its
+    order: three steps, with weight decay on one parameter and none on the other, give the
+    same bits on both."""
+    rng = np.random.default_rng(0)
+    weights = {"w": rng.standard_normal((64, 33)), "b": rng.standard_normal(33)}
+    grads = [{k: rng.standard_normal(w.shape) * 10.0**-t for k, w in weights.items()}
+             for t in range(3)]  # fmt: skip
+    after = {}
+    for where, xp in (("cpu", np), ("gpu", cupy)):
+        params = [(k, xp.asarray(w, dtype=np.float32), xp.zeros(w.shape, np.float32))
+                  for k, w in weights.items()]  # fmt: skip
+        adam = Adam(params, weight_decay=0.01, decayed={"w"}, decoupled=decoupled)
+        for t, g in enumerate(grads):
+            for k, _, grad in params:
+                grad[...] = xp.asarray(g[k], dtype=np.float32)  # the CPU's step writes on it
+            adam.step(1e-3 * (t + 1))
+        state = after[where] = {}
+        for k, w, _ in params:
+            state[k], state[f"m.{k}"], state[f"v.{k}"] = map(to_numpy, (w, adam.m[k], adam.v[k]))
+    for key, value in after["cpu"].items():
+        np.testing.assert_array_equal(after["gpu"][key], value, err_msg=key)
 
 
 def test_to_moves_weights_statistics_and_back():
