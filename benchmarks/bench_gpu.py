@@ -8,7 +8,8 @@ backward, Adam) of the `record` recipe's network (nine 3x3 convolutions of 128 c
 BatchNorm and squeeze-and-excitation per block, average pooling, the global head), float32,
 after 10 warm-up steps, each side synchronised with its GPU before the clock is read; also
 barenet's step with the distillation teacher (`models/cnn-ensemble`, four networks) on the GPU
-beside it, and what the recipe's augmentation of one batch costs on the CPU, which a run does
+beside it (predicting for 32 steps' batches at once, as the training loop has it), and what
+the recipe's augmentation of one batch costs on the CPU, which a run does
 between steps. PyTorch runs the same layers in channels_last with TF32 off (CuPy's float32
 products do not use TF32 either), so both compute in float32.
 
@@ -31,6 +32,7 @@ import numpy as np
 
 from barenet.nn.losses import distillation_loss, l1_penalty, softmax_cross_entropy
 from barenet.train.augment import augment
+from barenet.train.batches import TEACHER_CHUNK_STEPS
 from barenet.train.distill import Teacher
 from barenet.train.ensemble import load_ensemble
 from barenet.train.loop import make_optimizer
@@ -55,17 +57,25 @@ def barenet_step(steps: int, n: int, with_teacher: bool) -> float:
     if with_teacher:
         models, _ = load_ensemble([ROOT / "models" / "cnn-ensemble"])
         teacher = Teacher([m.to(cupy) for m in models], 4.0)
-    x, y = batch(n)
-    xb, yb = cupy.asarray(x.reshape(n, -1).astype(np.float32) / 255), cupy.asarray(y)
+    x, y = batch(n * TEACHER_CHUNK_STEPS)
+    chunk = cupy.asarray(x.reshape(len(x), -1).astype(np.float32) / 255)
+    xb, yb = chunk[:n], cupy.asarray(y[:n])
+    done, targets = 0, None
 
     def step() -> None:
+        nonlocal done, targets
         scores = model.forward(xb, training=True)
         if teacher is None:
             _, ds = softmax_cross_entropy(scores, yb)
-        else:
-            _, ds = distillation_loss(scores, yb, teacher.targets(xb), 0.5, 4.0)
+        else:  # as the loop does: the teacher predicts for a chunk of steps' batches at once
+            k = done % TEACHER_CHUNK_STEPS
+            if k == 0:
+                targets = teacher.targets(chunk)
+            assert targets is not None
+            _, ds = distillation_loss(scores, yb, targets[k * n : (k + 1) * n], 0.5, 4.0)
         model.backward(ds)
         opt.step(1e-3)
+        done += 1
 
     for _ in range(10):
         step()
@@ -169,7 +179,11 @@ def breakdown(n: int, repeats: int = 50) -> list[tuple[str, float, float]]:
     bench("adam step", lambda: opt.step(1e-3))
     bench("cross-entropy", lambda: softmax_cross_entropy(scores, yb))
     targets = teacher.targets(xb)
-    bench("teacher's targets (4 networks)", lambda: teacher.targets(xb))
+    bench("teacher's targets (4 networks), one batch", lambda: teacher.targets(xb))
+    chunk = cupy.concatenate([xb] * TEACHER_CHUNK_STEPS)
+    bench(
+        f"teacher's targets, {TEACHER_CHUNK_STEPS} batches at once", lambda: teacher.targets(chunk)
+    )
     bench("distillation loss", lambda: distillation_loss(scores, yb, targets, 0.5, 4.0))
     head = model.layers[-1]
     bench("correct count (argmax, to the host)", lambda: int((scores.argmax(axis=1) == yb).sum()))

@@ -19,6 +19,7 @@ from barenet.errors import ModelFileError
 from barenet.files.modelfile import load_model, model_arrays
 from barenet.train.augment import Augment
 from barenet.train.checkpoint import load_checkpoint
+from barenet.train.distill import Teacher
 from barenet.train.loop import train
 from barenet.train.recipes import Recipe, build_model, get_recipe
 
@@ -77,17 +78,28 @@ def test_resumed_training_is_bit_for_bit_the_uninterrupted_one(tmp_path, validat
 
 
 @pytest.mark.parametrize("averaged", [False, True])
+@pytest.mark.parametrize("distilled", [False, True])
 def test_resumed_within_an_epoch_is_bit_for_bit_the_uninterrupted_one(tmp_path, monkeypatch,
-                                                                     averaged):  # fmt: skip
+                                                                     averaged, distilled):  # fmt: skip
     """With checkpoint_seconds=0 a checkpoint follows every step; the run stops right after
-    the one taken at step 5 of epoch 2 and resumes from it, inside that epoch."""
+    the one taken at step 5 of epoch 2 and resumes from it, inside that epoch. A student's
+    batches come in chunks of 4 steps (batches.py), so step 5 is within one: the resumed run
+    makes that chunk again from its start."""
+    import barenet.train.batches
+    import barenet.train.loop
+
     recipe = AVERAGED if averaged else RECIPE
     x, y = toy_digits()
     args = (x[:350], y[:350], x[350:], y[350:])
+    kwargs = {}
+    if distilled:
+        recipe = dataclasses.replace(recipe, label_smoothing=0.0, teacher="toy teacher")
+        taught = build_model(dataclasses.replace(RECIPE, dropout=0.0, dropconnect=0.0),
+                             (28, 28), 3, seed=7)  # fmt: skip
+        kwargs["teacher"] = Teacher([taught], temperature=4.0)
+        monkeypatch.setattr(barenet.train.batches, "TEACHER_CHUNK_STEPS", 4)
     straight = build_model(recipe, (28, 28), 3)
-    straight_history = train(straight, recipe, *args, progress=False)
-
-    import barenet.train.loop
+    straight_history = train(straight, recipe, *args, progress=False, **kwargs)
 
     real_save = barenet.train.loop.save_checkpoint
 
@@ -101,14 +113,15 @@ def test_resumed_within_an_epoch_is_bit_for_bit_the_uninterrupted_one(tmp_path, 
     monkeypatch.setattr(barenet.train.loop, "save_checkpoint", save_then_stop)
     with pytest.raises(Interrupt):
         train(build_model(recipe, (28, 28), 3), recipe, *args, progress=False, checkpoint=ckpt,
-              checkpoint_seconds=0)  # fmt: skip
+              checkpoint_seconds=0, **kwargs)  # fmt: skip
     monkeypatch.setattr(barenet.train.loop, "save_checkpoint", real_save)
     state = load_checkpoint(ckpt)
     assert state.epoch == 1 and state.inside is not None and state.inside.step == 5
+    assert state.inside.chunk_start == (4 if distilled else 5)
     resumed = build_model(recipe, (28, 28), 3)
     lines: list[str] = []
     history = train(resumed, recipe, *args, progress=False, checkpoint=ckpt, resume=True,
-                    log=lines.append)  # fmt: skip
+                    log=lines.append, **kwargs)  # fmt: skip
     assert "step 5/11 of epoch 2" in lines[0]
     for name, a in model_arrays(straight).items():
         np.testing.assert_array_equal(model_arrays(resumed)[name], a, err_msg=name)

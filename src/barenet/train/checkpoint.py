@@ -45,6 +45,9 @@ class EpochSoFar:
     correct: int = 0
     augment_seconds: float = 0.0
     seconds: float = 0.0  # of the epoch so far
+    # the step the checkpoint's augmentation generator stands at: the first of the chunk of
+    # batches in hand (`batches.EpochBatches`), made again on resuming; None: `step`
+    chunk_start: int | None = None
 
 
 @dataclass
@@ -83,7 +86,9 @@ def save_checkpoint(
     if inside is not None:
         state["inside"] = {"step": inside.step, "loss_sum": inside.loss_sum,
                            "correct": inside.correct, "augment_seconds": inside.augment_seconds,
-                           "seconds": inside.seconds}  # fmt: skip
+                           "seconds": inside.seconds,
+                           **({} if inside.chunk_start is None
+                              else {"chunk_start": inside.chunk_start})}  # fmt: skip
         arrays["epoch_order"] = np.asarray(inside.order)
     arrays["state"] = np.array(json.dumps(state))
     # to_numpy: a network trained on a GPU is saved as one trained here, and resumes anywhere

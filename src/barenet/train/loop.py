@@ -26,8 +26,8 @@ from ..nn.losses import distillation_loss, l1_penalty, l2_penalty, softmax_cross
 from ..nn.model import Sequential, to_inputs
 from ..nn.optim import SGD, Adam, max_norm_
 from .adversarial import virtual_adversarial_step
-from .augment import augment
 from .averaging import WeightAverage
+from .batches import EpochBatches
 from .checkpoint import EpochSoFar, load_checkpoint, restore_model, save_checkpoint
 from .distill import Teacher
 from .monitor import Monitor, json_number
@@ -231,20 +231,25 @@ def train(
     image_shape = x_train.shape[1:]
     if aug is not None and (x_train.dtype != np.uint8 or x_train.ndim != 3):
         raise ValueError("augmentation needs (N, H, W) uint8 images")
-    # Each batch gathers its rows of the (uint8: a quarter of the float size) images by the
-    # epoch's shuffled order, then converts them to float32 in one pass: ~100 kB that stay in
-    # cache, where a shuffled copy of the whole training set (43 MB) would not.
-    flat = x_train.reshape(N, -1)
+    flat = x_train.reshape(N, -1)  # each step gathers its rows (batches.py)
     side = image_shape[0] if len(image_shape) == 2 else math.isqrt(flat.shape[1])
     saved = time.monotonic()  # when the last checkpoint was written
     if monitor is not None:
         monitor.begin(epochs=recipe.epochs, steps=steps, batch_size=B, recipe=recipe.name,
                       num_classes=model.num_classes, first_epoch=first, done=history.epochs)  # fmt: skip
 
-    def save(epoch: int, part: EpochSoFar | None = None) -> None:
+    def save(epoch: int, batches: EpochBatches | None = None, part: EpochSoFar | None = None,
+             ) -> None:  # fmt: skip
+        """A checkpoint after `epoch` epochs, and within the next one `part` of it, whose
+        `batches` say where the augmentation's generator stood when their chunk began."""
         nonlocal saved
         assert checkpoint is not None
-        save_checkpoint(checkpoint, epoch=epoch, recipe=recipe.to_dict(), rngs=rngs,
+        generators = rngs
+        if batches is not None and part is not None:
+            part.chunk_start, state = batches.resume_point(part.step)
+            generators = {**rngs, "augment": np.random.default_rng()}
+            generators["augment"].bit_generator.state = state
+        save_checkpoint(checkpoint, epoch=epoch, recipe=recipe.to_dict(), rngs=generators,
                         history=history.to_dict(), model=model,
                         optimizer_state=optimizer.state(), inside=part,
                         average_state=average.state() if average else None)  # fmt: skip
@@ -259,13 +264,10 @@ def train(
         else:  # the epoch a checkpoint was taken in, from its next step
             part, inside = inside, None
         order = part.order
-        ys = y_train[order].astype(np.int64)
-        loss_sum, correct, lr, augment_seconds = (
-            part.loss_sum,
-            part.correct,
-            0.0,
-            part.augment_seconds,
-        )
+        batches = EpochBatches(flat, y_train[order].astype(np.int64), order, B, image_shape,
+                               epoch_aug, rngs["augment"], teacher, xp,
+                               start=part.step if part.chunk_start is None else part.chunk_start)  # fmt: skip
+        loss_sum, correct, lr = part.loss_sum, part.correct, 0.0
         bar = tqdm(range(part.step, steps), desc=f"epoch {epoch + 1}/{recipe.epochs}",
                    initial=part.step, total=steps, leave=False, disable=not progress,
                    unit="batch", mininterval=0.5)  # fmt: skip
@@ -279,23 +281,12 @@ def train(
                         history.stopped_at = {"epoch": epoch + 1, "step": i}
                         break
                     start += monitor.paused_seconds - paused  # a pause is not training time
-                yb = xp.asarray(ys[i * B : (i + 1) * B])
-                rows = np.take(flat, order[i * B : (i + 1) * B], axis=0)  # (B, H*W)
-                if epoch_aug is None:
-                    xb = to_inputs(rows)
-                else:
-                    t0 = time.perf_counter()
-                    batch = rows.reshape(-1, *image_shape)
-                    xb = augment(batch, rngs["augment"], epoch_aug).reshape(len(yb), -1)
-                    xb *= np.float32(1 / 255)
-                    augment_seconds += time.perf_counter() - t0
-                xb = xp.asarray(xb)  # itself on the CPU; onto the GPU for a network there
+                xb, yb, targets = batches.batch(i)  # on the CPU, or the GPU of a network there
                 scores = model.forward(xb, training=True)
                 correct += int((scores.argmax(axis=1) == yb).sum())
-                if teacher is None:
+                if targets is None:
                     loss, dscores = softmax_cross_entropy(scores, yb, recipe.label_smoothing)
-                else:
-                    targets = teacher.targets(xb)  # (B, C), at the recipe's temperature
+                else:  # the teacher's (B, C), at the recipe's temperature
                     loss, dscores = distillation_loss(scores, yb, targets, recipe.distill_weight,
                                                       recipe.distill_temperature)  # fmt: skip
                 if not math.isfinite(loss):
@@ -327,19 +318,23 @@ def train(
                     checkpoint is not None and i + 1 < steps
                     and time.monotonic() - saved >= checkpoint_seconds
                 ):  # fmt: skip
-                    save(epoch, EpochSoFar(order, i + 1, loss_sum, correct, augment_seconds,
-                                           part.seconds + time.perf_counter() - start))  # fmt: skip
+                    save(epoch, batches, EpochSoFar(
+                        order, i + 1, loss_sum, correct,
+                        part.augment_seconds + batches.augment_seconds,
+                        part.seconds + time.perf_counter() - start))  # fmt: skip
         if history.stopped_at is not None:
             i = history.stopped_at["step"]
             if checkpoint is not None and i > 0:
-                save(epoch, EpochSoFar(order, i, loss_sum, correct, augment_seconds,
-                                       part.seconds + time.perf_counter() - start))  # fmt: skip
+                save(epoch, batches, EpochSoFar(
+                    order, i, loss_sum, correct, part.augment_seconds + batches.augment_seconds,
+                    part.seconds + time.perf_counter() - start))  # fmt: skip
             if average is not None:  # the model the run yields: the average so far
                 average.swap(model)
             if epoch_aug is not None or average is not None:  # ready to use
                 recalibrate_batchnorm(model, x_train[:RECALIBRATION_IMAGES], B)
             say(f"stopped in epoch {epoch + 1}/{recipe.epochs} after step {i}/{steps}")
             break
+        augment_seconds = part.augment_seconds + batches.augment_seconds
         penalty = l2_penalty(weights, recipe.l2)[0]  # of the weights as trained
         if recipe.head_l1 and head is not None:
             penalty += l1_penalty([head.params["W"]], recipe.head_l1)[0]
