@@ -86,9 +86,7 @@ def save_checkpoint(
     if inside is not None:
         state["inside"] = {"step": inside.step, "loss_sum": inside.loss_sum,
                            "correct": inside.correct, "augment_seconds": inside.augment_seconds,
-                           "seconds": inside.seconds,
-                           **({} if inside.chunk_start is None
-                              else {"chunk_start": inside.chunk_start})}  # fmt: skip
+                           "seconds": inside.seconds, "chunk_start": inside.chunk_start}  # fmt: skip
         arrays["epoch_order"] = np.asarray(inside.order)
     arrays["state"] = np.array(json.dumps(state))
     # to_numpy: a network trained on a GPU is saved as one trained here, and resumes anywhere

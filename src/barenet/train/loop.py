@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -245,8 +245,9 @@ def train(
         nonlocal saved
         assert checkpoint is not None
         generators = rngs
-        if batches is not None and part is not None:
-            part.chunk_start, state = batches.resume_point(part.step)
+        if batches is not None and part is not None:  # resumed from where its chunk began
+            chunk_start, state = batches.resume_point(part.step)
+            part = replace(part, chunk_start=chunk_start)
             generators = {**rngs, "augment": np.random.default_rng()}
             generators["augment"].bit_generator.state = state
         save_checkpoint(checkpoint, epoch=epoch, recipe=recipe.to_dict(), rngs=generators,
