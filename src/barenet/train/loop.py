@@ -22,7 +22,13 @@ from ..backend.arrays import to_numpy
 from ..data.datasets import FILES, Dataset
 from ..errors import ModelFileError, TrainingDiverged
 from ..nn.layers import BatchNorm, Dense, DropConnect, Dropout
-from ..nn.losses import distillation_loss, l1_penalty, l2_penalty, softmax_cross_entropy
+from ..nn.losses import (
+    distillation_loss,
+    l1_gradient,
+    l1_penalty,
+    l2_penalty,
+    softmax_cross_entropy,
+)
 from ..nn.model import Sequential, to_inputs
 from ..nn.optim import SGD, Adam, max_norm_
 from .adversarial import virtual_adversarial_step
@@ -301,8 +307,7 @@ def train(
                     virtual_adversarial_step(model, xb, scores, recipe.vat_eps,
                                              recipe.vat_weight, rngs["perturb"])  # fmt: skip
                 if recipe.head_l1 and head is not None:  # dW += lam sign(W) on the output layer
-                    # (l1_penalty's gradient, without its value: a sum read back from a GPU)
-                    head.grads["W"] += recipe.head_l1 * xp.sign(head.params["W"])
+                    head.grads["W"] += l1_gradient(head.params["W"], recipe.head_l1)
                 lr = schedule(epoch + i / steps)
                 optimizer.step(lr)
                 if recipe.max_norm:
