@@ -15,7 +15,12 @@ one by one):
     values (`fused.BatchNormMaxPool`), in a step where its input is window-major and every
     gamma positive; otherwise the two run apart.
   - at inference, a Conv2D with a BatchNorm after it runs as one convolution, BatchNorm folded
-    into its weights (`fused.fold_batchnorm`), and a ReLU after the pair in place on its output.
+    into its weights (`fused.fold_batchnorm`), and a ReLU after the pair in place on its output;
+  - at inference, a Conv2D without a BatchNorm after it runs with the ReLU after it, if any,
+    in place on its output (`InferenceConvStep`);
+  - at inference, a wide 3x3 Conv2D (stride 1, "same" padding) runs by Winograd's F(4x4, 3x3)
+    (`winograd.py`): a quarter of the multiplications, the same outputs to float32 rounding
+    (tests/test_winograd.py compares them with the plain convolution).
 
 `plan(layers, training, input_grad)` returns the steps of one pass. Every step runs layers
 [start, stop) with the layer interface: forward(x, training) and backward(dout, need_dx,
@@ -31,6 +36,8 @@ from ..backend.arrays import array_module
 from .conv import Conv2D, MaxPool2D
 from .fused import BatchNormMaxPool, ConvBatchNorm, fold_batchnorm
 from .layers import Array, BatchNorm, Dropout, Layer, ReLU
+from .winograd import applies as winograd_applies
+from .winograd import winograd_forward
 
 
 class Step(Protocol):
@@ -118,13 +125,41 @@ class FoldedConvStep:
     def forward(self, x: Array, training: bool) -> Array:
         if training:
             raise RuntimeError("FoldedConvStep is for inference only")
-        out = fold_batchnorm(self.conv, self.bn).forward(x, pool=self.pool)
-        if self.relu:
-            array_module(out).maximum(out, 0, out=out)
-        return out
+        return inference_conv(fold_batchnorm(self.conv, self.bn), x, self.relu, self.pool)
 
     def backward(self, dout: Array, need_dx: bool, need_grads: bool) -> Array | None:
         raise RuntimeError("FoldedConvStep is for inference only: no backward pass")
+
+
+class InferenceConvStep:
+    """At inference, a Conv2D (layer `start`) and, with relu, the ReLU after it, applied in
+    place on the convolution's output (a new array of its own); a wide 3x3 convolution by
+    Winograd's F(4x4, 3x3) (`winograd.applies`)."""
+
+    def __init__(self, layers: Sequence[Layer], i: int, relu: bool, pool: int = 0) -> None:
+        conv = layers[i]
+        assert isinstance(conv, Conv2D)
+        self.conv, self.relu, self.pool = conv, relu, pool
+        self.start, self.stop = i, i + 2 if relu else i + 1
+
+    def forward(self, x: Array, training: bool) -> Array:
+        if training:
+            raise RuntimeError("InferenceConvStep is for inference only")
+        return inference_conv(self.conv, x, self.relu, self.pool)
+
+    def backward(self, dout: Array, need_dx: bool, need_grads: bool) -> Array | None:
+        raise RuntimeError("InferenceConvStep is for inference only: no backward pass")
+
+
+def inference_conv(conv: Conv2D, x: Array, relu: bool, pool: int) -> Array:
+    """conv(x) at inference, relu(conv(x)) with relu: by Winograd's F(4x4, 3x3) where it
+    applies, else by `Conv2D.forward`; its output window-major for a pool as there."""
+    if winograd_applies(conv):
+        return winograd_forward(conv, x, pool=pool, relu=relu)
+    out = conv.forward(x, pool=pool)
+    if relu:
+        array_module(out).maximum(out, 0, out=out)
+    return out
 
 
 def first_with_params(layers: Sequence[Layer]) -> int:
@@ -168,6 +203,8 @@ def plan(layers: Sequence[Layer], training: bool, input_grad: bool = False) -> l
         elif not training and isinstance(layer, Conv2D) and isinstance(following, BatchNorm):
             relu = i + 2 < len(layers) and isinstance(layers[i + 2], ReLU)
             steps.append(FoldedConvStep(layers, i, relu, pools.get(i, 0)))
+        elif not training and isinstance(layer, Conv2D):
+            steps.append(InferenceConvStep(layers, i, isinstance(following, ReLU), pools.get(i, 0)))
         else:
             steps.append(LayerStep(layers, i, pools.get(i, 0)))
         i = steps[-1].stop

@@ -1,0 +1,131 @@
+"""Winograd's minimal filtering F(4x4, 3x3): a 3x3 convolution (stride 1, padding 1) at
+inference with a quarter of the multiplications of the direct product (Lavin and Gray 2016,
+"Fast Algorithms for Convolutional Neural Networks").
+
+The 1-D idea. Four outputs of a 3-tap correlation, y[u] = sum_r d[u + r] g[r] (u < 4), read six
+inputs. Written as polynomials they are the coefficients of a product, which is fixed by its
+values at six points: here 0, 1, -1, 2, -2 and infinity. So
+    y = A^T [ (G g) * (B^T d) ]          (* elementwise, 6 products instead of 12)
+with B^T (6, 6) evaluating the inputs at the points, G (6, 3) the filter, and A^T (4, 6)
+interpolating the product back (the matrices below; tests/test_winograd.py checks the identity
+in float64 on random vectors). In 2-D the same holds along both axes: a 6x6 tile d of the padded
+input and the 3x3 filter g give the 4x4 outputs
+    Y = A^T [ (G g G^T) * (B^T d B) ] A     36 products instead of 144.
+Summed over the input channels c, for output channel f, the product becomes, at each of the 36
+tile positions xi, a matrix product over all tiles p at once:
+    M[xi] (P, F) = V[xi] (P, C) U[xi] (C, F),   V = B^T d B per tile and channel, U = G g G^T
+That is 36 products of (P, C) by (C, F), where the direct convolution multiplies (16 P, 9 C) by
+(9 C, F): 36 P C F multiply-adds against 144 P C F, four times fewer, while the transforms cost
+O(C + F) per tile against the products' O(C F). It pays where C and F are wide.
+
+The 2-D transforms are the 1-D ones along both axes: with a tile flattened row by row (6 a + b),
+B^T d B is (B^T kron B^T) d and A^T M A is (A^T kron A^T) M, so each is one matrix product for
+every tile and channel of a few images at once (a block whose tiles stay in a core's cache),
+blocks on both cores at once (`blas.in_lanes`), every product on one BLAS thread. Winograd's
+sums lose a little precision in float32 (about 1e-5 of the outputs' size, against 1e-6 for the
+direct product), which inference tolerates and training is spared: the fast plan uses it at
+inference only, for wide convolutions (`applies`), and it is tested equal to the plain
+convolution (`Conv2D`) to that precision. Timings in docs/speed.md ("Winograd's minimal
+filtering").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend.blas import in_lanes
+from .conv import LANES, Conv2D
+
+# F(4, 3) at the points 0, 1, -1, 2, -2, infinity (Lavin and Gray 2016, section 4.2)
+BT = np.array([[4, 0, -5, 0, 1, 0],
+               [0, -4, -4, 1, 1, 0],
+               [0, 4, -4, -1, 1, 0],
+               [0, -2, -1, 2, 1, 0],
+               [0, 2, -1, -2, 1, 0],
+               [0, 4, 0, -5, 0, 1]], dtype=np.float64)  # fmt: skip
+G = np.array([[1 / 4, 0, 0],
+              [-1 / 6, -1 / 6, -1 / 6],
+              [-1 / 6, 1 / 6, -1 / 6],
+              [1 / 24, 1 / 12, 1 / 6],
+              [1 / 24, -1 / 12, 1 / 6],
+              [0, 0, 1]], dtype=np.float64)  # fmt: skip
+AT = np.array([[1, 1, 1, 1, 1, 0],
+               [0, 1, -1, 2, -2, 0],
+               [0, 1, 1, 4, 4, 0],
+               [0, 1, -1, 8, -8, 1]], dtype=np.float64)  # fmt: skip
+
+# The 2-D transforms of a tile, flattened row by row (6 a + b): B^T d B = (B^T kron B^T) d, and
+# A^T M A = (A^T kron A^T) M: one matrix product each for every tile and channel at once.
+KB = np.kron(BT, BT)  # (36, 36)
+KA = np.kron(AT, AT)  # (16, 36)
+
+MIN_CHANNELS = 64  # narrower convolutions spend as long on the transforms as they save
+BLOCK_BYTES = 2 << 20  # one block's transformed tiles V: about 2 MB, in a core's cache
+
+
+def applies(conv: Conv2D) -> bool:
+    """Whether the fast plan runs conv by `winograd_forward` at inference: NumPy arrays, a 3x3
+    kernel with stride 1 and padding 1 ("same" size), at least MIN_CHANNELS channels in and out."""
+    return (
+        isinstance(conv.params["W"], np.ndarray)
+        and (conv.kernel_size, conv.stride, conv.padding) == (3, 1, 1)
+        and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
+    )  # fmt: skip
+
+
+def transform_filters(W: np.ndarray) -> np.ndarray:
+    """W (3, 3, C, F) -> U = G g G^T for every (c, f): (36, C, F), float32 like W; row
+    xi = 6 i + j holds tile position (i, j). Computed in float64."""
+    U = np.einsum("ia,abcf,jb->ijcf", G, np.asarray(W, dtype=np.float64), G)
+    return np.ascontiguousarray(U.reshape(36, *W.shape[2:]), dtype=W.dtype)
+
+
+def winograd_forward(conv: Conv2D, x: np.ndarray, pool: int = 0, relu: bool = False) -> np.ndarray:
+    """conv(x) by F(4x4, 3x3), relu(conv(x)) with relu: x (N, H, W, C) -> out (N, H, W, F),
+    or window-major (w*w, N, H/w, W/w, F) for pool = w as in `Conv2D.forward`. Inference
+    only: nothing is kept for a backward pass. conv must satisfy `applies`."""
+    N, H, W_, C = x.shape
+    if C != conv.in_channels:
+        raise ValueError(f"Conv2D expects {conv.in_channels} input channels, got {C}")
+    F, dtype = conv.out_channels, conv.params["W"].dtype
+    x = x.astype(dtype, copy=False)
+    U = transform_filters(conv.params["W"])  # (36, C, F)
+    kb, ka = KB.astype(dtype), KA.astype(dtype)
+    b = conv.params["b"]
+    w = conv._window(H, W_, pool)
+    out = np.empty((w * w, N, H // w, W_ // w, F), dtype=dtype)
+    th, tw = -(-H // 4), -(-W_ // 4)  # tiles down and across: 4 outputs each
+    nb = max(1, min(N, BLOCK_BYTES // (36 * th * tw * max(C, F) * dtype.itemsize)))
+    blocks = [(n0, min(N, n0 + nb)) for n0 in range(0, N, nb)]
+    Hp, Wp, P = 4 * th + 2, 4 * tw + 2, nb * th * tw
+    lanes = min(LANES, len(blocks))
+
+    def lane(k: int) -> None:
+        xpad = np.zeros((nb, Hp, Wp, C), dtype)  # zero padding, and beyond H, W to whole tiles
+        d = np.empty((36, nb, th, tw, C), dtype)  # the tiles, (a, b) = 6 a + b
+        V = np.empty((36, P * C), dtype)
+        M = np.empty((36, P, F), dtype)
+        Y16 = np.empty((16, P * F), dtype)  # the outputs, (u, v) = 4 u + v
+        Y = np.empty((nb, 4 * th, 4 * tw, F), dtype)  # the block's outputs, whole tiles
+        for n0, n1 in blocks[k::lanes]:
+            n = n1 - n0
+            xpad[:n, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
+            for a in range(6):  # tile (t, s) holds padded rows 4t + a, columns 4s + b
+                for b_ in range(6):
+                    d[6 * a + b_] = xpad[:, a : a + 4 * th : 4, b_ : b_ + 4 * tw : 4]
+            np.matmul(kb, d.reshape(36, P * C), out=V)  # B^T d B, every tile and channel
+            np.matmul(V.reshape(36, P, C), U, out=M)  # (36, P, F): 36 products over C
+            np.matmul(ka, M.reshape(36, P * F), out=Y16)  # A^T M A
+            for u in range(4):  # output (4t + u, 4s + v) of tile (t, s)
+                for v in range(4):
+                    Y[:, u::4, v::4] = Y16[4 * u + v].reshape(nb, th, tw, F)
+            Yn = Y[:n, :H, :W_]  # (n, H, W, F)
+            Yn = Yn.reshape(n, H // w, w, W_ // w, w, F).transpose(2, 4, 0, 1, 3, 5)
+            block = out[:, n0:n1]
+            block.reshape(w, w, n, H // w, W_ // w, F)[...] = Yn
+            block += b
+            if relu:  # while the block is in the cache
+                np.maximum(block, 0, out=block)
+
+    in_lanes(lane, lanes)
+    return out.reshape(N, H, W_, F) if w == 1 else out

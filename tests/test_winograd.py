@@ -1,0 +1,139 @@
+"""Winograd's F(4x4, 3x3) (barenet.nn.winograd) against the plain convolution: the 1-D and 2-D
+identities in float64, the layer's outputs in float64 and float32 for every layout and odd size,
+and the fast plan's use of it at inference only."""
+
+import numpy as np
+import pytest
+
+from barenet.nn import winograd
+from barenet.nn.conv import Conv2D, MaxPool2D
+from barenet.nn.layers import BatchNorm, Dense, Flatten, ReLU, Reshape
+from barenet.nn.model import Sequential
+from barenet.nn.plan import FoldedConvStep, InferenceConvStep, plan
+from barenet.nn.pooling import AvgPool2D, GlobalPool
+from barenet.nn.winograd import AT, BT, G, applies, transform_filters, winograd_forward
+
+
+def test_one_dimensional_identity_gives_four_outputs_of_a_three_tap_correlation():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        d, g = rng.standard_normal(6), rng.standard_normal(3)
+        direct = np.array([d[u : u + 3] @ g for u in range(4)])
+        np.testing.assert_allclose(AT @ ((G @ g) * (BT @ d)), direct, rtol=1e-12, atol=1e-12)
+
+
+def test_two_dimensional_identity_and_its_kronecker_form():
+    rng = np.random.default_rng(1)
+    d, g = rng.standard_normal((6, 6)), rng.standard_normal((3, 3))
+    direct = np.array([[np.sum(d[u : u + 3, v : v + 3] * g) for v in range(4)] for u in range(4)])
+    Y = AT @ ((G @ g @ G.T) * (BT @ d @ BT.T)) @ AT.T
+    np.testing.assert_allclose(Y, direct, rtol=1e-12, atol=1e-12)
+    # the transforms of a tile flattened row by row are products with Kronecker matrices
+    np.testing.assert_allclose(winograd.KB @ d.ravel(), (BT @ d @ BT.T).ravel(), atol=1e-12)
+    M = rng.standard_normal((6, 6))
+    np.testing.assert_allclose(winograd.KA @ M.ravel(), (AT @ M @ AT.T).ravel(), atol=1e-12)
+    U = transform_filters(g.reshape(3, 3, 1, 1))
+    np.testing.assert_allclose(U[:, 0, 0], (G @ g @ G.T).ravel(), atol=1e-15)
+
+
+def _conv(C, F, dtype, seed=0):
+    rng = np.random.default_rng(seed)
+    conv = Conv2D(C, F, 3, padding=1, rng=rng, dtype=dtype)
+    conv.params["b"][...] = rng.standard_normal(F)
+    return conv
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float64, 1e-12), (np.float32, 3e-5)])
+@pytest.mark.parametrize(
+    "N, H, W, C, F, pool",
+    [
+        (3, 8, 8, 5, 7, 0),  # whole tiles
+        (7, 14, 14, 4, 6, 0),  # 14 = 3.5 tiles: the last tile's outputs beyond 14 dropped
+        (2, 9, 6, 3, 4, 0),  # odd and unequal sides
+        (5, 1, 1, 2, 3, 0),  # a single pixel
+        (4, 12, 12, 3, 5, 2),  # window-major for a 2 x 2 pool
+        (3, 6, 10, 3, 5, 2),  # window-major with a part tile
+        (2, 8, 8, 3, 2, 4),  # window-major for a 4 x 4 pool
+        (2, 7, 7, 3, 2, 2),  # a pool that does not divide 7: the plain layout
+    ],
+)
+def test_winograd_forward_equals_the_direct_convolution(N, H, W, C, F, pool, dtype, tol):
+    conv = _conv(C, F, dtype)
+    x = np.random.default_rng(2).standard_normal((N, H, W, C)).astype(dtype)
+    expected = conv.forward(x, pool=pool)
+    out = winograd_forward(conv, x, pool=pool)
+    assert out.shape == expected.shape and out.dtype == dtype
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(out / scale, expected / scale, rtol=0, atol=tol)
+
+
+def test_many_blocks_on_every_lane_give_the_same_outputs_and_the_relu(monkeypatch):
+    conv = _conv(6, 4, np.float64)
+    x = np.random.default_rng(3).standard_normal((11, 8, 8, 6))
+    whole = winograd_forward(conv, x)
+    monkeypatch.setattr(winograd, "BLOCK_BYTES", 1)  # one image a block: 11 blocks, 4 lanes
+    np.testing.assert_array_equal(winograd_forward(conv, x), whole)
+    np.testing.assert_allclose(whole, conv.forward(x), rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(winograd_forward(conv, x, relu=True), np.maximum(whole, 0))
+
+
+def test_applies_to_wide_same_size_3x3_convolutions_only():
+    wide = winograd.MIN_CHANNELS
+    assert applies(Conv2D(wide, wide, 3, padding=1))
+    assert not applies(Conv2D(wide - 1, wide, 3, padding=1))
+    assert not applies(Conv2D(wide, wide - 1, 3, padding=1))
+    assert not applies(Conv2D(wide, wide, 3, padding=0))
+    assert not applies(Conv2D(wide, wide, 3, padding=1, stride=2))
+    assert not applies(Conv2D(wide, wide, 5, padding=2))
+    with pytest.raises(ValueError, match="input channels"):
+        winograd_forward(Conv2D(wide, wide, 3, padding=1), np.zeros((1, 4, 4, 3), np.float32))
+
+
+def test_the_fast_plan_uses_it_at_inference_only_and_equals_the_plain_layers(monkeypatch):
+    """A small net of a `record` member's shape: convolutions with and without a BatchNorm
+    after them, one before a max-pool, an average pool and the global head."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 4)  # narrow layers: a quick test
+    rng = np.random.default_rng(4)
+    dtype = np.float64
+    net = Sequential([
+        Reshape((12, 12, 1)),
+        Conv2D(1, 4, 3, padding=1, rng=rng, dtype=dtype), ReLU(),
+        Conv2D(4, 6, 3, padding=1, rng=rng, dtype=dtype), ReLU(),
+        Conv2D(6, 6, 3, padding=1, rng=rng, dtype=dtype), BatchNorm(6, dtype=dtype), ReLU(),
+        MaxPool2D(2),
+        Conv2D(6, 5, 3, padding=1, rng=rng, dtype=dtype), ReLU(), AvgPool2D(2),
+        GlobalPool("avg+max"), Dense(10, 3, rng=rng, dtype=dtype),
+    ])  # fmt: skip
+    bn = net.layers[6]
+    bn.buffers["running_mean"][...] = rng.standard_normal(6)
+    bn.buffers["running_var"][...] = rng.uniform(0.5, 2.0, 6)
+    steps = plan(net.layers, training=False)
+    convs = [(s.start, s.stop, s.pool) for s in steps if isinstance(s, InferenceConvStep)]
+    assert convs == [(1, 3, 0), (3, 5, 0), (9, 11, 0)]  # each with its ReLU
+    assert [(s.start, s.stop, s.pool) for s in steps if isinstance(s, FoldedConvStep)] == [
+        (5, 8, 2)
+    ]
+    assert [applies(net.layers[i]) for i in (1, 3, 5, 9)] == [False, True, True, True]
+    assert not any(isinstance(s, InferenceConvStep) for s in plan(net.layers, training=True))
+    x = rng.uniform(0, 1, (9, 144))
+    plain = Sequential(net.layers, fast=False)
+    np.testing.assert_allclose(net.predict_proba(x), plain.predict_proba(x), rtol=1e-10)
+    with pytest.raises(RuntimeError, match="inference only"):
+        InferenceConvStep(net.layers, 3, relu=True).forward(np.zeros((1, 12, 12, 4)), True)
+
+
+def test_a_float32_net_predicts_as_the_direct_convolutions_do(monkeypatch):
+    rng = np.random.default_rng(6)
+    net = Sequential([
+        Reshape((8, 8, 1)), Conv2D(1, 64, 3, padding=1, rng=rng), ReLU(),
+        Conv2D(64, 64, 3, padding=1, rng=rng), ReLU(), BatchNorm(64),
+        Flatten(), Dense(64 * 64, 10, rng=rng),
+    ])  # fmt: skip
+    x = rng.uniform(0, 1, (50, 64)).astype(np.float32)
+    assert applies(net.layers[3])
+    fast = net.predict_proba(x)
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 1 << 30)  # every convolution direct
+    assert not applies(net.layers[3])
+    direct = net.predict_proba(x)
+    np.testing.assert_allclose(fast, direct, atol=1e-5)
+    np.testing.assert_array_equal(fast.argmax(axis=1), direct.argmax(axis=1))
