@@ -117,21 +117,38 @@ def member_step(B: int, recipe):
     return run, 3 * forward_flops(model) * B
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def arguments(doc: str, member: str) -> argparse.ArgumentParser:
+    """The options the convolution benchmarks share; `member`: what is timed of a member."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--recipe", default="record",
-                        help="the member whose training step is measured: a recipe's name or "
-                        ".json file (default: record)")  # fmt: skip
+                        help=f"the member whose {member}: a recipe's name or .json file "
+                        "(default: record)")  # fmt: skip
     parser.add_argument("--out", type=Path)
-    args = parser.parse_args()
+    return parser
+
+
+def torch_on_every_core():
+    """PyTorch, its threads on every CPU this process may use; None if it is not installed."""
     try:
         import torch
-
-        torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
     except ImportError:
-        torch = None
+        return None
+    torch.set_num_threads(len(__import__("os").sched_getaffinity(0)))
+    return torch
+
+
+def recipe_named(name: str) -> Recipe:
+    """A recipe by its name, or from a .json file."""
+    if name.endswith(".json"):
+        return Recipe.from_dict(json.loads(Path(name).read_text()))
+    return RECIPES[name]
+
+
+def main() -> None:
+    args = arguments(__doc__, "training step is measured").parse_args()
+    torch = torch_on_every_core()
     B, rows = args.batch, []
     print(f"batch {B}, median of {args.repeats}; milliseconds per forward + backward")
     print(f"{'shape':>22} {'barenet':>9} {'torch CL':>9} {'torch NCHW':>11}  GFLOP/s (barenet)")
@@ -148,10 +165,7 @@ def main() -> None:
         print(f"{f'{C}->{F} at {H}x{H}':>22} {t['barenet']:>9} {t['torch_channels_last']:>9} "
               f"{t['torch_nchw']:>11}  {flops / row['barenet'] / 1e9:.0f}")  # fmt: skip
     gemm = gemm_throughput()
-    if args.recipe.endswith(".json"):
-        recipe = Recipe.from_dict(json.loads(Path(args.recipe).read_text()))
-    else:
-        recipe = RECIPES[args.recipe]
+    recipe = recipe_named(args.recipe)
     run, step_flops = member_step(B, recipe)
     step = median_seconds(run, args.repeats)
     efficiency = step_flops / step / gemm

@@ -21,19 +21,18 @@ import os
 # as barenet sets it where it loads before NumPy (src/barenet/__init__.py, docs/speed.md)
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
-from bench_conv import median_seconds
+from bench_conv import arguments, median_seconds, recipe_named, torch_on_every_core
 from machine import machine
 
 from barenet.nn import winograd
 from barenet.nn.conv import Conv2D
 from barenet.nn.winograd import winograd_forward
-from barenet.train.recipes import RECIPES, Recipe, build_model
+from barenet.train.recipes import Recipe, build_model
 
 SHAPES = [(32, 32, 28), (64, 64, 28), (64, 64, 14), (64, 128, 14), (128, 128, 14), (128, 128, 28)]
 
@@ -80,21 +79,10 @@ def member_predictions(recipe: Recipe, images: int, direct: bool) -> tuple[float
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--recipe", default="record",
-                        help="the member whose predictions are timed: a recipe's name or .json "
-                        "file (default: record)")  # fmt: skip
+    parser = arguments(__doc__, "predictions are timed")
     parser.add_argument("--images", type=int, default=2000)
-    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    try:
-        import torch
-
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
-    except ImportError:
-        torch = None
+    torch = torch_on_every_core()
     B, rows = args.batch, []
     print(f"batch {B}, median of {args.repeats}; milliseconds per forward pass at inference")
     print(f"{'shape':>22} {'direct':>8} {'Winograd':>9} {'torch CL':>9} {'torch NCHW':>11}"
@@ -115,10 +103,7 @@ def main() -> None:
         print(f"{f'{C}->{F} at {H}x{H}':>22} {t['direct']:>8} {t['winograd']:>9} "
               f"{t['torch_channels_last']:>9} {t['torch_nchw']:>11}  "
               f"{flops / row['winograd'] / 1e9:.0f}")  # fmt: skip
-    if args.recipe.endswith(".json"):
-        recipe = Recipe.from_dict(json.loads(Path(args.recipe).read_text()))
-    else:
-        recipe = RECIPES[args.recipe]
+    recipe = recipe_named(args.recipe)
     fast, p_fast = member_predictions(recipe, args.images, direct=False)
     direct, p_direct = member_predictions(recipe, args.images, direct=True)
     gap = float(np.abs(p_fast - p_direct).max())
