@@ -59,7 +59,7 @@ AT = np.array([[1, 1, 1, 1, 1, 0],
 KB = np.kron(BT, BT)  # (36, 36)
 KA = np.kron(AT, AT)  # (16, 36)
 
-MIN_CHANNELS = 64  # narrower convolutions spend as long on the transforms as they save
+MIN_CHANNELS = 64  # below it the transforms, O(C + F) a tile, eat most of the saving
 BLOCK_BYTES = 2 << 20  # one block's transformed tiles V: about 2 MB, in a core's cache
 
 
@@ -91,7 +91,7 @@ def winograd_forward(conv: Conv2D, x: np.ndarray, pool: int = 0, relu: bool = Fa
     x = x.astype(dtype, copy=False)
     U = transform_filters(conv.params["W"])  # (36, C, F)
     kb, ka = KB.astype(dtype), KA.astype(dtype)
-    b = conv.params["b"]
+    bias = conv.params["b"]
     w = conv._window(H, W_, pool)
     out = np.empty((w * w, N, H // w, W_ // w, F), dtype=dtype)
     th, tw = -(-H // 4), -(-W_ // 4)  # tiles down and across: 4 outputs each
@@ -111,8 +111,8 @@ def winograd_forward(conv: Conv2D, x: np.ndarray, pool: int = 0, relu: bool = Fa
             n = n1 - n0
             xpad[:n, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
             for a in range(6):  # tile (t, s) holds padded rows 4t + a, columns 4s + b
-                for b_ in range(6):
-                    d[6 * a + b_] = xpad[:, a : a + 4 * th : 4, b_ : b_ + 4 * tw : 4]
+                for b in range(6):
+                    d[6 * a + b] = xpad[:, a : a + 4 * th : 4, b : b + 4 * tw : 4]
             np.matmul(kb, d.reshape(36, P * C), out=V)  # B^T d B, every tile and channel
             np.matmul(V.reshape(36, P, C), U, out=M)  # (36, P, F): 36 products over C
             np.matmul(ka, M.reshape(36, P * F), out=Y16)  # A^T M A
@@ -123,7 +123,7 @@ def winograd_forward(conv: Conv2D, x: np.ndarray, pool: int = 0, relu: bool = Fa
             Yn = Yn.reshape(n, H // w, w, W_ // w, w, F).transpose(2, 4, 0, 1, 3, 5)
             block = out[:, n0:n1]
             block.reshape(w, w, n, H // w, W_ // w, F)[...] = Yn
-            block += b
+            block += bias
             if relu:  # while the block is in the cache
                 np.maximum(block, 0, out=block)
 
