@@ -126,7 +126,8 @@ class Sequential:
         """Bytes of working memory one example needs in a forward pass at inference: the most
         any layer holds at once, its input, its output and, for a convolution, its padded
         input and its patches (k*k*C values per output position; a blocked convolution,
-        `Conv2D.blocked`, unfolds a few images' patches at a time, in a fixed few MB)."""
+        `Conv2D.blocked`, unfolds a few images' patches at a time, in a fixed few MB, as a
+        Winograd convolution, `winograd.py`, transforms a few images' tiles at a time)."""
         item = next((p.itemsize for _, p, _ in self.parameters()), 4)
         shape: tuple[int, ...] = (self.input_size,)
         most = 0
