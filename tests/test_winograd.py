@@ -9,7 +9,7 @@ from barenet.nn import winograd
 from barenet.nn.conv import Conv2D, MaxPool2D
 from barenet.nn.layers import BatchNorm, Dense, Flatten, ReLU, Reshape
 from barenet.nn.model import Sequential
-from barenet.nn.plan import FoldedConvStep, InferenceConvStep, plan
+from barenet.nn.plan import FoldedConvStep, InferenceConvStep, WinogradTrainStep, plan
 from barenet.nn.pooling import AvgPool2D, GlobalPool
 from barenet.nn.winograd import AT, BT, G, applies, transform_filters, winograd_forward
 
@@ -137,3 +137,61 @@ def test_a_float32_net_predicts_as_the_direct_convolutions_do(monkeypatch):
     direct = net.predict_proba(x)
     np.testing.assert_allclose(fast, direct, atol=1e-5)
     np.testing.assert_array_equal(fast.argmax(axis=1), direct.argmax(axis=1))
+
+
+@pytest.mark.parametrize("H, pool", [(8, 0), (12, 2), (8, 4), (6, 0), (14, 2)])
+def test_training_step_gives_the_direct_gradients(H, pool, monkeypatch):
+    """WinogradTrainStep: output, weight and input gradients as Conv2D's own passes give
+    them, window-major layouts too; sides that are not multiples of 4 run the layer as it is."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 3)
+    rng = np.random.default_rng(7)
+    conv, twin = _conv(3, 5, np.float64, seed=1), _conv(3, 5, np.float64, seed=1)
+    x = rng.standard_normal((4, H, H, 3))
+    step = WinogradTrainStep([conv], 0, pool)
+    out = step.forward(x, training=True)
+    assert step.tiles == (H % 4 == 0)
+    expected = twin.forward(x, training=True, pool=pool)
+    np.testing.assert_allclose(out, expected, rtol=1e-11, atol=1e-11)
+    dout = rng.standard_normal(out.shape)
+    dx = step.backward(dout, need_dx=True, need_grads=True)
+    dx_expected = twin.backward(dout, need_dx=True, need_grads=True)
+    np.testing.assert_allclose(dx, dx_expected, rtol=1e-11, atol=1e-11)
+    for name in ("W", "b"):
+        np.testing.assert_allclose(conv.grads[name], twin.grads[name], rtol=1e-11, atol=1e-11)
+    assert step.backward(dout, need_dx=False, need_grads=True) is None
+
+
+def test_a_network_trains_as_on_the_plain_path(monkeypatch):
+    """Three SGD steps of a small net whose 3x3 convolutions train by Winograd's F(4x4, 3x3),
+    against the same net through the plain layers (`reference.py`), in float64."""
+    from barenet.nn.losses import softmax_cross_entropy
+    from barenet.nn.optim import SGD
+
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 4)
+
+    def net(seed):
+        rng = np.random.default_rng(seed)
+        return Sequential([
+            Reshape((8, 8, 1)),
+            Conv2D(1, 4, 3, padding=1, rng=rng, dtype=np.float64), ReLU(),
+            Conv2D(4, 6, 3, padding=1, rng=rng, dtype=np.float64), BatchNorm(6, dtype=np.float64),
+            ReLU(), MaxPool2D(2),
+            Conv2D(6, 4, 3, padding=1, rng=rng, dtype=np.float64), ReLU(),
+            GlobalPool("avg"), Dense(4, 3, rng=rng, dtype=np.float64),
+        ])  # fmt: skip
+
+    fast, plain = net(0), net(0)
+    plain.fast = False
+    assert [
+        s.start for s in plan(fast.layers, training=True) if isinstance(s, WinogradTrainStep)
+    ] == [3, 7]
+    rng = np.random.default_rng(8)
+    optimizers = [SGD(n.parameters(), momentum=0.9) for n in (fast, plain)]
+    for _ in range(3):
+        x, y = rng.uniform(0, 1, (5, 64)), rng.integers(0, 3, 5)
+        for n, optimizer in zip((fast, plain), optimizers):
+            _, dscores = softmax_cross_entropy(n.forward(x, training=True), y)
+            n.backward(dscores)
+            optimizer.step(0.1)
+    for (name, p, _), (_, q, _) in zip(fast.parameters(), plain.parameters()):
+        np.testing.assert_allclose(p, q, rtol=1e-9, atol=1e-12, err_msg=name)

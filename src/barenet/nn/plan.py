@@ -1,9 +1,9 @@
 """The fast plan: how a Sequential's layers run in one training or inference pass.
 
 A network's maths is its layers applied one after the other (`Sequential`, and the plain
-functions of `reference.py`). Three speed-ups change how neighbouring layers run, never what
-they compute (tests/test_fused.py and tests/test_reference.py compare them with the layers run
-one by one):
+functions of `reference.py`). These speed-ups change how neighbouring layers run, never what
+they compute, Winograd's convolutions up to float32 rounding (tests/test_fused.py,
+tests/test_reference.py and tests/test_winograd.py compare them with the layers run one by one):
   - a Conv2D whose output reaches a k x k, stride-k max-pool through per-channel layers only
     (BatchNorm, ReLU, Dropout) writes that output window-major for the pool
     (`Conv2D.forward(pool=k)`): the same values in another order, which every layer in
@@ -18,9 +18,10 @@ one by one):
     into its weights (`fused.fold_batchnorm`), and a ReLU after the pair in place on its output;
   - at inference, a Conv2D without a BatchNorm after it runs with the ReLU after it, if any,
     in place on its output (`InferenceConvStep`);
-  - at inference, a wide 3x3 Conv2D (stride 1, "same" padding) runs by Winograd's F(4x4, 3x3)
-    (`winograd.py`): a quarter of the multiplications, the same outputs to float32 rounding
-    (tests/test_winograd.py compares them with the plain convolution).
+  - a wide 3x3 Conv2D (stride 1, "same" padding) runs by Winograd's F(4x4, 3x3) (`winograd.py`):
+    at inference, and while training on images of whole 4x4 tiles its forward pass and input
+    gradient (`WinogradTrainStep`): a quarter of the multiplications, the same outputs and
+    gradients to float32 rounding (tests/test_winograd.py compares them with the plain layer).
 
 `plan(layers, training, input_grad)` returns the steps of one pass. Every step runs layers
 [start, stop) with the layer interface: forward(x, training) and backward(dout, need_dx,
@@ -37,7 +38,7 @@ from .conv import Conv2D, MaxPool2D
 from .fused import BatchNormMaxPool, ConvBatchNorm, fold_batchnorm
 from .layers import Array, BatchNorm, Dropout, Layer, ReLU
 from .winograd import applies as winograd_applies
-from .winograd import winograd_forward
+from .winograd import winograd_forward, winograd_input_gradient
 
 
 class Step(Protocol):
@@ -131,6 +132,33 @@ class FoldedConvStep:
         raise RuntimeError("FoldedConvStep is for inference only: no backward pass")
 
 
+class WinogradTrainStep:
+    """While training, a wide 3x3 Conv2D (layer `start`; `winograd.applies`): on images whose
+    sides are multiples of 4 (whole tiles) its output and its input gradient by Winograd's
+    F(4x4, 3x3), its weight gradient as `Conv2D.backward` computes it; on other images the
+    layer as it is. The same gradients to float32 rounding (tests/test_winograd.py)."""
+
+    def __init__(self, layers: Sequence[Layer], i: int, pool: int = 0) -> None:
+        conv = layers[i]
+        assert isinstance(conv, Conv2D)
+        self.conv, self.pool, self.start, self.stop = conv, pool, i, i + 1
+        self.tiles = False  # whether the last forward pass ran by Winograd
+
+    def forward(self, x: Array, training: bool) -> Array:
+        self.tiles = training and x.shape[1] % 4 == 0 and x.shape[2] % 4 == 0
+        if not self.tiles:
+            return self.conv.forward(x, training, pool=self.pool)
+        self.conv.keep_for_gradient(x, self.pool)
+        return winograd_forward(self.conv, x, pool=self.pool)
+
+    def backward(self, dout: Array, need_dx: bool, need_grads: bool) -> Array | None:
+        if not self.tiles:
+            return self.conv.backward(dout, need_dx=need_dx, need_grads=need_grads)
+        if need_grads:
+            self.conv.backward(dout, need_dx=False)
+        return winograd_input_gradient(self.conv, dout) if need_dx else None
+
+
 class InferenceConvStep:
     """At inference, a Conv2D (layer `start`) and, with relu, the ReLU after it, applied in
     place on the convolution's output (a new array of its own); a wide 3x3 convolution by
@@ -198,6 +226,8 @@ def plan(layers: Sequence[Layer], training: bool, input_grad: bool = False) -> l
             and layer.in_channels == 1 and isinstance(following, BatchNorm)
         ):  # fmt: skip
             steps.append(ConvBatchNormStep(layers, i, pools.get(i, 0)))
+        elif training and isinstance(layer, Conv2D) and winograd_applies(layer):
+            steps.append(WinogradTrainStep(layers, i, pools.get(i, 0)))
         elif training and isinstance(layer, BatchNorm) and isinstance(following, MaxPool2D):
             steps.append(BatchNormPoolStep(layers, i))
         elif not training and isinstance(layer, Conv2D) and isinstance(following, BatchNorm):

@@ -21,12 +21,15 @@ O(C + F) per tile against the products' O(C F). It pays where C and F are wide.
 The 2-D transforms are the 1-D ones along both axes: with a tile flattened row by row (6 a + b),
 B^T d B is (B^T kron B^T) d and A^T M A is (A^T kron A^T) M, so each is one matrix product for
 every tile and channel of a few images at once (a block whose tiles stay in a core's cache),
-blocks on both cores at once (`blas.in_lanes`), every product on one BLAS thread. Winograd's
-sums lose a little precision in float32 (about 1e-5 of the outputs' size, against 1e-6 for the
-direct product), which inference tolerates and training is spared: the fast plan uses it at
-inference only, for wide convolutions (`applies`), and it is tested equal to the plain
-convolution (`Conv2D`) to that precision. Timings in docs/speed.md ("Winograd's minimal
-filtering").
+blocks on both cores at once (`blas.in_lanes`), every product on one BLAS thread.
+
+The fast plan (plan.py) runs wide convolutions (`applies`) so: at inference, and while training
+on images whose sides are multiples of 4 (whole tiles), the forward pass and the input gradient,
+which is itself a same-size 3x3 correlation (`winograd_input_gradient`); the weight gradient
+stays `Conv2D`'s. Winograd's sums round to about 1e-5 of the outputs' size in float32, against
+1e-6 for the direct product, far below what a step of SGD or Adam moves; in float64 they agree
+to 1e-11 (tests/test_winograd.py, with the plain convolution, `Conv2D`, as the reference).
+Timings in docs/speed.md ("Winograd's minimal filtering").
 """
 
 from __future__ import annotations
@@ -64,8 +67,8 @@ BLOCK_BYTES = 2 << 20  # one block's transformed tiles V: about 2 MB, in a core'
 
 
 def applies(conv: Conv2D) -> bool:
-    """Whether the fast plan runs conv by `winograd_forward` at inference: NumPy arrays, a 3x3
-    kernel with stride 1 and padding 1 ("same" size), at least MIN_CHANNELS channels in and out."""
+    """Whether the fast plan runs conv by Winograd's F(4x4, 3x3): NumPy arrays, a 3x3 kernel
+    with stride 1 and padding 1 ("same" size), at least MIN_CHANNELS channels in and out."""
     return (
         isinstance(conv.params["W"], np.ndarray)
         and (conv.kernel_size, conv.stride, conv.padding) == (3, 1, 1)
@@ -82,17 +85,42 @@ def transform_filters(W: np.ndarray) -> np.ndarray:
 
 def winograd_forward(conv: Conv2D, x: np.ndarray, pool: int = 0, relu: bool = False) -> np.ndarray:
     """conv(x) by F(4x4, 3x3), relu(conv(x)) with relu: x (N, H, W, C) -> out (N, H, W, F),
-    or window-major (w*w, N, H/w, W/w, F) for pool = w as in `Conv2D.forward`. Inference
-    only: nothing is kept for a backward pass. conv must satisfy `applies`."""
+    or window-major (w*w, N, H/w, W/w, F) for pool = w as in `Conv2D.forward`. Nothing is
+    kept for a backward pass (`WinogradTrainStep` in plan.py keeps what it needs). conv must
+    satisfy `applies`."""
+    if x.shape[3] != conv.in_channels:
+        raise ValueError(f"Conv2D expects {conv.in_channels} input channels, got {x.shape[3]}")
+    return winograd_conv(x, conv.params["W"], conv.params["b"], pool, relu)
+
+
+def winograd_input_gradient(conv: Conv2D, dout: np.ndarray) -> np.ndarray:
+    """dx for conv (3x3, stride 1, padding 1) from dout (N, H, W, F), or window-major
+    (w*w, N, H/w, W/w, F) as `Conv2D.forward(pool=w)` wrote the output -> (N, H, W, C).
+
+    dx[n, h, w, c] = sum_{i, j, f} dout[n, h + 1 - i, w + 1 - j, f] W[i, j, c, f]: the same-size
+    correlation of dout with the kernel turned half a turn and its channels swapped,
+    W'[i, j, f, c] = W[2 - i, 2 - j, c, f] (docs/backprop.md, "Conv2D"), so F(4x4, 3x3) too."""
+    if dout.ndim == 5:  # window-major -> plain: [a*w + b, n, ph, pw] is (n, w*ph + a, w*pw + b)
+        w2, N, PH, PW, F = dout.shape
+        w = int(round(w2**0.5))
+        dout = dout.reshape(w, w, N, PH, PW, F).transpose(2, 3, 0, 4, 1, 5)
+        dout = dout.reshape(N, PH * w, PW * w, F)
+    Wt = conv.params["W"][::-1, ::-1].transpose(0, 1, 3, 2)  # (3, 3, F, C), a view
+    return winograd_conv(dout, Wt, None)
+
+
+def winograd_conv(
+    x: np.ndarray, W: np.ndarray, bias: np.ndarray | None, pool: int = 0, relu: bool = False
+) -> np.ndarray:
+    """The same-size 3x3 correlation of x (N, H, W, C) with W (3, 3, C, F), plus bias (F,)
+    (None: no bias), relu with relu, by F(4x4, 3x3): out (N, H, W, F), or window-major for
+    pool = w (`winograd_forward`)."""
     N, H, W_, C = x.shape
-    if C != conv.in_channels:
-        raise ValueError(f"Conv2D expects {conv.in_channels} input channels, got {C}")
-    F, dtype = conv.out_channels, conv.params["W"].dtype
+    F, dtype = W.shape[3], W.dtype
     x = x.astype(dtype, copy=False)
-    U = transform_filters(conv.params["W"])  # (36, C, F)
+    U = transform_filters(W)  # (36, C, F)
     kb, ka = KB.astype(dtype), KA.astype(dtype)
-    bias = conv.params["b"]
-    w = conv._window(H, W_, pool)
+    w = Conv2D._window(H, W_, pool)
     out = np.empty((w * w, N, H // w, W_ // w, F), dtype=dtype)
     th, tw = -(-H // 4), -(-W_ // 4)  # tiles down and across: 4 outputs each
     nb = max(1, min(N, BLOCK_BYTES // (36 * th * tw * max(C, F) * dtype.itemsize)))
@@ -123,7 +151,8 @@ def winograd_forward(conv: Conv2D, x: np.ndarray, pool: int = 0, relu: bool = Fa
             Yn = Yn.reshape(n, H // w, w, W_ // w, w, F).transpose(2, 4, 0, 1, 3, 5)
             block = out[:, n0:n1]
             block.reshape(w, w, n, H // w, W_ // w, F)[...] = Yn
-            block += bias
+            if bias is not None:
+                block += bias
             if relu:  # while the block is in the cache
                 np.maximum(block, 0, out=block)
 
