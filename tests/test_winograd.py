@@ -195,3 +195,20 @@ def test_a_network_trains_as_on_the_plain_path(monkeypatch):
             optimizer.step(0.1)
     for (name, p, _), (_, q, _) in zip(fast.parameters(), plain.parameters()):
         np.testing.assert_allclose(p, q, rtol=1e-9, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize(
+    "N, H, W, small_blocks", [(3, 14, 9, False), (11, 8, 8, True), (5, 5, 12, True)]
+)
+def test_weight_gradient_equals_the_direct_one(N, H, W, small_blocks, monkeypatch):
+    """Part tiles, several blocks on every lane, and a shorter last block whose spare images
+    must add nothing."""
+    if small_blocks:  # 8x8 images: two a block (11 images: 6 blocks, the last of one)
+        monkeypatch.setattr(winograd, "BLOCK_BYTES", 36 * 2 * 2 * 4 * 8 * 2)
+    conv = _conv(4, 3, np.float64, seed=2)
+    rng = np.random.default_rng(9)
+    x, dout = rng.standard_normal((N, H, W, 4)), rng.standard_normal((N, H, W, 3))
+    conv.forward(x, training=True)
+    conv.backward(dout, need_dx=False)
+    dW = winograd.winograd_weight_gradient(x, dout)
+    np.testing.assert_allclose(dW, conv.grads["W"], rtol=1e-11, atol=1e-11)

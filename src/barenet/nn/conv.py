@@ -207,20 +207,6 @@ class Conv2D:
         self._x_shape, self._w = x.shape, w
         return out.reshape(*_positions(N, OH, OW, w), F)
 
-    def keep_for_gradient(self, x: Array, pool: int = 0) -> None:
-        """While training, what `backward` reads for the weight gradient, kept as
-        `forward(x, training=True, pool=pool)` keeps it, without computing the output: for a
-        step whose forward product another path computes (`winograd.py`). Blocked layers only
-        (`blocked`): the weight gradient unfolds the padded input's blocks again."""
-        xp = array_module(x)
-        if not self.blocked(xp):
-            raise ValueError("keep_for_gradient is for blocked convolutions (`Conv2D.blocked`)")
-        xpad, OH, OW = self._padded(x, keep=True)
-        w = self._window(OH, OW, pool)
-        windows = self._block_windows(xpad, OH, OW, w)
-        self._blocks = (windows, self._image_blocks(x.shape[0], OH, OW, xpad.dtype.itemsize))
-        self._cols, self._x_shape, self._w = None, x.shape, w
-
     def blocked(self, xp: ModuleType) -> bool:
         """Whether the passes run a block of images at a time (`_forward_blocks`): NumPy
         arrays, several input channels and some padding (the padded input is then this layer's

@@ -19,8 +19,8 @@ tests/test_reference.py and tests/test_winograd.py compare them with the layers 
   - at inference, a Conv2D without a BatchNorm after it runs with the ReLU after it, if any,
     in place on its output (`InferenceConvStep`);
   - a wide 3x3 Conv2D (stride 1, "same" padding) runs by Winograd's F(4x4, 3x3) (`winograd.py`):
-    at inference, and while training on images of whole 4x4 tiles its forward pass and input
-    gradient (`WinogradTrainStep`): a quarter of the multiplications, the same outputs and
+    at inference, and while training on images of whole 4x4 tiles its forward pass and both
+    gradients (`WinogradTrainStep`): a quarter of the multiplications, the same outputs and
     gradients to float32 rounding (tests/test_winograd.py compares them with the plain layer).
 
 `plan(layers, training, input_grad)` returns the steps of one pass. Every step runs layers
@@ -36,9 +36,10 @@ from typing import Protocol
 from ..backend.arrays import array_module
 from .conv import Conv2D, MaxPool2D
 from .fused import BatchNormMaxPool, ConvBatchNorm, fold_batchnorm
-from .layers import Array, BatchNorm, Dropout, Layer, ReLU
+from .layers import Array, BatchNorm, Dropout, Layer, ReLU, column_sums
 from .winograd import applies as winograd_applies
-from .winograd import winograd_forward, winograd_input_gradient
+from .winograd import plain as winograd_plain
+from .winograd import winograd_forward, winograd_input_gradient, winograd_weight_gradient
 
 
 class Step(Protocol):
@@ -134,29 +135,35 @@ class FoldedConvStep:
 
 class WinogradTrainStep:
     """While training, a wide 3x3 Conv2D (layer `start`; `winograd.applies`): on images whose
-    sides are multiples of 4 (whole tiles) its output and its input gradient by Winograd's
-    F(4x4, 3x3), its weight gradient as `Conv2D.backward` computes it; on other images the
-    layer as it is. The same gradients to float32 rounding (tests/test_winograd.py)."""
+    sides are multiples of 4 (whole tiles) its output and both its gradients by Winograd's
+    F(4x4, 3x3), on other images the layer as it is. The same gradients to float32 rounding
+    (tests/test_winograd.py)."""
 
     def __init__(self, layers: Sequence[Layer], i: int, pool: int = 0) -> None:
         conv = layers[i]
         assert isinstance(conv, Conv2D)
         self.conv, self.pool, self.start, self.stop = conv, pool, i, i + 1
         self.tiles = False  # whether the last forward pass ran by Winograd
+        self._x: Array | None = None  # its input, for the weight gradient
 
     def forward(self, x: Array, training: bool) -> Array:
         self.tiles = training and x.shape[1] % 4 == 0 and x.shape[2] % 4 == 0
         if not self.tiles:
             return self.conv.forward(x, training, pool=self.pool)
-        self.conv.keep_for_gradient(x, self.pool)
+        # the input in the layer's own array (the layer below may reuse its own in the step)
+        self._x = self.conv.work("winograd x", x.shape, x.dtype, array_module(x), keep=True)
+        self._x[...] = x
         return winograd_forward(self.conv, x, pool=self.pool)
 
     def backward(self, dout: Array, need_dx: bool, need_grads: bool) -> Array | None:
         if not self.tiles:
             return self.conv.backward(dout, need_dx=need_dx, need_grads=need_grads)
+        assert self._x is not None
+        dy = winograd_plain(dout)  # (N, H, W, F)
         if need_grads:
-            self.conv.backward(dout, need_dx=False)
-        return winograd_input_gradient(self.conv, dout) if need_dx else None
+            self.conv.grads["W"][...] = winograd_weight_gradient(self._x, dy)
+            self.conv.grads["b"][...] = column_sums(dy.reshape(-1, dy.shape[3]))
+        return winograd_input_gradient(self.conv, dy) if need_dx else None
 
 
 class InferenceConvStep:

@@ -24,9 +24,9 @@ every tile and channel of a few images at once (a block whose tiles stay in a co
 blocks on both cores at once (`blas.in_lanes`), every product on one BLAS thread.
 
 The fast plan (plan.py) runs wide convolutions (`applies`) so: at inference, and while training
-on images whose sides are multiples of 4 (whole tiles), the forward pass and the input gradient,
-which is itself a same-size 3x3 correlation (`winograd_input_gradient`); the weight gradient
-stays `Conv2D`'s. Winograd's sums round to about 1e-5 of the outputs' size in float32, against
+on images whose sides are multiples of 4 (whole tiles), the forward pass, the input gradient,
+itself a same-size 3x3 correlation (`winograd_input_gradient`), and the weight gradient
+(`winograd_weight_gradient`, the same identity read backwards). Winograd's sums round to about 1e-5 of the outputs' size in float32, against
 1e-6 for the direct product, far below what a step of SGD or Adam moves; in float64 they agree
 to 1e-11 (tests/test_winograd.py, with the plain convolution, `Conv2D`, as the reference).
 Timings in docs/speed.md ("Winograd's minimal filtering").
@@ -100,13 +100,72 @@ def winograd_input_gradient(conv: Conv2D, dout: np.ndarray) -> np.ndarray:
     dx[n, h, w, c] = sum_{i, j, f} dout[n, h + 1 - i, w + 1 - j, f] W[i, j, c, f]: the same-size
     correlation of dout with the kernel turned half a turn and its channels swapped,
     W'[i, j, f, c] = W[2 - i, 2 - j, c, f] (docs/backprop.md, "Conv2D"), so F(4x4, 3x3) too."""
-    if dout.ndim == 5:  # window-major -> plain: [a*w + b, n, ph, pw] is (n, w*ph + a, w*pw + b)
-        w2, N, PH, PW, F = dout.shape
-        w = int(round(w2**0.5))
-        dout = dout.reshape(w, w, N, PH, PW, F).transpose(2, 3, 0, 4, 1, 5)
-        dout = dout.reshape(N, PH * w, PW * w, F)
     Wt = conv.params["W"][::-1, ::-1].transpose(0, 1, 3, 2)  # (3, 3, F, C), a view
-    return winograd_conv(dout, Wt, None)
+    return winograd_conv(plain(dout), Wt, None)
+
+
+def plain(dout: np.ndarray) -> np.ndarray:
+    """An output (gradient) as (N, H, W, F): window-major (w*w, N, H/w, W/w, F) reordered,
+    [a*w + b, n, ph, pw] being (n, w*ph + a, w*pw + b); a plain one as it is."""
+    if dout.ndim == 4:
+        return dout
+    w2, N, PH, PW, F = dout.shape
+    w = int(round(w2**0.5))
+    dout = dout.reshape(w, w, N, PH, PW, F).transpose(2, 3, 0, 4, 1, 5)
+    return dout.reshape(N, PH * w, PW * w, F)
+
+
+def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
+    """dW (3, 3, C, F) of a same-size 3x3 correlation, from its input x (N, H, W, C) and
+    output gradient dout (N, H, W, F): dW[i, j, c, f] = sum_{n, h, w} xpad[n, h + i, w + j, c]
+    dout[n, h, w, f], by F(4x4, 3x3) read backwards.
+
+    A tile's outputs are Y = A^T [U * V] A, U = G g G^T, V = B^T d B, so the loss's share
+    sum_{u, v} dy[u, v] Y[u, v] = sum_xi (A dy A^T)_xi U_xi V_xi, whose gradient with respect
+    to g is G^T [(A dy A^T) * V] G. Summed over tiles and images, at each tile position xi a
+    matrix product over all tiles at once: S[xi] (C, F) = V[xi]^T (C, P) D[xi] (P, F),
+    D = A dy A^T; then dW = G^T S G for every (c, f). Products over the long tile axis P, each
+    block's added onto its lane's sums, the lanes' sums added in a fixed order."""
+    N, H, W_, C = x.shape
+    F, dtype = dout.shape[3], x.dtype
+    th, tw = -(-H // 4), -(-W_ // 4)
+    nb = max(1, min(N, BLOCK_BYTES // (36 * th * tw * max(C, F) * dtype.itemsize)))
+    blocks = [(n0, min(N, n0 + nb)) for n0 in range(0, N, nb)]
+    Hp, Wp, P = 4 * th + 2, 4 * tw + 2, nb * th * tw
+    lanes = min(LANES, len(blocks))
+    kb, kd = KB.astype(dtype), KA.T.astype(dtype)  # B^T d B, and A dy A^T = (A kron A) dy
+    sums = [np.zeros((36, C, F), dtype) for _ in range(lanes)]
+
+    def lane(k: int) -> None:
+        xpad = np.zeros((nb, Hp, Wp, C), dtype)
+        dpad = np.zeros((nb, 4 * th, 4 * tw, F), dtype)  # zero beyond H, W: no outputs there
+        d = np.empty((36, nb, th, tw, C), dtype)
+        V = np.empty((36, P * C), dtype)
+        dy = np.empty((16, nb, th, tw, F), dtype)  # the tiles' output gradients, 4 u + v
+        D = np.empty((36, P * F), dtype)
+        for n0, n1 in blocks[k::lanes]:
+            n = n1 - n0
+            if n < nb:  # the last, shorter block: its spare images add nothing
+                xpad[n:] = 0
+                dpad[n:] = 0
+            xpad[:n, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
+            dpad[:n, :H, :W_] = dout[n0:n1]
+            for a in range(6):
+                for b in range(6):
+                    d[6 * a + b] = xpad[:, a : a + 4 * th : 4, b : b + 4 * tw : 4]
+            for u in range(4):
+                for v in range(4):
+                    dy[4 * u + v] = dpad[:, u::4, v::4]
+            np.matmul(kb, d.reshape(36, P * C), out=V)
+            np.matmul(kd, dy.reshape(16, P * F), out=D)
+            sums[k] += np.matmul(V.reshape(36, P, C).transpose(0, 2, 1), D.reshape(36, P, F))
+
+    in_lanes(lane, lanes)
+    S = sums[0]
+    for other in sums[1:]:
+        S += other
+    kg = np.kron(G.T, G.T).astype(dtype)  # (9, 36): G^T S G for every (c, f)
+    return (kg @ S.reshape(36, C * F)).reshape(3, 3, C, F)
 
 
 def winograd_conv(
