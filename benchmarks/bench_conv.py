@@ -5,7 +5,9 @@
 
 For each shape (channels in -> out at H x W, "same" padding), the median time of a training
 pass: barenet's `Conv2D.forward(x, training=True)` and `backward(dout)` (input and weight
-gradients), and PyTorch's `conv2d` forward and backward in channels_last memory format (oneDNN's
+gradients, the direct product), the same by the step the fast plan trains the layer with
+(Winograd's F(4x4, 3x3) for wide layers on images of whole 4x4 tiles, `nn/winograd.py`), and
+PyTorch's `conv2d` forward and backward in channels_last memory format (oneDNN's
 layout of choice on a CPU) and in its default NCHW, alternating. Then a member's whole
 training step (forward, backward, the recipe's optimiser; `--recipe`: a recipe's name or
 .json file, default `record`), its FLOPs against NumPy's float32 GEMM throughput measured in
@@ -32,6 +34,7 @@ from machine import machine
 from barenet.nn.conv import Conv2D
 from barenet.nn.layers import Dense
 from barenet.nn.losses import softmax_cross_entropy
+from barenet.nn.plan import plan
 from barenet.train.loop import make_optimizer
 from barenet.train.recipes import RECIPES, Recipe, build_model
 
@@ -53,15 +56,22 @@ def gemm_throughput(size: int = 2048, repeats: int = 5) -> float:
     return 2 * size**3 / median_seconds(lambda: a @ a, repeats)
 
 
-def barenet_pass(C: int, F: int, H: int, B: int):
+def barenet_pass(C: int, F: int, H: int, B: int, fast_plan: bool = False):
+    """The layer's own passes (the direct product), or with fast_plan the step the fast plan
+    trains it by (`plan.plan`: Winograd's F(4x4, 3x3) where it applies)."""
     rng = np.random.default_rng(0)
     conv = Conv2D(C, F, 3, padding=1, rng=rng)
     x = rng.standard_normal((B, H, H, C), dtype=np.float32)
     dout = rng.standard_normal((B, H, H, F), dtype=np.float32)
+    step = plan([conv], training=True)[0]
 
     def run() -> None:
-        conv.forward(x, training=True)
-        conv.backward(dout)
+        if fast_plan:
+            step.forward(x, True)
+            step.backward(dout, True, True)
+        else:
+            conv.forward(x, training=True)
+            conv.backward(dout)
 
     return run
 
@@ -151,19 +161,22 @@ def main() -> None:
     torch = torch_on_every_core()
     B, rows = args.batch, []
     print(f"batch {B}, median of {args.repeats}; milliseconds per forward + backward")
-    print(f"{'shape':>22} {'barenet':>9} {'torch CL':>9} {'torch NCHW':>11}  GFLOP/s (barenet)")
+    print(f"{'shape':>22} {'direct':>9} {'plan':>9} {'torch CL':>9} {'torch NCHW':>11}"
+          "  direct-equivalent GFLOP/s (plan)")  # fmt: skip
     for C, F, H in SHAPES:
         flops = 3 * 2 * B * H * H * 9 * C * F
         row = {"in": C, "out": F, "size": H, "batch": B, "flops": flops}
         row["barenet"] = median_seconds(barenet_pass(C, F, H, B), args.repeats)
+        row["barenet_plan"] = median_seconds(barenet_pass(C, F, H, B, True), args.repeats)
         if torch is not None:
             row["torch_channels_last"] = median_seconds(torch_pass(C, F, H, B, True), args.repeats)
             row["torch_nchw"] = median_seconds(torch_pass(C, F, H, B, False), args.repeats)
         rows.append(row)
         t = {k: f"{1000 * row[k]:.0f}" if k in row else "-"
-             for k in ("barenet", "torch_channels_last", "torch_nchw")}  # fmt: skip
-        print(f"{f'{C}->{F} at {H}x{H}':>22} {t['barenet']:>9} {t['torch_channels_last']:>9} "
-              f"{t['torch_nchw']:>11}  {flops / row['barenet'] / 1e9:.0f}")  # fmt: skip
+             for k in ("barenet", "barenet_plan", "torch_channels_last", "torch_nchw")}  # fmt: skip
+        print(f"{f'{C}->{F} at {H}x{H}':>22} {t['barenet']:>9} {t['barenet_plan']:>9} "
+              f"{t['torch_channels_last']:>9} {t['torch_nchw']:>11}  "
+              f"{flops / row['barenet_plan'] / 1e9:.0f}")  # fmt: skip
     gemm = gemm_throughput()
     recipe = recipe_named(args.recipe)
     run, step_flops = member_step(B, recipe)
