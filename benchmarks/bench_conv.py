@@ -96,6 +96,37 @@ def torch_pass(C: int, F: int, H: int, B: int, channels_last: bool):
     return run
 
 
+def shape_table(shapes, args: argparse.Namespace, what: str, ours: dict, torch_run,
+                passes: int, decimals: int) -> list[dict]:  # fmt: skip
+    """For each (C, F, H) of `shapes`, at batch args.batch: the median seconds of args.repeats
+    runs of each of `ours` ({key: make(C, F, H, B) -> run}), then of PyTorch's in
+    channels_last and NCHW (`torch_run(C, F, H, B, channels_last)`, if PyTorch is installed).
+    A row each, printed in milliseconds (of `what`), with the last of ours in GFLOP/s of the
+    direct convolution (`passes` of its products: 1 forward only, 3 with both gradients)."""
+    B, repeats = args.batch, args.repeats
+    if torch_on_every_core() is None:
+        torch_run = None
+    print(f"batch {B}, median of {repeats}; milliseconds per {what}")
+    keys = [*ours, "torch_channels_last", "torch_nchw"]
+    labels = {"torch_channels_last": "torch CL", "torch_nchw": "torch NCHW"}
+    print(f"{'shape':>22} " + " ".join(f"{labels.get(k, k):>12}" for k in keys)
+          + f"  GFLOP/s ({list(ours)[-1]}, direct-convolution FLOPs)")  # fmt: skip
+    rows = []
+    for C, F, H in shapes:
+        flops = passes * 2 * B * H * H * 9 * C * F
+        row = {"in": C, "out": F, "size": H, "batch": B, "flops": flops}
+        for key, make in ours.items():
+            row[key] = median_seconds(make(C, F, H, B), repeats)
+        if torch_run is not None:
+            row["torch_channels_last"] = median_seconds(torch_run(C, F, H, B, True), repeats)
+            row["torch_nchw"] = median_seconds(torch_run(C, F, H, B, False), repeats)
+        rows.append(row)
+        t = [f"{1000 * row[k]:.{decimals}f}" if k in row else "-" for k in keys]
+        print(f"{f'{C}->{F} at {H}x{H}':>22} " + " ".join(f"{v:>12}" for v in t)
+              + f"  {flops / row[list(ours)[-1]] / 1e9:.0f}")  # fmt: skip
+    return rows
+
+
 def forward_flops(model) -> int:
     """Multiply-adds x 2 of one image's forward pass through the convolutions and dense
     layers (the rest is a few percent), read from each layer's input as an image passes."""
@@ -158,25 +189,10 @@ def recipe_named(name: str) -> Recipe:
 
 def main() -> None:
     args = arguments(__doc__, "training step is measured").parse_args()
-    torch = torch_on_every_core()
-    B, rows = args.batch, []
-    print(f"batch {B}, median of {args.repeats}; milliseconds per forward + backward")
-    print(f"{'shape':>22} {'direct':>9} {'plan':>9} {'torch CL':>9} {'torch NCHW':>11}"
-          "  direct-equivalent GFLOP/s (plan)")  # fmt: skip
-    for C, F, H in SHAPES:
-        flops = 3 * 2 * B * H * H * 9 * C * F
-        row = {"in": C, "out": F, "size": H, "batch": B, "flops": flops}
-        row["barenet"] = median_seconds(barenet_pass(C, F, H, B), args.repeats)
-        row["barenet_plan"] = median_seconds(barenet_pass(C, F, H, B, True), args.repeats)
-        if torch is not None:
-            row["torch_channels_last"] = median_seconds(torch_pass(C, F, H, B, True), args.repeats)
-            row["torch_nchw"] = median_seconds(torch_pass(C, F, H, B, False), args.repeats)
-        rows.append(row)
-        t = {k: f"{1000 * row[k]:.0f}" if k in row else "-"
-             for k in ("barenet", "barenet_plan", "torch_channels_last", "torch_nchw")}  # fmt: skip
-        print(f"{f'{C}->{F} at {H}x{H}':>22} {t['barenet']:>9} {t['barenet_plan']:>9} "
-              f"{t['torch_channels_last']:>9} {t['torch_nchw']:>11}  "
-              f"{flops / row['barenet_plan'] / 1e9:.0f}")  # fmt: skip
+    rows = shape_table(SHAPES, args, "forward + backward", {"barenet": barenet_pass,
+                       "barenet_plan": lambda *a: barenet_pass(*a, fast_plan=True)},
+                       torch_pass, passes=3, decimals=0)  # fmt: skip
+    B = args.batch
     gemm = gemm_throughput()
     recipe = recipe_named(args.recipe)
     run, step_flops = member_step(B, recipe)

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from bench_conv import arguments, median_seconds, recipe_named, torch_on_every_core
+from bench_conv import arguments, recipe_named, shape_table
 from machine import machine
 
 from barenet.nn import winograd
@@ -37,7 +37,7 @@ from barenet.train.recipes import Recipe, build_model
 SHAPES = [(32, 32, 28), (64, 64, 28), (64, 64, 14), (64, 128, 14), (128, 128, 14), (128, 128, 28)]
 
 
-def barenet_forward(C: int, F: int, H: int, B: int, fast: bool):
+def barenet_forward(C: int, F: int, H: int, B: int, fast: bool = False):
     rng = np.random.default_rng(0)
     conv = Conv2D(C, F, 3, padding=1, rng=rng)
     x = rng.standard_normal((B, H, H, C), dtype=np.float32)
@@ -82,27 +82,9 @@ def main() -> None:
     parser = arguments(__doc__, "predictions are timed")
     parser.add_argument("--images", type=int, default=2000)
     args = parser.parse_args()
-    torch = torch_on_every_core()
-    B, rows = args.batch, []
-    print(f"batch {B}, median of {args.repeats}; milliseconds per forward pass at inference")
-    print(f"{'shape':>22} {'direct':>8} {'Winograd':>9} {'torch CL':>9} {'torch NCHW':>11}"
-          "  direct-equivalent GFLOP/s (Winograd)")  # fmt: skip
-    for C, F, H in SHAPES:
-        flops = 2 * B * H * H * 9 * C * F
-        row = {"in": C, "out": F, "size": H, "batch": B, "direct_flops": flops}
-        row["direct"] = median_seconds(barenet_forward(C, F, H, B, False), args.repeats)
-        row["winograd"] = median_seconds(barenet_forward(C, F, H, B, True), args.repeats)
-        if torch is not None:
-            row["torch_channels_last"] = median_seconds(
-                torch_forward(C, F, H, B, True), args.repeats
-            )
-            row["torch_nchw"] = median_seconds(torch_forward(C, F, H, B, False), args.repeats)
-        rows.append(row)
-        t = {k: f"{1000 * row[k]:.1f}" if k in row else "-"
-             for k in ("direct", "winograd", "torch_channels_last", "torch_nchw")}  # fmt: skip
-        print(f"{f'{C}->{F} at {H}x{H}':>22} {t['direct']:>8} {t['winograd']:>9} "
-              f"{t['torch_channels_last']:>9} {t['torch_nchw']:>11}  "
-              f"{flops / row['winograd'] / 1e9:.0f}")  # fmt: skip
+    rows = shape_table(SHAPES, args, "forward pass at inference", {"direct": barenet_forward,
+                       "winograd": lambda *a: barenet_forward(*a, fast=True)}, torch_forward,
+                       passes=1, decimals=1)  # fmt: skip
     recipe = recipe_named(args.recipe)
     fast, p_fast = member_predictions(recipe, args.images, direct=False)
     direct, p_direct = member_predictions(recipe, args.images, direct=True)
