@@ -78,9 +78,11 @@ def applies(conv: Conv2D) -> bool:
 
 def transform_filters(W: np.ndarray) -> np.ndarray:
     """W (3, 3, C, F) -> U = G g G^T for every (c, f): (36, C, F), float32 like W; row
-    xi = 6 i + j holds tile position (i, j). Computed in float64."""
-    U = np.einsum("ia,abcf,jb->ijcf", G, np.asarray(W, dtype=np.float64), G)
-    return np.ascontiguousarray(U.reshape(36, *W.shape[2:]), dtype=W.dtype)
+    xi = 6 i + j holds tile position (i, j). Computed in float64, as two matrix products (G
+    down the kernel's rows, then across its columns): it runs on every pass while training."""
+    C, F = W.shape[2:]
+    T = (G @ W.reshape(3, 3 * C * F).astype(np.float64)).reshape(6, 3, C * F)  # (G g)[i, b]
+    return np.ascontiguousarray((G @ T).reshape(36, C, F), dtype=W.dtype)  # [i, j] = (G g G^T)
 
 
 def winograd_forward(conv: Conv2D, x: np.ndarray, pool: int = 0, relu: bool = False) -> np.ndarray:
