@@ -1,5 +1,5 @@
-"""Winograd's minimal filtering F(4x4, 3x3): a 3x3 convolution (stride 1, padding 1) at
-inference with a quarter of the multiplications of the direct product (Lavin and Gray 2016,
+"""Winograd's minimal filtering F(4x4, 3x3): a 3x3 convolution (stride 1, padding 1), and its
+gradients, with a quarter of the multiplications of the direct product (Lavin and Gray 2016,
 "Fast Algorithms for Convolutional Neural Networks").
 
 The 1-D idea. Four outputs of a 3-tap correlation, y[u] = sum_r d[u + r] g[r] (u < 4), read six
@@ -26,9 +26,9 @@ blocks on both cores at once (`blas.in_lanes`), every product on one BLAS thread
 The fast plan (plan.py) runs wide convolutions (`applies`) so: at inference, and while training
 on images whose sides are multiples of 4 (whole tiles), the forward pass, the input gradient,
 itself a same-size 3x3 correlation (`winograd_input_gradient`), and the weight gradient
-(`winograd_weight_gradient`, the same identity read backwards). Winograd's sums round to about 1e-5 of the outputs' size in float32, against
-1e-6 for the direct product, far below what a step of SGD or Adam moves; in float64 they agree
-to 1e-11 (tests/test_winograd.py, with the plain convolution, `Conv2D`, as the reference).
+(`winograd_weight_gradient`, the same identity read backwards). Winograd's sums round to
+about 1e-5 of the outputs' size in float32, against 1e-6 for the direct product, far below
+what a step of SGD or Adam moves; in float64 they agree to 1e-11 (tests/test_winograd.py, with the plain convolution, `Conv2D`, as the reference).
 Timings in docs/speed.md ("Winograd's minimal filtering").
 """
 
@@ -85,6 +85,30 @@ def transform_filters(W: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((G @ T).reshape(36, C, F), dtype=W.dtype)  # [i, j] = (G g G^T)
 
 
+class _Blocks:
+    """How F(4x4, 3x3) covers images of H x W with C channels in and F out: th x tw tiles of
+    4x4 outputs each (the last row and column of tiles may reach beyond the image), nb images a
+    block (their transformed tiles about BLOCK_BYTES), the blocks [n0, n1) of N images, and
+    the lanes that share them (`blas.in_lanes`; lane k takes blocks k, k + lanes, ...)."""
+
+    def __init__(self, N: int, H: int, W: int, C: int, F: int, itemsize: int) -> None:
+        self.th, self.tw = -(-H // 4), -(-W // 4)
+        per_image = 36 * self.th * self.tw * max(C, F) * itemsize
+        self.nb = max(1, min(N, BLOCK_BYTES // per_image))
+        self.blocks = [(n0, min(N, n0 + self.nb)) for n0 in range(0, N, self.nb)]
+        self.lanes = min(LANES, len(self.blocks))
+        self.P = self.nb * self.th * self.tw  # tiles a block
+        self.padded = (self.nb, 4 * self.th + 2, 4 * self.tw + 2, C)  # a block's padded input
+
+    def tiles(self, xpad: np.ndarray, d: np.ndarray) -> None:
+        """The 6x6 input tiles of a block's padded images xpad into d (36, nb, th, tw, C),
+        (a, b) = 6 a + b: tile (t, s) holds padded rows 4t + a, columns 4s + b."""
+        th, tw = self.th, self.tw
+        for a in range(6):
+            for b in range(6):
+                d[6 * a + b] = xpad[:, a : a + 4 * th : 4, b : b + 4 * tw : 4]
+
+
 def winograd_forward(conv: Conv2D, x: np.ndarray, pool: int = 0, relu: bool = False) -> np.ndarray:
     """conv(x) by F(4x4, 3x3), relu(conv(x)) with relu: x (N, H, W, C) -> out (N, H, W, F),
     or window-major (w*w, N, H/w, W/w, F) for pool = w as in `Conv2D.forward`. Nothing is
@@ -130,31 +154,26 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
     block's added onto its lane's sums, the lanes' sums added in a fixed order."""
     N, H, W_, C = x.shape
     F, dtype = dout.shape[3], x.dtype
-    th, tw = -(-H // 4), -(-W_ // 4)
-    nb = max(1, min(N, BLOCK_BYTES // (36 * th * tw * max(C, F) * dtype.itemsize)))
-    blocks = [(n0, min(N, n0 + nb)) for n0 in range(0, N, nb)]
-    Hp, Wp, P = 4 * th + 2, 4 * tw + 2, nb * th * tw
-    lanes = min(LANES, len(blocks))
+    cover = _Blocks(N, H, W_, C, F, dtype.itemsize)
+    th, tw, nb, P = cover.th, cover.tw, cover.nb, cover.P
     kb, kd = KB.astype(dtype), KA.T.astype(dtype)  # B^T d B, and A dy A^T = (A kron A) dy
-    sums = [np.zeros((36, C, F), dtype) for _ in range(lanes)]
+    sums = [np.zeros((36, C, F), dtype) for _ in range(cover.lanes)]
 
     def lane(k: int) -> None:
-        xpad = np.zeros((nb, Hp, Wp, C), dtype)
+        xpad = np.zeros(cover.padded, dtype)
         dpad = np.zeros((nb, 4 * th, 4 * tw, F), dtype)  # zero beyond H, W: no outputs there
         d = np.empty((36, nb, th, tw, C), dtype)
         V = np.empty((36, P * C), dtype)
         dy = np.empty((16, nb, th, tw, F), dtype)  # the tiles' output gradients, 4 u + v
         D = np.empty((36, P * F), dtype)
-        for n0, n1 in blocks[k::lanes]:
+        for n0, n1 in cover.blocks[k :: cover.lanes]:
             n = n1 - n0
             if n < nb:  # the last, shorter block: its spare images add nothing
                 xpad[n:] = 0
                 dpad[n:] = 0
             xpad[:n, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
             dpad[:n, :H, :W_] = dout[n0:n1]
-            for a in range(6):
-                for b in range(6):
-                    d[6 * a + b] = xpad[:, a : a + 4 * th : 4, b : b + 4 * tw : 4]
+            cover.tiles(xpad, d)
             for u in range(4):
                 for v in range(4):
                     dy[4 * u + v] = dpad[:, u::4, v::4]
@@ -162,7 +181,7 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
             np.matmul(kd, dy.reshape(16, P * F), out=D)
             sums[k] += np.matmul(V.reshape(36, P, C).transpose(0, 2, 1), D.reshape(36, P, F))
 
-    in_lanes(lane, lanes)
+    in_lanes(lane, cover.lanes)
     S = sums[0]
     for other in sums[1:]:
         S += other
@@ -183,25 +202,20 @@ def winograd_conv(
     kb, ka = KB.astype(dtype), KA.astype(dtype)
     w = Conv2D._window(H, W_, pool)
     out = np.empty((w * w, N, H // w, W_ // w, F), dtype=dtype)
-    th, tw = -(-H // 4), -(-W_ // 4)  # tiles down and across: 4 outputs each
-    nb = max(1, min(N, BLOCK_BYTES // (36 * th * tw * max(C, F) * dtype.itemsize)))
-    blocks = [(n0, min(N, n0 + nb)) for n0 in range(0, N, nb)]
-    Hp, Wp, P = 4 * th + 2, 4 * tw + 2, nb * th * tw
-    lanes = min(LANES, len(blocks))
+    cover = _Blocks(N, H, W_, C, F, dtype.itemsize)
+    th, tw, nb, P = cover.th, cover.tw, cover.nb, cover.P
 
     def lane(k: int) -> None:
-        xpad = np.zeros((nb, Hp, Wp, C), dtype)  # zero padding, and beyond H, W to whole tiles
+        xpad = np.zeros(cover.padded, dtype)  # zero padding, and beyond H, W to whole tiles
         d = np.empty((36, nb, th, tw, C), dtype)  # the tiles, (a, b) = 6 a + b
         V = np.empty((36, P * C), dtype)
         M = np.empty((36, P, F), dtype)
         Y16 = np.empty((16, P * F), dtype)  # the outputs, (u, v) = 4 u + v
         Y = np.empty((nb, 4 * th, 4 * tw, F), dtype)  # the block's outputs, whole tiles
-        for n0, n1 in blocks[k::lanes]:
+        for n0, n1 in cover.blocks[k :: cover.lanes]:
             n = n1 - n0
             xpad[:n, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
-            for a in range(6):  # tile (t, s) holds padded rows 4t + a, columns 4s + b
-                for b in range(6):
-                    d[6 * a + b] = xpad[:, a : a + 4 * th : 4, b : b + 4 * tw : 4]
+            cover.tiles(xpad, d)
             np.matmul(kb, d.reshape(36, P * C), out=V)  # B^T d B, every tile and channel
             np.matmul(V.reshape(36, P, C), U, out=M)  # (36, P, F): 36 products over C
             np.matmul(ka, M.reshape(36, P * F), out=Y16)  # A^T M A
@@ -217,5 +231,5 @@ def winograd_conv(
             if relu:  # while the block is in the cache
                 np.maximum(block, 0, out=block)
 
-    in_lanes(lane, lanes)
+    in_lanes(lane, cover.lanes)
     return out.reshape(N, H, W_, F) if w == 1 else out
