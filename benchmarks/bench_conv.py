@@ -6,7 +6,7 @@
 For each shape (channels in -> out at H x W, "same" padding), the median time of a training
 pass: barenet's `Conv2D.forward(x, training=True)` and `backward(dout)` (input and weight
 gradients, the direct product), the same by the step the fast plan trains the layer with
-(Winograd's F(4x4, 3x3) for wide layers on images of whole 4x4 tiles, `nn/winograd.py`), and
+(Winograd's F(4x4, 3x3) for wide layers, `nn/winograd.py`), and
 PyTorch's `conv2d` forward and backward in channels_last memory format (oneDNN's
 layout of choice on a CPU) and in its default NCHW, alternating. Then a member's whole
 training step (forward, backward, the recipe's optimiser; `--recipe`: a recipe's name or

@@ -203,8 +203,11 @@ def test_working_arrays_kept_between_training_steps_change_nothing(C, pool):
 @pytest.mark.parametrize("pool", [0, 2])
 def test_blocked_passes_equal_the_whole_product_on_any_number_of_threads(pool, dtype, monkeypatch):
     """A padded convolution of several channels runs a block of images at a time, in lanes
-    (`Conv2D._forward_blocks`): the output and input gradient are the whole product's bit for
-    bit, the weight gradient the same sums in another order; one thread or two, the same bits."""
+    (`Conv2D._forward_blocks`): one thread or two, the same bits; and the whole product's
+    outputs and gradients to rounding. Not bit for bit: whether a BLAS product's rows depend
+    on how many rows it has, or on its thread count, is BLAS's own affair (OpenBLAS's Haswell
+    float32 kernel on an AMD Zen 5 gives other last bits for 5 rows than for 720, and on two
+    threads than on one)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((37, 12, 12, 40)).astype(dtype)  # blocks of 5 (float64: 2) images
     runs = {}
@@ -229,10 +232,11 @@ def test_blocked_passes_equal_the_whole_product_on_any_number_of_threads(pool, d
     for a, b in zip(runs["one"], runs["two"]):
         for u, v in zip(a, b):
             np.testing.assert_array_equal(u, v)
+    rtol, atol = (1e-5, 1e-5) if dtype == np.float32 else (1e-12, 1e-12)
     for a, b in zip(runs["two"], runs["whole"]):
-        np.testing.assert_array_equal(a[0], b[0])  # the output
+        np.testing.assert_allclose(a[0], b[0], rtol=rtol, atol=atol)  # the output
         if len(a) > 1:
-            np.testing.assert_array_equal(a[1], b[1])  # dx
+            np.testing.assert_allclose(a[1], b[1], rtol=rtol, atol=atol)  # dx
             np.testing.assert_allclose(a[2], b[2], rtol=1e-4 if dtype == np.float32 else 1e-12,
                                        atol=1e-3 if dtype == np.float32 else 1e-10)  # fmt: skip
-            np.testing.assert_array_equal(a[3], b[3])  # db
+            np.testing.assert_allclose(a[3], b[3], rtol=rtol, atol=atol)  # db

@@ -139,17 +139,20 @@ def test_a_float32_net_predicts_as_the_direct_convolutions_do(monkeypatch):
     np.testing.assert_array_equal(fast.argmax(axis=1), direct.argmax(axis=1))
 
 
-@pytest.mark.parametrize("H, pool", [(8, 0), (12, 2), (8, 4), (6, 0), (14, 2)])
+@pytest.mark.parametrize(
+    "H, pool", [(8, 0), (12, 2), (8, 4), (6, 0), (14, 2), (7, 0), (3, 0), (10, 2)]
+)
 def test_training_step_gives_the_direct_gradients(H, pool, monkeypatch):
     """WinogradTrainStep: output, weight and input gradients as Conv2D's own passes give
-    them, window-major layouts too; sides that are not multiples of 4 run the layer as it is."""
+    them, window-major layouts too, on sides that are multiples of 4 (whole tiles) and sides
+    that are not (the last tiles reach beyond the image)."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 3)
     rng = np.random.default_rng(7)
     conv, twin = _conv(3, 5, np.float64, seed=1), _conv(3, 5, np.float64, seed=1)
     x = rng.standard_normal((4, H, H, 3))
     step = WinogradTrainStep([conv], 0, pool)
     out = step.forward(x, training=True)
-    assert step.tiles == (H % 4 == 0)
+    assert step.tiles
     expected = twin.forward(x, training=True, pool=pool)
     np.testing.assert_allclose(out, expected, rtol=1e-11, atol=1e-11)
     dout = rng.standard_normal(out.shape)
@@ -212,3 +215,43 @@ def test_weight_gradient_equals_the_direct_one(N, H, W, small_blocks, monkeypatc
     conv.backward(dout, need_dx=False)
     dW = winograd.winograd_weight_gradient(x, dout)
     np.testing.assert_allclose(dW, conv.grads["W"], rtol=1e-11, atol=1e-11)
+
+
+def test_work_arrays_are_kept_per_thread_and_bounded(monkeypatch):
+    """`scratch`: the same array for the same name, shape and dtype in one thread, another in
+    another thread; past SCRATCH_BYTES the thread's arrays are made anew."""
+    import threading
+
+    a = winograd.scratch("test a", (4, 5), np.float32)
+    assert winograd.scratch("test a", (4, 5), np.float32) is a
+    assert winograd.scratch("test a", (4, 6), np.float32) is not a
+    assert winograd.scratch("test a", (4, 5), np.float64) is not a
+    other = []
+    thread = threading.Thread(
+        target=lambda: other.append(winograd.scratch("test a", (4, 5), np.float32))
+    )
+    thread.start()
+    thread.join()
+    assert other[0] is not a
+    monkeypatch.setattr(winograd, "SCRATCH_BYTES", 200)
+    b = winograd.scratch("test b", (40,), np.float32)  # 160 bytes: the others are dropped
+    assert winograd.scratch("test a", (4, 5), np.float32) is not a
+    assert winograd.scratch("test b", (40,), np.float32) is not b  # 160 + 80 > 200
+
+
+def test_kept_work_arrays_carry_nothing_from_one_size_to_the_next(monkeypatch):
+    """Images of 16x16 and of 14x14 have the same padded tiles (18x18), so they share work
+    arrays: what the 16x16 ones leave beyond 14x14 must not reach the 14x14 outputs and
+    gradients."""
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 3)
+    rng = np.random.default_rng(11)
+    conv = _conv(4, 3, np.float64, seed=3)
+    for H in (16, 14, 16, 14):
+        x, dout = rng.standard_normal((3, H, H, 4)), 1 + rng.random((3, H, H, 3))
+        out = winograd_forward(conv, x)
+        dW = winograd.winograd_weight_gradient(x, dout)
+        dx = winograd.winograd_input_gradient(conv, dout)
+        np.testing.assert_allclose(out, conv.forward(x, training=True), rtol=1e-11, atol=1e-11)
+        conv.backward(dout, need_dx=True)
+        np.testing.assert_allclose(dW, conv.grads["W"], rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(dx, conv.backward(dout, need_dx=True), rtol=1e-11, atol=1e-11)

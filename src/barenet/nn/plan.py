@@ -19,9 +19,9 @@ tests/test_reference.py and tests/test_winograd.py compare them with the layers 
   - at inference, a Conv2D without a BatchNorm after it runs with the ReLU after it, if any,
     in place on its output (`InferenceConvStep`);
   - a wide 3x3 Conv2D (stride 1, "same" padding) runs by Winograd's F(4x4, 3x3) (`winograd.py`):
-    at inference, and while training on images of whole 4x4 tiles its forward pass and both
-    gradients (`WinogradTrainStep`): a quarter of the multiplications, the same outputs and
-    gradients to float32 rounding (tests/test_winograd.py compares them with the plain layer).
+    at inference, and while training its forward pass and both gradients
+    (`WinogradTrainStep`): a quarter of the multiplications, the same outputs and gradients to
+    float32 rounding (tests/test_winograd.py compares them with the plain layer).
 
 `plan(layers, training, input_grad)` returns the steps of one pass. Every step runs layers
 [start, stop) with the layer interface: forward(x, training) and backward(dout, need_dx,
@@ -134,10 +134,10 @@ class FoldedConvStep:
 
 
 class WinogradTrainStep:
-    """While training, a wide 3x3 Conv2D (layer `start`; `winograd.applies`): on images whose
-    sides are multiples of 4 (whole tiles) its output and both its gradients by Winograd's
-    F(4x4, 3x3), on other images the layer as it is. The same gradients to float32 rounding
-    (tests/test_winograd.py)."""
+    """While training, a wide 3x3 Conv2D (layer `start`; `winograd.applies`): its output and
+    both its gradients by Winograd's F(4x4, 3x3), the tiles covering images of any size (the
+    last row and column of tiles reaching beyond a side that is not a multiple of 4). The same
+    gradients to float32 rounding (tests/test_winograd.py)."""
 
     def __init__(self, layers: Sequence[Layer], i: int, pool: int = 0) -> None:
         conv = layers[i]
@@ -147,7 +147,7 @@ class WinogradTrainStep:
         self._x: Array | None = None  # its input, for the weight gradient
 
     def forward(self, x: Array, training: bool) -> Array:
-        self.tiles = training and x.shape[1] % 4 == 0 and x.shape[2] % 4 == 0
+        self.tiles = training
         if not self.tiles:
             return self.conv.forward(x, training, pool=self.pool)
         # the input in the layer's own array (the layer below may reuse its own in the step)

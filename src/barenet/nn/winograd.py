@@ -24,7 +24,7 @@ every tile and channel of a few images at once (a block whose tiles stay in a co
 blocks on both cores at once (`blas.in_lanes`), every product on one BLAS thread.
 
 The fast plan (plan.py) runs wide convolutions (`applies`) so: at inference, and while training
-on images whose sides are multiples of 4 (whole tiles), the forward pass, the input gradient,
+(on images of any size: the last tiles may reach beyond a side), the forward pass, the input gradient,
 itself a same-size 3x3 correlation (`winograd_input_gradient`), and the weight gradient
 (`winograd_weight_gradient`, the same identity read backwards). Winograd's sums round to
 about 1e-5 of the outputs' size in float32, against 1e-6 for the direct product, far below
@@ -33,6 +33,8 @@ Timings in docs/speed.md ("Winograd's minimal filtering").
 """
 
 from __future__ import annotations
+
+import threading
 
 import numpy as np
 
@@ -64,6 +66,29 @@ KA = np.kron(AT, AT)  # (16, 36)
 
 MIN_CHANNELS = 64  # below it the transforms, O(C + F) a tile, eat most of the saving
 BLOCK_BYTES = 2 << 20  # one block's transformed tiles V: about 2 MB, in a core's cache
+SCRATCH_BYTES = 96 << 20  # the work arrays a thread keeps (`scratch`), at most
+
+_kept = threading.local()  # each thread's work arrays: {(name, shape, dtype): array}
+
+
+def scratch(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """A work array of the calling thread's, kept from one call to the next: the caller
+    rewrites all it reads (its contents are what the last call left). Why: a fresh array of a
+    few MB per block and call costs page faults and the kernel's zeroing of every page, which
+    took more time than the arithmetic at 14x14 (docs/speed.md). The blocks bound the sizes,
+    whatever the batch; at most SCRATCH_BYTES a thread (beyond it the thread's arrays are
+    dropped and made anew)."""
+    arrays: dict[tuple, np.ndarray] | None = getattr(_kept, "arrays", None)
+    if arrays is None:
+        arrays = _kept.arrays = {}
+    key = (name, shape, np.dtype(dtype).str)
+    array = arrays.get(key)
+    if array is None:
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        if sum(a.nbytes for a in arrays.values()) + nbytes > SCRATCH_BYTES:
+            arrays.clear()
+        array = arrays[key] = np.empty(shape, dtype)
+    return array
 
 
 def applies(conv: Conv2D) -> bool:
@@ -157,15 +182,20 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
     cover = _Blocks(N, H, W_, C, F, dtype.itemsize)
     th, tw, nb, P = cover.th, cover.tw, cover.nb, cover.P
     kb, kd = KB.astype(dtype), KA.T.astype(dtype)  # B^T d B, and A dy A^T = (A kron A) dy
-    sums = [np.zeros((36, C, F), dtype) for _ in range(cover.lanes)]
+    # each lane's sums, in the calling thread's work arrays (the lanes may run in others)
+    sums = [scratch(f"winograd dW sums {k}", (36, C, F), dtype) for k in range(cover.lanes)]
 
     def lane(k: int) -> None:
-        xpad = np.zeros(cover.padded, dtype)
-        dpad = np.zeros((nb, 4 * th, 4 * tw, F), dtype)  # zero beyond H, W: no outputs there
-        d = np.empty((36, nb, th, tw, C), dtype)
-        V = np.empty((36, P * C), dtype)
-        dy = np.empty((16, nb, th, tw, F), dtype)  # the tiles' output gradients, 4 u + v
-        D = np.empty((36, P * F), dtype)
+        xpad = scratch("winograd xpad", cover.padded, dtype)
+        xpad.fill(0)  # the padding, and beyond H, W to whole tiles
+        dpad = scratch("winograd dpad", (nb, 4 * th, 4 * tw, F), dtype)
+        dpad.fill(0)  # zero beyond H, W: no outputs there
+        d = scratch("winograd d", (36, nb, th, tw, C), dtype)
+        V = scratch("winograd V", (36, P * C), dtype)
+        dy = scratch("winograd dy", (16, nb, th, tw, F), dtype)  # tiles' output gradients, 4u + v
+        D = scratch("winograd D", (36, P * F), dtype)
+        S = scratch("winograd S", (36, C, F), dtype)  # one block's sums
+        sums[k].fill(0)
         for n0, n1 in cover.blocks[k :: cover.lanes]:
             n = n1 - n0
             if n < nb:  # the last, shorter block: its spare images add nothing
@@ -179,14 +209,15 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
                     dy[4 * u + v] = dpad[:, u::4, v::4]
             np.matmul(kb, d.reshape(36, P * C), out=V)
             np.matmul(kd, dy.reshape(16, P * F), out=D)
-            sums[k] += np.matmul(V.reshape(36, P, C).transpose(0, 2, 1), D.reshape(36, P, F))
+            np.matmul(V.reshape(36, P, C).transpose(0, 2, 1), D.reshape(36, P, F), out=S)
+            sums[k] += S
 
     in_lanes(lane, cover.lanes)
-    S = sums[0]
+    total = sums[0]
     for other in sums[1:]:
-        S += other
+        total += other
     kg = np.kron(G.T, G.T).astype(dtype)  # (9, 36): G^T S G for every (c, f)
-    return (kg @ S.reshape(36, C * F)).reshape(3, 3, C, F)
+    return (kg @ total.reshape(36, C * F)).reshape(3, 3, C, F)
 
 
 def winograd_conv(
@@ -206,12 +237,13 @@ def winograd_conv(
     th, tw, nb, P = cover.th, cover.tw, cover.nb, cover.P
 
     def lane(k: int) -> None:
-        xpad = np.zeros(cover.padded, dtype)  # zero padding, and beyond H, W to whole tiles
-        d = np.empty((36, nb, th, tw, C), dtype)  # the tiles, (a, b) = 6 a + b
-        V = np.empty((36, P * C), dtype)
-        M = np.empty((36, P, F), dtype)
-        Y16 = np.empty((16, P * F), dtype)  # the outputs, (u, v) = 4 u + v
-        Y = np.empty((nb, 4 * th, 4 * tw, F), dtype)  # the block's outputs, whole tiles
+        xpad = scratch("winograd xpad", cover.padded, dtype)
+        xpad.fill(0)  # zero padding, and beyond H, W to whole tiles
+        d = scratch("winograd d", (36, nb, th, tw, C), dtype)  # the tiles, (a, b) = 6 a + b
+        V = scratch("winograd V", (36, P * C), dtype)
+        M = scratch("winograd M", (36, P, F), dtype)
+        Y16 = scratch("winograd Y16", (16, P * F), dtype)  # the outputs, (u, v) = 4 u + v
+        Y = scratch("winograd Y", (nb, 4 * th, 4 * tw, F), dtype)  # the block's, whole tiles
         for n0, n1 in cover.blocks[k :: cover.lanes]:
             n = n1 - n0
             xpad[:n, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
