@@ -65,7 +65,7 @@ KB = np.kron(BT, BT)  # (36, 36)
 KA = np.kron(AT, AT)  # (16, 36)
 
 MIN_CHANNELS = 64  # below it the transforms, O(C + F) a tile, eat most of the saving
-BLOCK_BYTES = 2 << 20  # one block's transformed tiles V: about 2 MB, in a core's cache
+BLOCK_BYTES = 1 << 20  # one block's transformed tiles V: about 1 MB, in a core's cache
 SCRATCH_BYTES = 96 << 20  # the work arrays a thread keeps (`scratch`), at most
 
 _kept = threading.local()  # each thread's work arrays: {(name, shape, dtype): array}
