@@ -101,13 +101,22 @@ def applies(conv: Conv2D) -> bool:
     )  # fmt: skip
 
 
-def transform_filters(W: np.ndarray) -> np.ndarray:
+def transform_filters(W: np.ndarray, kept: bool = False) -> np.ndarray:
     """W (3, 3, C, F) -> U = G g G^T for every (c, f): (36, C, F), float32 like W; row
     xi = 6 i + j holds tile position (i, j). Computed in float64, as two matrix products (G
-    down the kernel's rows, then across its columns): it runs on every pass while training."""
+    down the kernel's rows, then across its columns), in work arrays kept between calls
+    (`scratch`): it runs on every pass while training. kept: U itself in one of them too,
+    valid until the calling thread's next call."""
     C, F = W.shape[2:]
-    T = (G @ W.reshape(3, 3 * C * F).astype(np.float64)).reshape(6, 3, C * F)  # (G g)[i, b]
-    return np.ascontiguousarray((G @ T).reshape(36, C, F), dtype=W.dtype)  # [i, j] = (G g G^T)
+    W64 = scratch("winograd W64", (3, 3, C, F), np.float64)
+    W64[...] = W  # W may be a view (the input gradient's turned kernel)
+    T = scratch("winograd GW", (6, 3 * C * F), np.float64)
+    np.matmul(G, W64.reshape(3, 3 * C * F), out=T)  # (G g)[i, b]
+    U64 = scratch("winograd GWG", (6, 6, C * F), np.float64)
+    np.matmul(G, T.reshape(6, 3, C * F), out=U64)  # [i, j] = (G g G^T)
+    U = scratch("winograd U", (36, C, F), W.dtype) if kept else np.empty((36, C, F), W.dtype)
+    U.reshape(U64.shape)[...] = U64
+    return U
 
 
 class _Blocks:
@@ -229,7 +238,7 @@ def winograd_conv(
     N, H, W_, C = x.shape
     F, dtype = W.shape[3], W.dtype
     x = x.astype(dtype, copy=False)
-    U = transform_filters(W)  # (36, C, F)
+    U = transform_filters(W, kept=True)  # (36, C, F)
     kb, ka = KB.astype(dtype), KA.astype(dtype)
     w = Conv2D._window(H, W_, pool)
     out = np.empty((w * w, N, H // w, W_ // w, F), dtype=dtype)
