@@ -37,6 +37,7 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+import numpy.typing as npt
 
 from ..backend.blas import in_lanes
 from .conv import LANES, Conv2D
@@ -71,7 +72,7 @@ SCRATCH_BYTES = 96 << 20  # the work arrays a thread keeps (`scratch`), at most
 _kept = threading.local()  # each thread's work arrays: {(name, shape, dtype): array}
 
 
-def scratch(name: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+def scratch(name: str, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
     """A work array of the calling thread's, kept from one call to the next: the caller
     rewrites all it reads (its contents are what the last call left). Why: a fresh array of a
     few MB per block and call costs page faults and the kernel's zeroing of every page, which
