@@ -177,3 +177,25 @@ def test_a_network_trains_the_same_on_the_plain_path_as_on_the_fast_one():
     np.testing.assert_allclose(fast.backward(dscores, input_grad=True),
                                plain.backward(dscores, input_grad=True), rtol=1e-9,
                                atol=1e-12)  # fmt: skip
+
+
+@pytest.mark.parametrize("H, W", [(8, 8), (5, 7), (14, 14)])
+def test_winograd_reference_equals_the_direct_convolution(H, W):
+    """reference.winograd_conv_forward and _backward, one tile at a time, against conv_forward
+    and conv_backward (stride 1, padding 1), in float64: outputs and all three gradients; the
+    sides that are no multiple of 4 too."""
+    rng = np.random.default_rng(12)
+    x, Wt, b = (
+        rng.standard_normal((2, H, W, 3)),
+        rng.standard_normal((3, 3, 3, 4)),
+        rng.standard_normal(4),
+    )
+    out, cache = reference.conv_forward(x, Wt, b, stride=1, padding=1)
+    np.testing.assert_allclose(
+        reference.winograd_conv_forward(x, Wt, b), out, rtol=1e-12, atol=1e-12
+    )
+    dout = rng.standard_normal(out.shape)
+    for mine, theirs in zip(
+        reference.winograd_conv_backward(dout, x, Wt), reference.conv_backward(dout, cache)
+    ):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-11, atol=1e-11)

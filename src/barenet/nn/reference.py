@@ -7,7 +7,9 @@ the cache and returns dL/dx and the parameter gradients. Shapes are in the docst
 size). Derivations are in docs/backprop.md.
 
 The engine's layers (`layers.py`, `conv.py`) compute exactly this, faster: kept working
-arrays, memory layouts, BLAS calls and fused pairs of layers (`plan.py`). The tests
+arrays, memory layouts, BLAS calls and fused pairs of layers (`plan.py`); wide 3x3
+convolutions by Winograd's F(4x4, 3x3) (`winograd.py`; its maths one tile at a time in
+`winograd_conv_forward` and `winograd_conv_backward` here). The tests
 (tests/test_reference.py) run every layer, loss and optimiser both ways in float64 and
 require the same values and gradients, and a whole network run here (`Sequential(layers,
 fast=False)`, through `ReferenceStep` at the bottom of this file) to train as the fast one does.
@@ -22,6 +24,7 @@ import numpy as np
 from .conv import Conv2D, MaxPool2D
 from .layers import BatchNorm, Dense, DropConnect, Dropout, Flatten, Layer, ReLU, Reshape
 from .pooling import AvgPool2D, GlobalPool, SqueezeExcite
+from .winograd import AT, BT, G
 
 # ---------------------------------------------------------------------------------------
 # Layers
@@ -180,6 +183,56 @@ def conv_backward(dout: np.ndarray, cache: Any) -> tuple[np.ndarray, np.ndarray,
     dW = (cols.reshape(len(d2), -1).T @ d2).reshape(W.shape)
     dcols = (d2 @ W.reshape(-1, F).T).reshape(cols.shape)
     return col2im(dcols, x_shape, W.shape[0], stride, padding), dW, d2.sum(axis=0)
+
+
+def winograd_conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The 3x3 convolution with stride 1 and padding 1 that conv_forward computes, by
+    Winograd's F(4x4, 3x3), one 6x6 tile of the padded input at a time (docs/backprop.md,
+    section 3k): x (N, H, W, C), W (3, 3, C, F), b (F,) -> out (N, H, W, F). Each tile gives
+    4x4 outputs, Y = A^T [(G g G^T) * (B^T d B)] A summed over the channels: 36 products
+    where the direct sum has 144. The engine's `winograd.py` does the same for all tiles at
+    once, as matrix products."""
+    N, H, W_, C = x.shape
+    th, tw = -(-H // 4), -(-W_ // 4)  # tiles down and across; the last may reach beyond
+    xpad = np.zeros((N, 4 * th + 2, 4 * tw + 2, C))
+    xpad[:, 1 : H + 1, 1 : W_ + 1] = x
+    U = np.einsum("ia,abcf,jb->ijcf", G, W, G)  # G g G^T for every filter (c, f): (6, 6, C, F)
+    out = np.zeros((N, 4 * th, 4 * tw, W.shape[3]))
+    for t in range(th):
+        for s in range(tw):
+            d = xpad[:, 4 * t : 4 * t + 6, 4 * s : 4 * s + 6]  # (N, 6, 6, C)
+            V = np.einsum("ia,nabc,jb->nijc", BT, d, BT)  # B^T d B
+            M = np.einsum("nijc,ijcf->nijf", V, U)  # the 36 products, summed over c
+            out[:, 4 * t : 4 * t + 4, 4 * s : 4 * s + 4] = np.einsum(
+                "ui,nijf,vj->nuvf", AT, M, AT
+            )  # A^T M A
+    return out[:, :H, :W_] + b
+
+
+def winograd_conv_backward(
+    dout: np.ndarray, x: np.ndarray, W: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """dout (N, H, W, F), and the forward pass's x and W -> dx, dW, db as conv_backward gives
+    them, by F(4x4, 3x3) (docs/backprop.md, section 3k). dx: the same-size correlation of dout
+    with the kernel turned half a turn, its channel axes swapped. dW: for each tile,
+    G^T [(A dY A^T) * (B^T d B)] G, summed over tiles and images."""
+    N, H, W_, C = x.shape
+    dx = winograd_conv_forward(dout, W[::-1, ::-1].transpose(0, 1, 3, 2), np.zeros(C))
+    th, tw = -(-H // 4), -(-W_ // 4)
+    xpad = np.zeros((N, 4 * th + 2, 4 * tw + 2, C))
+    xpad[:, 1 : H + 1, 1 : W_ + 1] = x
+    dpad = np.zeros((N, 4 * th, 4 * tw, dout.shape[3]))  # no gradient beyond the image
+    dpad[:, :H, :W_] = dout
+    S = np.zeros((6, 6, C, dout.shape[3]))
+    for t in range(th):
+        for s in range(tw):
+            d = xpad[:, 4 * t : 4 * t + 6, 4 * s : 4 * s + 6]
+            V = np.einsum("ia,nabc,jb->nijc", BT, d, BT)  # B^T d B
+            dY = dpad[:, 4 * t : 4 * t + 4, 4 * s : 4 * s + 4]  # (N, 4, 4, F)
+            D = np.einsum("ui,nuvf,vj->nijf", AT, dY, AT)  # A dY A^T
+            S += np.einsum("nijc,nijf->ijcf", V, D)
+    dW = np.einsum("ia,ijcf,jb->abcf", G, S, G)  # G^T S G
+    return dx, dW, dout.sum(axis=(0, 1, 2))
 
 
 def maxpool_forward(x: np.ndarray, k: int, stride: int) -> tuple[np.ndarray, Any]:
