@@ -24,8 +24,8 @@ every tile and channel of a few images at once (a block whose tiles stay in a co
 blocks on both cores at once (`blas.in_lanes`), every product on one BLAS thread.
 
 The fast plan (plan.py) runs wide convolutions (`applies`) so: at inference, and while training
-(on images of any size: the last tiles may reach beyond a side), the forward pass, the input gradient,
-itself a same-size 3x3 correlation (`winograd_input_gradient`), and the weight gradient
+(on images of any size: the last tiles may reach beyond a side), the forward pass, the input
+gradient, itself a same-size 3x3 correlation (`winograd_input_gradient`), and the weight gradient
 (`winograd_weight_gradient`, the same identity read backwards). Winograd's sums round to
 about 1e-5 of the outputs' size in float32, against 1e-6 for the direct product, far below
 what a step of SGD or Adam moves; in float64 they agree to 1e-11 (tests/test_winograd.py, with the plain convolution, `Conv2D`, as the reference).
