@@ -28,8 +28,11 @@ The fast plan (plan.py) runs wide convolutions (`applies`) so: at inference, and
 gradient, itself a same-size 3x3 correlation (`winograd_input_gradient`), and the weight gradient
 (`winograd_weight_gradient`, the same identity read backwards). Winograd's sums round to
 about 1e-5 of the outputs' size in float32, against 1e-6 for the direct product, far below
-what a step of SGD or Adam moves; in float64 they agree to 1e-11 (tests/test_winograd.py, with the plain convolution, `Conv2D`, as the reference).
-Timings in docs/speed.md ("Winograd's minimal filtering").
+what a step of SGD or Adam moves; in float64 they agree to 1e-11 (tests/test_winograd.py, with
+the plain convolution, `Conv2D`, as the reference). The same maths one tile at a time, to
+read: `reference.winograd_conv_forward` and `winograd_conv_backward`; the derivation in
+docs/backprop.md, section 3k. Timings in docs/speed.md ("Winograd's minimal filtering", and
+"Winograd on a Zen 5").
 """
 
 from __future__ import annotations
