@@ -185,6 +185,16 @@ def conv_backward(dout: np.ndarray, cache: Any) -> tuple[np.ndarray, np.ndarray,
     return col2im(dcols, x_shape, W.shape[0], stride, padding), dW, d2.sum(axis=0)
 
 
+def winograd_padded(x: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """x (N, H, W, C) -> its zero-padded copy for F(4x4, 3x3), (N, 4 th + 2, 4 tw + 2, C), and
+    th, tw: the tiles down and across (the last may reach beyond the image)."""
+    N, H, W, C = x.shape
+    th, tw = -(-H // 4), -(-W // 4)
+    xpad = np.zeros((N, 4 * th + 2, 4 * tw + 2, C))
+    xpad[:, 1 : H + 1, 1 : W + 1] = x
+    return xpad, th, tw
+
+
 def winograd_conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The 3x3 convolution with stride 1 and padding 1 that conv_forward computes, by
     Winograd's F(4x4, 3x3), one 6x6 tile of the padded input at a time (docs/backprop.md,
@@ -192,10 +202,8 @@ def winograd_conv_forward(x: np.ndarray, W: np.ndarray, b: np.ndarray) -> np.nda
     4x4 outputs, Y = A^T [(G g G^T) * (B^T d B)] A summed over the channels: 36 products
     where the direct sum has 144. The engine's `winograd.py` does the same for all tiles at
     once, as matrix products."""
-    N, H, W_, C = x.shape
-    th, tw = -(-H // 4), -(-W_ // 4)  # tiles down and across; the last may reach beyond
-    xpad = np.zeros((N, 4 * th + 2, 4 * tw + 2, C))
-    xpad[:, 1 : H + 1, 1 : W_ + 1] = x
+    N, H, W_ = x.shape[:3]
+    xpad, th, tw = winograd_padded(x)
     U = np.einsum("ia,abcf,jb->ijcf", G, W, G)  # G g G^T for every filter (c, f): (6, 6, C, F)
     out = np.zeros((N, 4 * th, 4 * tw, W.shape[3]))
     for t in range(th):
@@ -218,9 +226,7 @@ def winograd_conv_backward(
     G^T [(A dY A^T) * (B^T d B)] G, summed over tiles and images."""
     N, H, W_, C = x.shape
     dx = winograd_conv_forward(dout, W[::-1, ::-1].transpose(0, 1, 3, 2), np.zeros(C))
-    th, tw = -(-H // 4), -(-W_ // 4)
-    xpad = np.zeros((N, 4 * th + 2, 4 * tw + 2, C))
-    xpad[:, 1 : H + 1, 1 : W_ + 1] = x
+    xpad, th, tw = winograd_padded(x)
     dpad = np.zeros((N, 4 * th, 4 * tw, dout.shape[3]))  # no gradient beyond the image
     dpad[:, :H, :W_] = dout
     S = np.zeros((6, 6, C, dout.shape[3]))

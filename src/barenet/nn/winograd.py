@@ -42,6 +42,7 @@ import threading
 import numpy as np
 import numpy.typing as npt
 
+from ..backend.arrays import kept_array
 from ..backend.blas import in_lanes
 from .conv import LANES, Conv2D
 
@@ -72,7 +73,7 @@ MIN_CHANNELS = 64  # below it the transforms, O(C + F) a tile, eat most of the s
 BLOCK_BYTES = 1 << 20  # one block's transformed tiles V: about 1 MB, in a core's cache
 SCRATCH_BYTES = 96 << 20  # the work arrays a thread keeps (`scratch`), at most
 
-_kept = threading.local()  # each thread's work arrays: {(name, shape, dtype): array}
+_kept = threading.local()  # each thread's work arrays: {'name shape dtype': array}
 
 
 def scratch(name: str, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
@@ -82,17 +83,15 @@ def scratch(name: str, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarr
     took more time than the arithmetic at 14x14 (docs/speed.md). The blocks bound the sizes,
     whatever the batch; at most SCRATCH_BYTES a thread (beyond it the thread's arrays are
     dropped and made anew)."""
-    arrays: dict[tuple, np.ndarray] | None = getattr(_kept, "arrays", None)
+    arrays: dict[str, np.ndarray] | None = getattr(_kept, "arrays", None)
     if arrays is None:
         arrays = _kept.arrays = {}
-    key = (name, shape, np.dtype(dtype).str)
-    array = arrays.get(key)
-    if array is None:
+    key = f"{name} {shape} {np.dtype(dtype).str}"  # 14x14 and 28x28 blocks side by side
+    if key not in arrays:
         nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
         if sum(a.nbytes for a in arrays.values()) + nbytes > SCRATCH_BYTES:
             arrays.clear()
-        array = arrays[key] = np.empty(shape, dtype)
-    return array
+    return kept_array(arrays, key, shape, dtype, np)
 
 
 def applies(conv: Conv2D) -> bool:
