@@ -31,6 +31,17 @@ def test_average_proba_is_the_mean_of_the_members():
     np.testing.assert_allclose(average_proba(nets, x).sum(axis=1), 1, rtol=1e-6)
 
 
+def test_progress_counts_every_image_of_every_member_and_changes_nothing():
+    nets = [_net(s) for s in range(3)]
+    x = np.random.default_rng(9).random((23, 784), dtype=np.float32)
+    seen: list[int] = []
+    for net in nets:  # a few small batches per member, sized as inference sizes them
+        net.inference_batch = lambda: 10  # type: ignore[method-assign]
+    proba = average_proba(nets, x, progress=seen.append)
+    assert seen == [10, 10, 3] * 3
+    np.testing.assert_array_equal(proba, average_proba(nets, x))
+
+
 def test_resolve_all_finds_members_in_order(tmp_path):
     for k in (1, 2, 10):
         save_model(tmp_path / f"member-{k}" / "model.npz", _net(k), META)

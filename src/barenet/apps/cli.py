@@ -429,12 +429,16 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
         paths = [trained[k][1] for k in sorted(trained)]
         _, _, x_val, y_val = dataset.split(recipe.val_size)
         val = math.nan  # trained on every training image: none held out
-        if x_val is not None:
-            val = float(np.mean(average_proba(models, to_inputs(x_val)).argmax(axis=1) == y_val))
-        test = math.nan
-        if len(dataset.test_labels):
-            test = float(np.mean(average_proba(models, to_inputs(dataset.test_images))
-                                 .argmax(axis=1) == dataset.test_labels))  # fmt: skip
+        images = (len(y_val) if y_val is not None else 0) + len(dataset.test_labels)
+        with _images_bar(len(models) * images, "the ensemble", args.no_progress) as bar:
+            if x_val is not None:
+                val = float(np.mean(average_proba(models, to_inputs(x_val), progress=bar.update)
+                                    .argmax(axis=1) == y_val))  # fmt: skip
+            test = math.nan
+            if len(dataset.test_labels):
+                test = float(np.mean(average_proba(models, to_inputs(dataset.test_images),
+                                                   progress=bar.update)
+                                     .argmax(axis=1) == dataset.test_labels))  # fmt: skip
         if recipe.members > 1:
             with atomic_write(out / "ensemble.json", "w") as f:
                 json.dump({"members": [str(p.relative_to(out)) for p in paths],
@@ -606,10 +610,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         kind = "test"
     C = len(dataset.spec.classes)
     y = y.astype(np.int64)
-    if args.members and len(models) > 1:
-        predicted = _report_members(models, files, inputs, y, kind).argmax(axis=1)
-    else:
-        predicted = average_proba(models, inputs).argmax(axis=1)
+    with _images_bar(len(models) * len(y), "evaluating", args.no_progress) as bar:
+        if args.members and len(models) > 1:
+            predicted = _report_members(models, files, inputs, y, kind, bar).argmax(axis=1)
+        else:
+            predicted = average_proba(models, inputs, progress=bar.update).argmax(axis=1)
     confusion = np.zeros((C, C), dtype=np.int64)
     np.add.at(confusion, (y, predicted), 1)
     what = f", an ensemble of {len(models)} models" if len(models) > 1 else ""
@@ -628,21 +633,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _images_bar(total: int, what: str, off: bool) -> Any:
+    """A progress bar over `total` images on stderr: shown on a terminal unless off, gone
+    when done (a record ensemble takes minutes to go through the test set)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=what, unit="image", leave=False, mininterval=0.5,
+                disable=True if off else None)  # fmt: skip
+
+
 def _report_members(
-    models: Sequence[Any], files: Sequence[Path], inputs: np.ndarray, y: np.ndarray, kind: str
-) -> np.ndarray:
+    models: Sequence[Any], files: Sequence[Path], inputs: np.ndarray, y: np.ndarray, kind: str,
+    bar: Any,
+) -> np.ndarray:  # fmt: skip
     """Print each member's accuracy and that of the first k members together (the order given:
     how the ensemble grows), then the members' mean and std; return the members' mean class
-    probabilities, (N, C), summed in the order `average_proba` sums them."""
+    probabilities, (N, C), summed in the order `average_proba` sums them. bar: the progress
+    bar (tqdm), updated as the members go through the images."""
+    from tqdm import tqdm
+
+    from ..train.ensemble import member_proba
+
     total = np.empty(0)
     accuracies = []
     print(f"members ({kind} accuracy alone; the first k together):")
     for k, (model, file) in enumerate(zip(models, files), 1):
-        proba = model.predict_proba(inputs)
+        proba = member_proba(model, inputs, progress=bar.update)
         total = proba if k == 1 else total + proba
         accuracies.append(float(np.mean(proba.argmax(axis=1) == y)))
         together = float(np.mean(total.argmax(axis=1) == y))  # argmax of the sum = of the mean
-        print(f"  {k:>3d}  {100 * accuracies[-1]:6.2f}%  {100 * together:6.2f}%  {file}")
+        tqdm.write(f"  {k:>3d}  {100 * accuracies[-1]:6.2f}%  {100 * together:6.2f}%  {file}",
+                   file=sys.stdout)  # above the bar  # fmt: skip
     a = np.array(accuracies)
     print(f"members' mean {100 * a.mean():.2f}% ± {100 * a.std():.2f} (std over {len(a)}), "
           f"lowest {100 * a.min():.2f}%, highest {100 * a.max():.2f}%")  # fmt: skip
@@ -1024,6 +1045,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="PATH",
                    help="a held-out set of your own, in a --data layout of barenet train; "
                    "class names must be among the model's")  # fmt: skip
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_data_dir(p)
     p.set_defaults(func=cmd_evaluate)
 

@@ -9,7 +9,7 @@ rule of the committees of Ciresan et al. (2012) and Wan et al. (2013).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -48,12 +48,35 @@ def dataset_name(meta: dict[str, Any]) -> str | None:
 
 
 def average_proba(
-    models: Sequence[Sequential], x: np.ndarray, temperature: float = 1.0
+    models: Sequence[Sequential],
+    x: np.ndarray,
+    temperature: float = 1.0,
+    progress: Callable[[int], object] | None = None,
 ) -> np.ndarray:
     """x: (N, D) inputs -> the members' mean class probabilities, shape (N, C):
-    (1/K) sum_m softmax(z_m / T), at temperature T (1: as they predict)."""
-    total = models[0].predict_proba(x, temperature=temperature)
+    (1/K) sum_m softmax(z_m / T), at temperature T (1: as they predict). progress(n) is
+    called after each batch of n inputs a member has been through (`member_proba`)."""
+    total = member_proba(models[0], x, temperature, progress)
     for model in models[1:]:
-        total += model.predict_proba(x, temperature=temperature)
+        total += member_proba(model, x, temperature, progress)
     total /= len(models)
     return total
+
+
+def member_proba(
+    model: Sequential,
+    x: np.ndarray,
+    temperature: float = 1.0,
+    progress: Callable[[int], object] | None = None,
+) -> np.ndarray:
+    """One member's softmax(z / T) for x (N, D): (N, C), `Sequential.predict_proba` batch by
+    batch (its own batch size, sized by memory), calling progress(n) after each batch of n
+    (a progress bar's update: a record member takes seconds per thousand digits)."""
+    if progress is None:
+        return model.predict_proba(x, temperature=temperature)
+    B = model.inference_batch()
+    parts = []
+    for i in range(0, len(x), B):
+        parts.append(model.predict_proba(x[i : i + B], batch_size=B, temperature=temperature))
+        progress(len(parts[-1]))
+    return np.concatenate(parts) if parts else model.predict_proba(x, temperature=temperature)
