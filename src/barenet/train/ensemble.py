@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..backend.arrays import array_module
 from ..errors import BarenetError
 from ..files.modelfile import load_model, resolve_all
 from ..nn.model import Sequential
@@ -79,4 +80,6 @@ def member_proba(
     for i in range(0, len(x), B):
         parts.append(model.predict_proba(x[i : i + B], batch_size=B, temperature=temperature))
         progress(len(parts[-1]))
-    return np.concatenate(parts) if parts else model.predict_proba(x, temperature=temperature)
+    if not parts:
+        return model.predict_proba(x, temperature=temperature)
+    return array_module(parts[0]).concatenate(parts)  # NumPy's, or CuPy's for a GPU network
