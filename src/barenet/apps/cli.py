@@ -431,14 +431,18 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
         val = math.nan  # trained on every training image: none held out
         images = (len(y_val) if y_val is not None else 0) + len(dataset.test_labels)
         with _images_bar(len(models) * images, "the ensemble", args.no_progress) as bar:
-            if x_val is not None:
-                val = float(np.mean(average_proba(models, to_inputs(x_val), progress=bar.update)
-                                    .argmax(axis=1) == y_val))  # fmt: skip
-            test = math.nan
-            if len(dataset.test_labels):
-                test = float(np.mean(average_proba(models, to_inputs(dataset.test_images),
-                                                   progress=bar.update)
-                                     .argmax(axis=1) == dataset.test_labels))  # fmt: skip
+
+            def accuracy(x: np.ndarray, y: np.ndarray) -> float:
+                proba = average_proba(models, to_inputs(x), progress=bar.update)
+                return float(np.mean(proba.argmax(axis=1) == y))
+
+            if x_val is not None and y_val is not None:
+                val = accuracy(x_val, y_val)
+            test = (
+                accuracy(dataset.test_images, dataset.test_labels)
+                if len(dataset.test_labels)
+                else math.nan
+            )
         if recipe.members > 1:
             with atomic_write(out / "ensemble.json", "w") as f:
                 json.dump({"members": [str(p.relative_to(out)) for p in paths],
@@ -652,13 +656,11 @@ def _report_members(
     bar (tqdm), updated as the members go through the images."""
     from tqdm import tqdm
 
-    from ..train.ensemble import member_proba
-
     total = np.empty(0)
     accuracies = []
     print(f"members ({kind} accuracy alone; the first k together):")
     for k, (model, file) in enumerate(zip(models, files), 1):
-        proba = member_proba(model, inputs, progress=bar.update)
+        proba = model.predict_proba(inputs, progress=bar.update)
         total = proba if k == 1 else total + proba
         accuracies.append(float(np.mean(proba.argmax(axis=1) == y)))
         together = float(np.mean(total.argmax(axis=1) == y))  # argmax of the sum = of the mean

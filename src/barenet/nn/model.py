@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -93,15 +93,24 @@ class Sequential:
         return dout if input_grad else None
 
     def predict_proba(
-        self, x: Array, batch_size: int | None = None, temperature: float = 1.0
+        self,
+        x: Array,
+        batch_size: int | None = None,
+        temperature: float = 1.0,
+        progress: Callable[[int], object] | None = None,
     ) -> Array:
         """x: (N, D) -> class probabilities softmax(z / T): (N, C), rows sum to 1; computed in
         batches of `batch_size` examples (default: as many as `INFERENCE_BYTES` of working
-        memory hold). A temperature T > 1 softens them (a distillation teacher's targets)."""
+        memory hold). A temperature T > 1 softens them (a distillation teacher's targets).
+        progress(n), if given, is called after each batch of n examples (a progress bar's
+        update: a `record` member takes seconds per thousand digits)."""
         xp = array_module(x)
         B = batch_size or self.inference_batch()
-        chunks = [softmax(self.forward(x[i : i + B]) / temperature)
-                  for i in range(0, x.shape[0], B)]  # fmt: skip
+        chunks = []
+        for i in range(0, x.shape[0], B):
+            chunks.append(softmax(self.forward(x[i : i + B]) / temperature))
+            if progress is not None:
+                progress(len(chunks[-1]))
         return xp.concatenate(chunks) if chunks else xp.zeros((0, self.num_classes))
 
     def predict(self, x: Array, batch_size: int | None = None) -> Array:

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from ..backend.arrays import array_module
 from ..errors import BarenetError
 from ..files.modelfile import load_model, resolve_all
 from ..nn.model import Sequential
@@ -56,30 +55,10 @@ def average_proba(
 ) -> np.ndarray:
     """x: (N, D) inputs -> the members' mean class probabilities, shape (N, C):
     (1/K) sum_m softmax(z_m / T), at temperature T (1: as they predict). progress(n) is
-    called after each batch of n inputs a member has been through (`member_proba`)."""
-    total = member_proba(models[0], x, temperature, progress)
+    called after each batch of n inputs a member has been through
+    (`Sequential.predict_proba`)."""
+    total = models[0].predict_proba(x, temperature=temperature, progress=progress)
     for model in models[1:]:
-        total += member_proba(model, x, temperature, progress)
+        total += model.predict_proba(x, temperature=temperature, progress=progress)
     total /= len(models)
     return total
-
-
-def member_proba(
-    model: Sequential,
-    x: np.ndarray,
-    temperature: float = 1.0,
-    progress: Callable[[int], object] | None = None,
-) -> np.ndarray:
-    """One member's softmax(z / T) for x (N, D): (N, C), `Sequential.predict_proba` batch by
-    batch (its own batch size, sized by memory), calling progress(n) after each batch of n
-    (a progress bar's update: a record member takes seconds per thousand digits)."""
-    if progress is None:
-        return model.predict_proba(x, temperature=temperature)
-    B = model.inference_batch()
-    parts = []
-    for i in range(0, len(x), B):
-        parts.append(model.predict_proba(x[i : i + B], batch_size=B, temperature=temperature))
-        progress(len(parts[-1]))
-    if not parts:
-        return model.predict_proba(x, temperature=temperature)
-    return array_module(parts[0]).concatenate(parts)  # NumPy's, or CuPy's for a GPU network
