@@ -22,16 +22,19 @@ def test_one_dimensional_identity_gives_four_outputs_of_a_three_tap_correlation(
         np.testing.assert_allclose(AT @ ((G @ g) * (BT @ d)), direct, rtol=1e-12, atol=1e-12)
 
 
-def test_two_dimensional_identity_and_its_kronecker_form():
+def test_two_dimensional_identity_and_the_transforms_along_both_axes():
     rng = np.random.default_rng(1)
     d, g = rng.standard_normal((6, 6)), rng.standard_normal((3, 3))
     direct = np.array([[np.sum(d[u : u + 3, v : v + 3] * g) for v in range(4)] for u in range(4)])
     Y = AT @ ((G @ g @ G.T) * (BT @ d @ BT.T)) @ AT.T
     np.testing.assert_allclose(Y, direct, rtol=1e-12, atol=1e-12)
-    # the transforms of a tile flattened row by row are products with Kronecker matrices
-    np.testing.assert_allclose(winograd.KB @ d.ravel(), (BT @ d @ BT.T).ravel(), atol=1e-12)
-    M = rng.standard_normal((6, 6))
-    np.testing.assert_allclose(winograd.KA @ M.ravel(), (AT @ M @ AT.T).ravel(), atol=1e-12)
+    # both_axes: T t T^T for each of R tiles held as (rows, columns, R), in two products
+    for T, k in [(BT, 6), (AT, 6), (AT.T.copy(), 4)]:
+        t = rng.standard_normal((k, k, 5))
+        out = np.empty((len(T), len(T), 5))
+        winograd.both_axes(T, t, np.empty((len(T), k, 5)), out)
+        for r in range(5):
+            np.testing.assert_allclose(out[:, :, r], T @ t[:, :, r] @ T.T, atol=1e-12)
     U = transform_filters(g.reshape(3, 3, 1, 1))
     np.testing.assert_allclose(U[:, 0, 0], (G @ g @ G.T).ravel(), atol=1e-15)
 

@@ -18,10 +18,14 @@ That is 36 products of (P, C) by (C, F), where the direct convolution multiplies
 (9 C, F): 36 P C F multiply-adds against 144 P C F, four times fewer, while the transforms cost
 O(C + F) per tile against the products' O(C F). It pays where C and F are wide.
 
-The 2-D transforms are the 1-D ones along both axes: with a tile flattened row by row (6 a + b),
-B^T d B is (B^T kron B^T) d and A^T M A is (A^T kron A^T) M, so each is one matrix product for
-every tile and channel of a few images at once (a block whose tiles stay in a core's cache),
-blocks on both cores at once (`blas.in_lanes`), every product on one BLAS thread.
+The 2-D transforms are the 1-D ones along both axes (`both_axes`): with the tiles of a few images
+held as (6 rows, 6 columns, tiles and channels), B^T d B is one product with B^T down the rows
+of every tile and channel at once, then one across the columns; A^T M A likewise. That is
+2 x 216 multiply-adds a tile and channel for B^T d B, where the 36x36 Kronecker matrix
+B^T kron B^T, which maps a flattened tile in one product, takes 1,296 (the engine used it
+until 2026-12-06: 6% more time at 28x28, 15% at 14x14; docs/speed.md). A block's tiles stay
+in a core's cache, blocks on both cores at once (`blas.in_lanes`), every product on one BLAS
+thread.
 
 The fast plan (plan.py) runs wide convolutions (`applies`) so: at inference, and while training
 (on images of any size: the last tiles may reach beyond a side), the forward pass, the input
@@ -64,10 +68,6 @@ AT = np.array([[1, 1, 1, 1, 1, 0],
                [0, 1, 1, 4, 4, 0],
                [0, 1, -1, 8, -8, 1]], dtype=np.float64)  # fmt: skip
 
-# The 2-D transforms of a tile, flattened row by row (6 a + b): B^T d B = (B^T kron B^T) d, and
-# A^T M A = (A^T kron A^T) M: one matrix product each for every tile and channel at once.
-KB = np.kron(BT, BT)  # (36, 36)
-KA = np.kron(AT, AT)  # (16, 36)
 
 MIN_CHANNELS = 64  # below it the transforms, O(C + F) a tile, eat most of the saving
 BLOCK_BYTES = 1 << 20  # one block's transformed tiles V: about 1 MB, in a core's cache
@@ -120,6 +120,18 @@ def transform_filters(W: np.ndarray, kept: bool = False) -> np.ndarray:
     U = scratch("winograd U", (36, C, F), W.dtype) if kept else np.empty((36, C, F), W.dtype)
     U.reshape(U64.shape)[...] = U64
     return U
+
+
+def both_axes(T: np.ndarray, t: np.ndarray, half: np.ndarray, out: np.ndarray) -> None:
+    """A 1-D transform T (m, k) along both axes of every tile: t (k, k, R) holds R tiles' k x k
+    values (row a, column b, then tile and channel), out (m, m, R) gets T t T^T of each:
+        half[i, b] = sum_a T[i, a] t[a, b]       one product down the rows (m, k) (k, k R)
+        out[i, j]  = sum_b T[j, b] half[i, b]    then, for each i, across the columns
+    half (m, k, R) is work space. B^T d B is both_axes(B^T, d), A^T M A both_axes(A^T, M), and
+    A dy A^T both_axes(A, dy)."""
+    m, k, R = T.shape[0], t.shape[1], t.shape[2]
+    np.matmul(T, t.reshape(k, k * R), out=half.reshape(m, k * R))
+    np.matmul(T, half, out=out)
 
 
 class _Blocks:
@@ -193,7 +205,7 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
     F, dtype = dout.shape[3], x.dtype
     cover = _Blocks(N, H, W_, C, F, dtype.itemsize)
     th, tw, nb, P = cover.th, cover.tw, cover.nb, cover.P
-    kb, kd = KB.astype(dtype), KA.T.astype(dtype)  # B^T d B, and A dy A^T = (A kron A) dy
+    bt, a = BT.astype(dtype), np.ascontiguousarray(AT.T, dtype=dtype)  # B^T d B, A dy A^T
     # each lane's sums, in the calling thread's work arrays (the lanes may run in others)
     sums = [scratch(f"winograd dW sums {k}", (36, C, F), dtype) for k in range(cover.lanes)]
 
@@ -204,8 +216,10 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
         dpad.fill(0)  # zero beyond H, W: no outputs there
         d = scratch("winograd d", (36, nb, th, tw, C), dtype)
         V = scratch("winograd V", (36, P * C), dtype)
+        half_d = scratch("winograd half d", (6, 6, P * C), dtype)
         dy = scratch("winograd dy", (16, nb, th, tw, F), dtype)  # tiles' output gradients, 4u + v
         D = scratch("winograd D", (36, P * F), dtype)
+        half_dy = scratch("winograd half dy", (6, 4, P * F), dtype)
         S = scratch("winograd S", (36, C, F), dtype)  # one block's sums
         sums[k].fill(0)
         for n0, n1 in cover.blocks[k :: cover.lanes]:
@@ -219,8 +233,8 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
             for u in range(4):
                 for v in range(4):
                     dy[4 * u + v] = dpad[:, u::4, v::4]
-            np.matmul(kb, d.reshape(36, P * C), out=V)
-            np.matmul(kd, dy.reshape(16, P * F), out=D)
+            both_axes(bt, d.reshape(6, 6, P * C), half_d, V.reshape(6, 6, P * C))
+            both_axes(a, dy.reshape(4, 4, P * F), half_dy, D.reshape(6, 6, P * F))
             np.matmul(V.reshape(36, P, C).transpose(0, 2, 1), D.reshape(36, P, F), out=S)
             sums[k] += S
 
@@ -242,7 +256,7 @@ def winograd_conv(
     F, dtype = W.shape[3], W.dtype
     x = x.astype(dtype, copy=False)
     U = transform_filters(W, kept=True)  # (36, C, F)
-    kb, ka = KB.astype(dtype), KA.astype(dtype)
+    bt, at = BT.astype(dtype), AT.astype(dtype)
     w = Conv2D._window(H, W_, pool)
     out = np.empty((w * w, N, H // w, W_ // w, F), dtype=dtype)
     cover = _Blocks(N, H, W_, C, F, dtype.itemsize)
@@ -253,16 +267,18 @@ def winograd_conv(
         xpad.fill(0)  # zero padding, and beyond H, W to whole tiles
         d = scratch("winograd d", (36, nb, th, tw, C), dtype)  # the tiles, (a, b) = 6 a + b
         V = scratch("winograd V", (36, P * C), dtype)
+        half_d = scratch("winograd half d", (6, 6, P * C), dtype)
         M = scratch("winograd M", (36, P, F), dtype)
+        half_M = scratch("winograd half M", (4, 6, P * F), dtype)
         Y16 = scratch("winograd Y16", (16, P * F), dtype)  # the outputs, (u, v) = 4 u + v
         Y = scratch("winograd Y", (nb, 4 * th, 4 * tw, F), dtype)  # the block's, whole tiles
         for n0, n1 in cover.blocks[k :: cover.lanes]:
             n = n1 - n0
             xpad[:n, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
             cover.tiles(xpad, d)
-            np.matmul(kb, d.reshape(36, P * C), out=V)  # B^T d B, every tile and channel
+            both_axes(bt, d.reshape(6, 6, P * C), half_d, V.reshape(6, 6, P * C))  # B^T d B
             np.matmul(V.reshape(36, P, C), U, out=M)  # (36, P, F): 36 products over C
-            np.matmul(ka, M.reshape(36, P * F), out=Y16)  # A^T M A
+            both_axes(at, M.reshape(6, 6, P * F), half_M, Y16.reshape(4, 4, P * F))  # A^T M A
             for u in range(4):  # output (4t + u, 4s + v) of tile (t, s)
                 for v in range(4):
                     Y[:, u::4, v::4] = Y16[4 * u + v].reshape(nb, th, tw, F)
