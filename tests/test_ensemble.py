@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -11,8 +12,12 @@ from PIL import Image
 
 from barenet.errors import BarenetError, ModelFileError
 from barenet.files.modelfile import resolve_all, save_model
-from barenet.nn.model import mlp
-from barenet.train.ensemble import average_proba, load_ensemble
+from barenet.nn.conv import Conv2D
+from barenet.nn.layers import Dense, ReLU, Reshape
+from barenet.nn.model import Sequential, mlp
+from barenet.nn.pooling import GlobalPool
+from barenet.train import ensemble
+from barenet.train.ensemble import average_proba, load_ensemble, members_proba
 from barenet.train.loop import to_inputs, train
 from barenet.train.recipes import Recipe
 
@@ -36,10 +41,53 @@ def test_progress_counts_every_image_of_every_member_and_changes_nothing():
     x = np.random.default_rng(9).random((23, 784), dtype=np.float32)
     seen: list[int] = []
     for net in nets:  # a few small batches per member, sized as inference sizes them
-        net.inference_batch = lambda: 10  # type: ignore[method-assign]
+        net.inference_batch = lambda budget=None: 10  # type: ignore[method-assign]
     proba = average_proba(nets, x, progress=seen.append)
     assert seen == [10, 10, 3] * 3
     np.testing.assert_array_equal(proba, average_proba(nets, x))
+
+
+def _conv_net(seed):
+    """A small convolutional net whose second convolution is wide enough for Winograd's
+    F(4x4, 3x3), blocks in lanes (`blas.in_lanes`) when a member runs alone."""
+    rng = np.random.default_rng(seed)
+    return Sequential([Reshape((28, 28, 1)), Conv2D(1, 64, 3, padding=1, rng=rng), ReLU(),
+                       Conv2D(64, 64, 3, padding=1, rng=rng), ReLU(), GlobalPool("avg+max"),
+                       Dense(128, 10, rng=rng)])  # fmt: skip
+
+
+def test_members_side_by_side_give_what_they_give_one_after_the_other(monkeypatch):
+    nets = [_conv_net(s) for s in range(3)]
+    x = np.random.default_rng(9).random((9, 784), dtype=np.float32)
+    monkeypatch.setattr(ensemble, "threads", lambda: 1)  # one after the other, lanes inside
+    alone = members_proba(nets, x)
+    names: set[str] = set()
+    monkeypatch.setattr(ensemble, "threads", lambda: 2)  # two side by side, no lanes inside
+    side = members_proba(nets, x, progress=lambda n: names.add(threading.current_thread().name))
+    assert len(names) == 2 and all(n.startswith("barenet-member") for n in names)
+    for a, b in zip(alone, side, strict=True):
+        np.testing.assert_array_equal(a, b)  # bit for bit
+    assert [p.shape for p in side] == [(9, 10)] * 3
+    mean = average_proba(nets, x)
+    np.testing.assert_array_equal(mean, (side[0] + side[1] + side[2]) / 3)
+
+
+def test_an_error_in_one_member_stops_the_others(monkeypatch):
+    nets = [_conv_net(s) for s in range(2)]
+    for net in nets:
+        net.inference_batch = lambda budget=None: 1  # type: ignore[method-assign]
+
+    def broken(x, training=False, input_grad=False):
+        raise ValueError("member 2 is broken")
+
+    nets[1].forward = broken  # type: ignore[method-assign]
+    monkeypatch.setattr(ensemble, "threads", lambda: 2)
+    done: list[int] = []
+    x = np.random.default_rng(9).random((200, 784), dtype=np.float32)
+    with pytest.raises(ValueError, match="member 2 is broken"):
+        members_proba(nets, x, progress=done.append)
+    assert len(done) < 200  # member 1 stopped after the batch it was in
+    assert not [t for t in threading.enumerate() if t.name.startswith("barenet-member")]
 
 
 def test_resolve_all_finds_members_in_order(tmp_path):

@@ -654,18 +654,18 @@ def _report_members(
     how the ensemble grows), then the members' mean and std; return the members' mean class
     probabilities, (N, C), summed in the order `average_proba` sums them. bar: the progress
     bar (tqdm), updated as the members go through the images."""
-    from tqdm import tqdm
+    from ..train.ensemble import members_proba
 
+    probas = members_proba(models, inputs, progress=bar.update)
+    bar.close()  # the lines below replace it
     total = np.empty(0)
     accuracies = []
     print(f"members ({kind} accuracy alone; the first k together):")
-    for k, (model, file) in enumerate(zip(models, files), 1):
-        proba = model.predict_proba(inputs, progress=bar.update)
+    for k, (proba, file) in enumerate(zip(probas, files), 1):
         total = proba if k == 1 else total + proba
         accuracies.append(float(np.mean(proba.argmax(axis=1) == y)))
         together = float(np.mean(total.argmax(axis=1) == y))  # argmax of the sum = of the mean
-        tqdm.write(f"  {k:>3d}  {100 * accuracies[-1]:6.2f}%  {100 * together:6.2f}%  {file}",
-                   file=sys.stdout)  # above the bar  # fmt: skip
+        print(f"  {k:>3d}  {100 * accuracies[-1]:6.2f}%  {100 * together:6.2f}%  {file}")
     a = np.array(accuracies)
     print(f"members' mean {100 * a.mean():.2f}% ± {100 * a.std():.2f} (std over {len(a)}), "
           f"lowest {100 * a.min():.2f}%, highest {100 * a.max():.2f}%")  # fmt: skip

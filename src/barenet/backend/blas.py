@@ -19,12 +19,13 @@ use NumPy's operations.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import os
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -172,8 +173,35 @@ def matmul_long(a: Any, b: Any, chunk: int = 1024) -> Any:
 
 
 _lanes_lock = threading.Lock()
-_lanes_running = 0  # callers of `in_lanes` inside it now
+_lanes_running = 0  # threads inside `one_blas_thread` now
 _blas_threads = 0  # OpenBLAS's thread count before the first of them came in
+
+
+@contextlib.contextmanager
+def one_blas_thread() -> Iterator[int]:
+    """Within it, NumPy's OpenBLAS runs every product on the thread that calls it, so that
+    several threads of ours can multiply side by side; yields the BLAS thread count from
+    before (threadpoolctl's limit, if any), how many threads the caller may use. Callers in
+    several threads at once share the setting: the last one out restores it. Without NumPy's
+    OpenBLAS (`matmul_add`) it changes nothing and yields 1."""
+    global _lanes_running, _blas_threads
+    lib = _load()
+    if lib is None or lib.get_threads is None or lib.set_threads is None:
+        yield 1
+        return
+    with _lanes_lock:
+        if _lanes_running == 0:
+            _blas_threads = lib.get_threads()
+            lib.set_threads(1)
+        _lanes_running += 1
+        before = _blas_threads
+    try:
+        yield before
+    finally:
+        with _lanes_lock:
+            _lanes_running -= 1
+            if _lanes_running == 0:
+                lib.set_threads(_blas_threads)
 
 
 def in_lanes(work: Callable[[int], None], lanes: int) -> None:
@@ -185,39 +213,22 @@ def in_lanes(work: Callable[[int], None], lanes: int) -> None:
     just before, in the core's cache; two threads that each unfold and multiply their own
     blocks keep both cores busy with both (docs/speed.md). Each lane does the same work
     whatever the number of threads, so the results do not depend on it. Without NumPy's
-    OpenBLAS (`matmul_add`), or on one CPU, the lanes run one after the other.
-    Callers in several threads at once share the setting: the last one out restores it.
+    OpenBLAS (`matmul_add`), on one CPU, or inside `threads.serial()`, the lanes run one after
+    the other.
     """
-    global _lanes_running, _blas_threads
-    lib = _load()
-    get_threads = lib.get_threads if lib is not None else None
-    set_threads = lib.set_threads if lib is not None else None
-    width = 1
-    if get_threads is not None and set_threads is not None:
-        with _lanes_lock:
-            if _lanes_running == 0:
-                _blas_threads = get_threads()
-                set_threads(1)
-            _lanes_running += 1
-            width = min(threads(), _blas_threads, lanes)  # threadpoolctl's limit holds too
-    try:
+    with one_blas_thread() as blas_threads:
+        width = min(threads(), blas_threads, lanes)  # threadpoolctl's limit holds too
         if width < 2:
             for lane in range(lanes):
                 work(lane)
-        else:  # thread t runs lanes t, t + width, ...
+            return
 
-            def run(first: int) -> None:
-                for lane in range(first, lanes, width):
-                    work(lane)
+        def run(first: int) -> None:  # thread t runs lanes t, t + width, ...
+            for lane in range(first, lanes, width):
+                work(lane)
 
-            for _ in pool().map(run, range(width)):
-                pass
-    finally:
-        if get_threads is not None and set_threads is not None:
-            with _lanes_lock:
-                _lanes_running -= 1
-                if _lanes_running == 0:
-                    set_threads(_blas_threads)
+        for _ in pool().map(run, range(width)):
+            pass
 
 
 def _numpy_openblas_path() -> str | None:

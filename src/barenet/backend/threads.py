@@ -10,8 +10,10 @@ on the whole arrays (tests/test_threads.py).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -20,14 +22,32 @@ import numpy as np
 from .arrays import array_module
 
 _pool: ThreadPoolExecutor | None = None
+_local = threading.local()  # .serial: the calling thread is inside `serial()`
 
 
 def threads() -> int:
-    """How many threads share elementwise work: the CPUs this process may run on, at most 4."""
+    """How many threads share elementwise work: the CPUs this process may run on, at most 4;
+    1 inside `serial()`."""
+    if getattr(_local, "serial", False):
+        return 1
     try:
         return max(1, min(4, len(os.sched_getaffinity(0))))
     except AttributeError:  # no sched_getaffinity (macOS, Windows)
         return max(1, min(4, os.cpu_count() or 1))
+
+
+@contextlib.contextmanager
+def serial() -> Iterator[None]:
+    """Within it, the calling thread does its own work alone: `in_blocks` makes one call and
+    `blas.in_lanes` runs its lanes one after the other (`threads()` is 1 in it). For work
+    already split over the CPUs from above, as an ensemble's members side by side are
+    (`ensemble.members_proba`); other threads are not affected."""
+    before = getattr(_local, "serial", False)
+    _local.serial = True
+    try:
+        yield
+    finally:
+        _local.serial = before
 
 
 def in_blocks(work: Callable[..., None], *arrays: Any, min_size: int = 1 << 16) -> None:
