@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import barenet.backend.threads as threads_module
+from barenet.backend import blas
 from barenet.errors import BarenetError, ModelFileError
 from barenet.files.modelfile import resolve_all, save_model
 from barenet.nn.conv import Conv2D
@@ -65,8 +67,23 @@ def test_members_side_by_side_give_what_they_give_one_after_the_other(monkeypatc
     monkeypatch.setattr(ensemble, "threads", lambda: 2)  # two side by side, no lanes inside
     side = members_proba(nets, x, progress=lambda n: names.add(threading.current_thread().name))
     assert len(names) == 2 and all(n.startswith("barenet-member") for n in names)
-    for a, b in zip(alone, side, strict=True):
+    # the last member running has every core again: its convolutions' lanes in the pool
+    lanes: list[int] = []
+    original = threads_module.threads
+
+    def watched() -> int:
+        n = original()
+        if threading.current_thread().name.startswith("barenet-member"):
+            lanes.append(n)
+        return n
+
+    monkeypatch.setattr(threads_module, "threads", watched)
+    monkeypatch.setattr(blas, "threads", watched)
+    again = members_proba(nets, x)
+    assert 1 in lanes and 2 in lanes  # 1 each side by side, 2 for the last one
+    for a, b, c in zip(alone, side, again, strict=True):
         np.testing.assert_array_equal(a, b)  # bit for bit
+        np.testing.assert_array_equal(a, c)
     assert [p.shape for p in side] == [(9, 10)] * 3
     mean = average_proba(nets, x)
     np.testing.assert_array_equal(mean, (side[0] + side[1] + side[2]) / 3)

@@ -213,8 +213,8 @@ def in_lanes(work: Callable[[int], None], lanes: int) -> None:
     just before, in the core's cache; two threads that each unfold and multiply their own
     blocks keep both cores busy with both (docs/speed.md). Each lane does the same work
     whatever the number of threads, so the results do not depend on it. Without NumPy's
-    OpenBLAS (`matmul_add`), on one CPU, or inside `threads.serial()`, the lanes run one after
-    the other.
+    OpenBLAS (`matmul_add`), on one CPU, or where `threads.limited` leaves one, the lanes
+    run one after the other.
     """
     with one_blas_thread() as blas_threads:
         width = min(threads(), blas_threads, lanes)  # threadpoolctl's limit holds too

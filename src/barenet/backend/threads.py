@@ -22,14 +22,15 @@ import numpy as np
 from .arrays import array_module
 
 _pool: ThreadPoolExecutor | None = None
-_local = threading.local()  # .serial: the calling thread is inside `serial()`
+_local = threading.local()  # .count: the calling thread's `limited` share, if any
 
 
 def threads() -> int:
     """How many threads share elementwise work: the CPUs this process may run on, at most 4;
-    1 inside `serial()`."""
-    if getattr(_local, "serial", False):
-        return 1
+    inside `limited(count)`, count()."""
+    count = getattr(_local, "count", None)
+    if count is not None:
+        return max(1, count())
     try:
         return max(1, min(4, len(os.sched_getaffinity(0))))
     except AttributeError:  # no sched_getaffinity (macOS, Windows)
@@ -37,17 +38,18 @@ def threads() -> int:
 
 
 @contextlib.contextmanager
-def serial() -> Iterator[None]:
-    """Within it, the calling thread does its own work alone: `in_blocks` makes one call and
-    `blas.in_lanes` runs its lanes one after the other (`threads()` is 1 in it). For work
-    already split over the CPUs from above, as an ensemble's members side by side are
-    (`ensemble.members_proba`); other threads are not affected."""
-    before = getattr(_local, "serial", False)
-    _local.serial = True
+def limited(count: Callable[[], int]) -> Iterator[None]:
+    """Within it, `threads()` in the calling thread is count() (at least 1), asked anew at
+    every call: the share of the CPUs that work split from above leaves this thread, as an
+    ensemble's members side by side do (`ensemble.members_proba`: one core each while
+    several run, every core for the last). `in_blocks` and `blas.in_lanes` in it use that
+    many threads; other threads are not affected."""
+    before = getattr(_local, "count", None)
+    _local.count = count
     try:
         yield
     finally:
-        _local.serial = before
+        _local.count = before
 
 
 def in_blocks(work: Callable[..., None], *arrays: Any, min_size: int = 1 << 16) -> None:

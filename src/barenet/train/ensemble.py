@@ -18,7 +18,7 @@ import numpy as np
 
 from ..backend.arrays import array_module
 from ..backend.blas import one_blas_thread
-from ..backend.threads import serial, threads
+from ..backend.threads import limited, threads
 from ..errors import BarenetError
 from ..files.modelfile import load_model, resolve_all
 from ..nn.model import INFERENCE_BYTES, Sequential
@@ -83,8 +83,10 @@ def members_proba(
     """Each member's class probabilities for x (N, D), in order: softmax(z_m / T), (N, C).
 
     On the CPU with two cores or more the members run side by side, each whole in a thread of
-    its own on one core (`threads.serial`: no lanes within a convolution, one BLAS thread).
-    Why: within one member the cores split each convolution and wait for each other at every
+    its own (`threads.limited`): one core each while several run, no lanes within their
+    convolutions, every product on one BLAS thread; the cores a member finishing leaves go to
+    those still running (the last one splits its convolutions over all of them again). Why:
+    within one member the cores split each convolution and wait for each other at every
     layer; members side by side do not wait at all (docs/speed.md: a fifth less time for two
     `record` members on two cores). Each member of several works in batches of
     `MEMBER_BYTES`, on every machine: the probabilities are the same, bit for bit, whether
@@ -94,11 +96,16 @@ def members_proba(
     current batch."""
     if len(models) == 1:
         return [models[0].predict_proba(x, temperature=temperature, progress=progress)]
-    workers = min(len(models), threads()) if array_module(x) is np else 1
+    cpus = threads() if array_module(x) is np else 1
+    workers = min(len(models), cpus)
     if workers < 2:
         return [m.predict_proba(x, m.inference_batch(MEMBER_BYTES), temperature, progress)
                 for m in models]  # fmt: skip
     lock, stop = threading.Lock(), threading.Event()
+    unfinished = [len(models)]  # members not finished yet
+
+    def share() -> int:  # the cores each running member may use now
+        return cpus // min(workers, unfinished[0])
 
     def batch_done(n: int) -> None:
         if stop.is_set():
@@ -108,9 +115,13 @@ def members_proba(
                 progress(n)
 
     def member(model: Sequential) -> np.ndarray:
-        with serial():
-            return model.predict_proba(x, model.inference_batch(MEMBER_BYTES), temperature,
-                                       batch_done)  # fmt: skip
+        try:
+            with limited(share):
+                return model.predict_proba(x, model.inference_batch(MEMBER_BYTES), temperature,
+                                           batch_done)  # fmt: skip
+        finally:
+            with lock:
+                unfinished[0] -= 1
 
     with one_blas_thread():
         pool = ThreadPoolExecutor(workers, thread_name_prefix="barenet-member")
