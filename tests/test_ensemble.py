@@ -58,35 +58,52 @@ def _conv_net(seed):
                        Dense(128, 10, rng=rng)])  # fmt: skip
 
 
+def _watch_threads(monkeypatch) -> list[int]:
+    """The threads() every member thread is given, in order, from now on."""
+    given: list[int] = []
+    original = threads_module.threads
+
+    def watched() -> int:
+        n = original()
+        if threading.current_thread().name.startswith("barenet-member"):
+            given.append(n)
+        return n
+
+    monkeypatch.setattr(threads_module, "threads", watched)
+    monkeypatch.setattr(blas, "threads", watched)
+    return given
+
+
 def test_members_side_by_side_give_what_they_give_one_after_the_other(monkeypatch):
     nets = [_conv_net(s) for s in range(3)]
     x = np.random.default_rng(9).random((9, 784), dtype=np.float32)
     monkeypatch.setattr(ensemble, "threads", lambda: 1)  # one after the other, lanes inside
     alone = members_proba(nets, x)
     names: set[str] = set()
-    monkeypatch.setattr(ensemble, "threads", lambda: 2)  # two side by side, no lanes inside
+    monkeypatch.setattr(ensemble, "threads", lambda: 2)  # two side by side
+    given = _watch_threads(monkeypatch)
     side = members_proba(nets, x, progress=lambda n: names.add(threading.current_thread().name))
     assert len(names) == 2 and all(n.startswith("barenet-member") for n in names)
-    # the last member running has every core again: its convolutions' lanes in the pool
-    lanes: list[int] = []
-    original = threads_module.threads
-
-    def watched() -> int:
-        n = original()
-        if threading.current_thread().name.startswith("barenet-member"):
-            lanes.append(n)
-        return n
-
-    monkeypatch.setattr(threads_module, "threads", watched)
-    monkeypatch.setattr(blas, "threads", watched)
-    again = members_proba(nets, x)
-    assert 1 in lanes and 2 in lanes  # 1 each side by side, 2 for the last one
-    for a, b, c in zip(alone, side, again, strict=True):
+    assert given[0] == 1  # one core each while two run: no lanes within their convolutions
+    for a, b in zip(alone, side, strict=True):
         np.testing.assert_array_equal(a, b)  # bit for bit
-        np.testing.assert_array_equal(a, c)
     assert [p.shape for p in side] == [(9, 10)] * 3
     mean = average_proba(nets, x)
     np.testing.assert_array_equal(mean, (side[0] + side[1] + side[2]) / 3)
+
+
+def test_the_last_member_running_gets_every_core(monkeypatch):
+    # two quick members, then a slow one (a batch per image) that ends alone
+    nets = [_net(0), _net(1), _conv_net(2)]
+    nets[2].inference_batch = lambda budget=None: 1  # type: ignore[method-assign]
+    x = np.random.default_rng(9).random((9, 784), dtype=np.float32)
+    monkeypatch.setattr(ensemble, "threads", lambda: 2)
+    given = _watch_threads(monkeypatch)
+    side = members_proba(nets, x)
+    assert given[-1] == 2  # its convolutions' lanes on both cores again
+    monkeypatch.setattr(ensemble, "threads", lambda: 1)
+    for a, b in zip(members_proba(nets, x), side, strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_an_error_in_one_member_stops_the_others(monkeypatch):
