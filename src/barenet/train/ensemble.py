@@ -102,10 +102,10 @@ def members_proba(
         return [m.predict_proba(x, m.inference_batch(MEMBER_BYTES), temperature, progress)
                 for m in models]  # fmt: skip
     lock, stop = threading.Lock(), threading.Event()
-    unfinished = [len(models)]  # members not finished yet
+    unfinished = len(models)  # members not finished yet
 
     def share() -> int:  # the cores each running member may use now
-        return cpus // min(workers, unfinished[0])
+        return cpus // min(workers, unfinished)
 
     def batch_done(n: int) -> None:
         if stop.is_set():
@@ -115,13 +115,14 @@ def members_proba(
                 progress(n)
 
     def member(model: Sequential) -> np.ndarray:
+        nonlocal unfinished
         try:
             with limited(share):
                 return model.predict_proba(x, model.inference_batch(MEMBER_BYTES), temperature,
                                            batch_done)  # fmt: skip
         finally:
             with lock:
-                unfinished[0] -= 1
+                unfinished -= 1
 
     with one_blas_thread():
         pool = ThreadPoolExecutor(workers, thread_name_prefix="barenet-member")
