@@ -19,7 +19,13 @@ from barenet.nn.layers import Dense, ReLU, Reshape
 from barenet.nn.model import Sequential, mlp
 from barenet.nn.pooling import GlobalPool
 from barenet.train import ensemble
-from barenet.train.ensemble import average_proba, load_ensemble, members_proba
+from barenet.train.ensemble import (
+    SLACK,
+    average_proba,
+    ensemble_classes,
+    load_ensemble,
+    members_proba,
+)
 from barenet.train.loop import to_inputs, train
 from barenet.train.recipes import Recipe
 
@@ -92,6 +98,26 @@ def test_members_side_by_side_give_what_they_give_one_after_the_other(monkeypatc
     np.testing.assert_array_equal(mean, (side[0] + side[1] + side[2]) / 3)
 
 
+def test_a_last_short_round_is_cut_into_parts_of_whole_batches(monkeypatch):
+    nets = [_conv_net(s) for s in range(3)]
+    for net in nets:
+        net.inference_batch = lambda budget=None: 2  # type: ignore[method-assign]
+    jobs = ensemble._jobs(nets, 9, 2)  # five batches each: 2 + 2 | 2 + 2 + 1
+    assert [(m, lo, hi) for m, _, lo, hi in jobs] == [(0, 0, 9), (1, 0, 9), (2, 0, 4), (2, 4, 9)]
+    assert jobs[2][1] is nets[2] and jobs[3][1] is not nets[2]  # the second part: a copy
+    quarters = [(0, 2), (2, 4), (4, 6), (6, 9)]  # three members on four cores: 12 parts
+    assert [(m, lo, hi) for m, _, lo, hi in ensemble._jobs(nets, 9, 4)] == [
+        (m, lo, hi) for m in range(3) for lo, hi in quarters]  # fmt: skip
+    assert [(m, lo, hi) for m, _, lo, hi in ensemble._jobs(nets[:2], 9, 4)] == [
+        (m, lo, hi) for m in range(2) for lo, hi in [(0, 4), (4, 9)]]  # fmt: skip
+    x = np.random.default_rng(9).random((9, 784), dtype=np.float32)
+    monkeypatch.setattr(ensemble, "threads", lambda: 2)
+    side = members_proba(nets, x)
+    monkeypatch.setattr(ensemble, "threads", lambda: 1)
+    for a, b in zip(members_proba(nets, x), side, strict=True):
+        np.testing.assert_array_equal(a, b)  # the same batches: the same bits
+
+
 def test_the_last_member_running_gets_every_core(monkeypatch):
     # two quick members, then a slow one (a batch per image) that ends alone
     nets = [_net(0), _net(1), _conv_net(2)]
@@ -122,6 +148,69 @@ def test_an_error_in_one_member_stops_the_others(monkeypatch):
         members_proba(nets, x, progress=done.append)
     assert len(done) < 200  # member 1 stopped after the batch it was in
     assert not [t for t in threading.enumerate() if t.name.startswith("barenet-member")]
+
+
+class _Fixed:
+    """A stand-in member that gives set probabilities: row i of `table` for input i (the
+    inputs are their own row numbers), whatever batch they come in."""
+
+    def __init__(self, table):
+        self.table = np.asarray(table, dtype=np.float32)
+        self.seen = 0  # inputs asked about
+
+    def inference_batch(self, budget=None):
+        return 2
+
+    def predict_proba(self, x, batch_size=None, temperature=1.0, progress=None):
+        self.seen += len(x)
+        if progress is not None:
+            progress(len(x))
+        return self.table[x[:, 0].astype(int)]
+
+
+def test_later_members_see_only_the_inputs_the_first_leave_open(monkeypatch):
+    # Five members, three classes. Members 1-3 each lead class 0 by 0.8 on input 0 (together
+    # 2.4: settled, members 4-5 can take back at most 2), by 2/3 on input 1 (together 2: a tie
+    # is still possible, open), by 0.2 on input 2 (open); input 3 is a sure class 2.
+    first = [[0.9, 0.0, 0.1], [5 / 6, 0.0, 1 / 6], [0.5, 0.2, 0.3], [0.0, 0.0, 1.0]]
+    last = [[0.0, 1.0, 0.0]] * 4  # members 4 and 5 vote class 1 everywhere, fully sure
+    members = [_Fixed(first) for _ in range(3)] + [_Fixed(last) for _ in range(2)]
+    x = np.arange(4, dtype=np.float32)[:, None]
+    monkeypatch.setattr(ensemble, "threads", lambda: 1)  # one after the other: no copies
+    planned: list[int] = []
+    done: list[int] = []
+    classes, undecided = ensemble_classes(members, x, done.append, planned.append)
+    assert classes.tolist() == [0, 0, 1, 2]  # input 2 turned by the last two
+    assert undecided == 2 and [m.seen for m in members] == [4, 4, 4, 2, 2]
+    assert planned == [3 * 4, 2 * 2] and sum(done) == 16
+    for m in members:
+        m.seen = 0
+    np.testing.assert_array_equal(classes, average_proba(members, x).argmax(axis=1))
+    assert SLACK < 1e-3
+
+
+def test_ensemble_classes_are_those_of_the_average():
+    # Members near one another, sure of themselves: most inputs are settled by the first ones,
+    # some are not.
+    for K in (2, 3, 4, 5):
+        nets = [_net(0, hidden=16) for _ in range(K)]
+        rng = np.random.default_rng(K)
+        for net in nets:
+            for layer in net.layers:
+                if "W" in layer.params:
+                    W = layer.params["W"]
+                    W += 0.5 * W.std() * rng.standard_normal(W.shape).astype(W.dtype)
+                    W *= 4
+        x = np.random.default_rng(K).random((300, 784), dtype=np.float32) * 3
+        planned: list[int] = []
+        done: list[int] = []
+        classes, undecided = ensemble_classes(nets, x, done.append, planned.append)
+        np.testing.assert_array_equal(classes, average_proba(nets, x).argmax(axis=1))
+        assert sum(done) == sum(planned)
+        k = K // 2 + 1
+        assert planned[0] == (K if K < 3 else k) * 300
+        if K >= 3:
+            assert 0 < undecided < 300 and planned[1:] == [(K - k) * undecided]
 
 
 def test_resolve_all_finds_members_in_order(tmp_path):
@@ -160,6 +249,10 @@ def test_cli_evaluates_and_predicts_with_an_ensemble(tmp_path, mnist):
                        capture_output=True, text=True, timeout=300)  # fmt: skip
     assert p.returncode == 0, p.stderr
     assert "an ensemble of 3 models" in p.stdout and f"test accuracy {accuracy:.2f}%" in p.stdout
+    _, undecided = ensemble_classes(models, to_inputs(mnist.test_images))
+    assert 0 < undecided < len(mnist.test_labels) // 2
+    assert (f"members 1-2 settled the vote on {len(mnist.test_labels) - undecided} images; "
+            f"member 3 went through the other {undecided}") in p.stdout  # fmt: skip
     image = tmp_path / "digit.png"
     Image.fromarray(mnist.test_images[0]).save(image)
     p = subprocess.run([sys.executable, "-m", "barenet", "predict", *map(str, paths), str(image)],

@@ -347,7 +347,7 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
                    out: Path, monitor: Any, start: float,
                    source: dict[str, Any] | None, xp: Any = None) -> int:  # fmt: skip
     from ..files.modelfile import load_model, save_model
-    from ..train.ensemble import average_proba
+    from ..train.ensemble import ensemble_classes
     from ..train.loop import fit, to_inputs
     from ..train.monitor import json_number
 
@@ -429,12 +429,11 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
         paths = [trained[k][1] for k in sorted(trained)]
         _, _, x_val, y_val = dataset.split(recipe.val_size)
         val = math.nan  # trained on every training image: none held out
-        images = (len(y_val) if y_val is not None else 0) + len(dataset.test_labels)
-        with _images_bar(len(models) * images, "the ensemble", args.no_progress) as bar:
+        with _images_bar(0, "the ensemble", args.no_progress) as bar:
 
             def accuracy(x: np.ndarray, y: np.ndarray) -> float:
-                proba = average_proba(models, to_inputs(x), progress=bar.update)
-                return float(np.mean(proba.argmax(axis=1) == y))
+                classes, _ = ensemble_classes(models, to_inputs(x), bar.update, _planned(bar))
+                return float(np.mean(classes == y))
 
             if x_val is not None and y_val is not None:
                 val = accuracy(x_val, y_val)
@@ -600,7 +599,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..train.ensemble import average_proba, load_ensemble
+    from ..train.ensemble import ensemble_classes, load_ensemble
 
     files = [file for path in args.models for file in resolve_all(path)]
     models, metas = load_ensemble(files)
@@ -614,15 +613,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         kind = "test"
     C = len(dataset.spec.classes)
     y = y.astype(np.int64)
-    with _images_bar(len(models) * len(y), "evaluating", args.no_progress) as bar:
+    undecided = 0  # inputs the later members of an ensemble went through (`ensemble_classes`)
+    with _images_bar(0, "evaluating", args.no_progress) as bar:
         if args.members and len(models) > 1:
+            bar.total = len(models) * len(y)
             predicted = _report_members(models, files, inputs, y, kind, bar).argmax(axis=1)
         else:
-            predicted = average_proba(models, inputs, progress=bar.update).argmax(axis=1)
+            predicted, undecided = ensemble_classes(models, inputs, bar.update, _planned(bar))
     confusion = np.zeros((C, C), dtype=np.int64)
     np.add.at(confusion, (y, predicted), 1)
     what = f", an ensemble of {len(models)} models" if len(models) > 1 else ""
     print(f"{where}: {len(y)} images{what}")
+    if len(models) > 2 and not args.members:
+        k = len(models) // 2 + 1
+        print(
+            f"members 1-{k} settled the vote on {len(y) - undecided} images; "
+            f"{_member_range(k + 1, len(models))} went through the other {undecided}"
+        )
     print(f"{kind} accuracy {100 * float(np.mean(predicted == y)):.2f}%")
     print("per-class accuracy:")
     for c, label in enumerate(dataset.spec.classes):
@@ -635,6 +642,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     for c in range(C):
         print(f"{c:>6d}" + "".join(f"{v:>6d}" for v in confusion[c]))
     return 0
+
+
+def _planned(bar: Any) -> Any:
+    """A function that adds n (member, image) pairs to the progress bar's total."""
+
+    def planned(n: int) -> None:
+        bar.total += n
+        bar.refresh()
+
+    return planned
+
+
+def _member_range(first: int, last: int) -> str:
+    """'member 5' or 'members 4-5'."""
+    return f"member {first}" if first == last else f"members {first}-{last}"
 
 
 def _images_bar(total: int, what: str, off: bool) -> Any:

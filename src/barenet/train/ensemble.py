@@ -8,6 +8,8 @@ rule of the committees of Ciresan et al. (2012) and Wan et al. (2013).
 
 from __future__ import annotations
 
+import copy
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -74,6 +76,58 @@ def average_proba(
     return total
 
 
+SLACK = 1e-4  # far above the rounding of a sum of a few float32 probabilities (about 1e-6)
+
+
+def ensemble_classes(
+    models: Sequence[Sequential],
+    x: np.ndarray,
+    progress: Callable[[int], object] | None = None,
+    planned: Callable[[int], object] | None = None,
+) -> tuple[np.ndarray, int]:
+    """The ensemble's classes for x (N, D), argmax_c of the members' mean probabilities as
+    `average_proba` gives them, with the later members asked only where the first leave the
+    vote open. Returns (classes (N,), open): open is how many inputs the later members saw.
+
+    Why that is the same answer. A member's probabilities lie in [0, 1]. After the first k of
+    K members, with sums S_c, the K - k still to come add between 0 and K - k to each class, so
+    the lead of the top class t over any other c changes by at most K - k:
+        sum_m p_m,t - sum_m p_m,c  >=  (S_t - S_c) - (K - k).
+    Where S_t - S_c > K - k (plus SLACK, for rounding) for every c, t is the ensemble's class,
+    whatever the others say. k = K // 2 + 1, the fewest for which that can happen (a lead
+    of at most k must exceed K - k): 3 of 5 members, 3 of 4, 2 of 3. On MNIST nearly every
+    image is settled so, and the last members look at the few that are not.
+
+    The classes equal `average_proba(models, x).argmax(1)` except, possibly, for an input on
+    which two classes' averages tie to within float32 rounding: an input left open goes through
+    the later members in other batches than all inputs would, and the products of a batch
+    round in its own way (differences of about 1e-7). progress(n): after each batch of n
+    inputs a member has been through; planned(n): before each of the two stages, with the
+    number of (member, input) pairs it will go through."""
+    K, N = len(models), len(x)
+    if K < 3:  # every member must vote: nothing can be settled before the last
+        if planned is not None:
+            planned(K * N)
+        return average_proba(models, x, progress=progress).argmax(axis=1), 0
+    k = K // 2 + 1
+    if planned is not None:
+        planned(k * N)
+    probas = members_proba(models[:k], x, progress=progress)
+    total = probas[0]
+    for proba in probas[1:]:  # summed in the order `average_proba` sums them
+        total += proba
+    xp = array_module(total)
+    two = -xp.partition(-total, 1, axis=1)[:, :2]  # each row's two largest sums
+    undecided = xp.flatnonzero(two[:, 0] - two[:, 1] <= (K - k) + SLACK)
+    if len(undecided):
+        if planned is not None:
+            planned((K - k) * len(undecided))
+        for proba in members_proba(models[k:], x[undecided], progress=progress):
+            total[undecided] += proba
+    total /= K
+    return total.argmax(axis=1), len(undecided)
+
+
 def members_proba(
     models: Sequence[Sequential],
     x: np.ndarray,
@@ -82,30 +136,32 @@ def members_proba(
 ) -> list[np.ndarray]:
     """Each member's class probabilities for x (N, D), in order: softmax(z_m / T), (N, C).
 
-    On the CPU with two cores or more the members run side by side, each whole in a thread of
-    its own (`threads.limited`): one core each while several run, no lanes within their
-    convolutions, every product on one BLAS thread; the cores a member finishing leaves go to
-    those still running (the last one splits its convolutions over all of them again). Why:
-    within one member the cores split each convolution and wait for each other at every
-    layer; members side by side do not wait at all (docs/speed.md: a fifth less time for two
-    `record` members on two cores). Each member of several works in batches of
-    `MEMBER_BYTES`, on every machine: the probabilities are the same, bit for bit, whether
-    the members run side by side or one after the other, on any number of cores.
-    progress(n) is called after each batch of n inputs a member has been through, from one
-    thread at a time. An error in one member (or Ctrl-C) stops the others after their
-    current batch."""
+    On the CPU with two cores or more the members run side by side, each in a thread of its
+    own (`threads.limited`): one core each while several run, no lanes within their
+    convolutions, every product on one BLAS thread. Why: within one member the cores split each
+    convolution and wait for each other at every layer; members side by side do not wait at
+    all (docs/speed.md: a fifth less time for two `record` members on two cores). Where the
+    members do not fill the last round (three on two cores), each of the last ones is cut into
+    parts of whole batches, one a core (`_jobs`); and the cores a part finishing leaves go to
+    those still running (the last splits its convolutions over all of them again).
+
+    Each member of several works in batches of `MEMBER_BYTES`, on every machine, a part being
+    whole batches of those: the probabilities are the same, bit for bit, whether the members
+    run side by side or one after the other, on any number of cores. progress(n) is called
+    after each batch of n inputs a member has been through, from one thread at a time. An
+    error in one member (or Ctrl-C) stops the others after their current batch."""
     if len(models) == 1:
         return [models[0].predict_proba(x, temperature=temperature, progress=progress)]
     cpus = threads() if array_module(x) is np else 1
-    workers = min(len(models), cpus)
-    if workers < 2:
+    if min(len(models), cpus) < 2:
         return [m.predict_proba(x, m.inference_batch(MEMBER_BYTES), temperature, progress)
                 for m in models]  # fmt: skip
+    jobs = _jobs(models, len(x), cpus)
     lock, stop = threading.Lock(), threading.Event()
-    unfinished = len(models)  # members not finished yet
+    unfinished = len(jobs)  # jobs not finished yet
 
-    def share() -> int:  # the cores each running member may use now
-        return cpus // min(workers, unfinished)
+    def share() -> int:  # the cores each running job may use now
+        return cpus // min(cpus, unfinished)
 
     def batch_done(n: int) -> None:
         if stop.is_set():
@@ -114,28 +170,54 @@ def members_proba(
             with lock:
                 progress(n)
 
-    def member(model: Sequential) -> np.ndarray:
+    def job(model: Sequential, lo: int, hi: int) -> np.ndarray:
         nonlocal unfinished
         try:
             with limited(share):
-                return model.predict_proba(x, model.inference_batch(MEMBER_BYTES), temperature,
-                                           batch_done)  # fmt: skip
+                return model.predict_proba(x[lo:hi], model.inference_batch(MEMBER_BYTES),
+                                           temperature, batch_done)  # fmt: skip
         finally:
             with lock:
                 unfinished -= 1
 
     with one_blas_thread():
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="barenet-member")
+        pool = ThreadPoolExecutor(min(cpus, len(jobs)), thread_name_prefix="barenet-member")
         try:
-            futures = [pool.submit(member, model) for model in models]
+            futures = [pool.submit(job, *j[1:]) for j in jobs]
             wait(futures, return_when=FIRST_EXCEPTION)
             for future in futures:  # the first error, raised here, stops the others
                 if future.done() and future.exception() is not None:
                     future.result()
-            return [future.result() for future in futures]
+            parts: list[list[np.ndarray]] = [[] for _ in models]
+            for (m, *_), future in zip(jobs, futures, strict=True):
+                parts[m].append(future.result())
+            return [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
         finally:
             stop.set()  # after an error or Ctrl-C here, the others stop at their next batch
             pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _jobs(
+    models: Sequence[Sequential], N: int, cpus: int
+) -> list[tuple[int, Sequential, int, int]]:
+    """The work of K members on N inputs for `cpus` cores, in order: (member, model, lo, hi),
+    a member's inputs [lo, hi). Whole members, `cpus` at a time, while they fill a round; each
+    of the r members of a last, short round (K mod cpus of them) cut into cpus / gcd(r, cpus)
+    parts of whole batches (`MEMBER_BYTES`; fewer if it has fewer batches), so that the parts
+    fill whole rounds, each part with a copy of the member's model (a layer keeps per-pass
+    state: two threads never share one). Three members on two cores: 1 and 2 side by side,
+    then the two halves of 3; three on four cores: four quarters of each."""
+    K = len(models)
+    jobs = [(m, models[m], 0, N) for m in range(K - K % cpus)]
+    last = range(K - K % cpus, K)
+    for m in last:
+        B = models[m].inference_batch(MEMBER_BYTES)
+        batches = -(-N // B)
+        pieces = max(1, min(batches, cpus // math.gcd(len(last), cpus)))
+        bounds = [min(N, B * (batches * i // pieces)) for i in range(pieces + 1)]
+        for i, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            jobs.append((m, models[m] if i == 0 else copy.deepcopy(models[m]), lo, hi))
+    return jobs
 
 
 class _Stopped(Exception):
