@@ -104,7 +104,9 @@ def test_a_last_short_round_is_cut_into_parts_of_whole_batches(monkeypatch):
         net.inference_batch = lambda budget=None: 2  # type: ignore[method-assign]
     jobs = ensemble._jobs(nets, 9, 2)  # five batches each: 2 + 2 | 2 + 2 + 1
     assert [(m, lo, hi) for m, _, lo, hi in jobs] == [(0, 0, 9), (1, 0, 9), (2, 0, 4), (2, 4, 9)]
-    assert jobs[2][1] is nets[2] and jobs[3][1] is not nets[2]  # the second part: a copy
+    twin = jobs[3][1]  # the second part's network: layers of its own, the same weights
+    assert jobs[2][1] is nets[2] and twin is not nets[2]
+    assert all(a is not b and a.params is b.params for a, b in zip(twin.layers, nets[2].layers))
     quarters = [(0, 2), (2, 4), (4, 6), (6, 9)]  # three members on four cores: 12 parts
     assert [(m, lo, hi) for m, _, lo, hi in ensemble._jobs(nets, 9, 4)] == [
         (m, lo, hi) for m in range(3) for lo, hi in quarters]  # fmt: skip
@@ -116,6 +118,12 @@ def test_a_last_short_round_is_cut_into_parts_of_whole_batches(monkeypatch):
     monkeypatch.setattr(ensemble, "threads", lambda: 1)
     for a, b in zip(members_proba(nets, x), side, strict=True):
         np.testing.assert_array_equal(a, b)  # the same batches: the same bits
+
+    def unknown(*args, **kwargs):
+        raise ValueError("unknown layer type")
+
+    monkeypatch.setattr(Sequential, "from_config", unknown)  # no twin: the member runs whole
+    assert [(m, lo, hi) for m, _, lo, hi in ensemble._jobs(nets, 9, 2)][2:] == [(2, 0, 9)]
 
 
 def test_the_last_member_running_gets_every_core(monkeypatch):

@@ -8,7 +8,6 @@ rule of the committees of Ciresan et al. (2012) and Wan et al. (2013).
 
 from __future__ import annotations
 
-import copy
 import math
 import os
 import threading
@@ -170,12 +169,12 @@ def members_proba(
             with lock:
                 progress(n)
 
-    def job(model: Sequential, lo: int, hi: int) -> np.ndarray:
+    def job(m: int, net: Sequential, lo: int, hi: int) -> np.ndarray:
         nonlocal unfinished
         try:
-            with limited(share):
-                return model.predict_proba(x[lo:hi], model.inference_batch(MEMBER_BYTES),
-                                           temperature, batch_done)  # fmt: skip
+            with limited(share):  # the member's batches, whichever network runs the part
+                return net.predict_proba(x[lo:hi], models[m].inference_batch(MEMBER_BYTES),
+                                         temperature, batch_done)  # fmt: skip
         finally:
             with lock:
                 unfinished -= 1
@@ -183,7 +182,7 @@ def members_proba(
     with one_blas_thread():
         pool = ThreadPoolExecutor(min(cpus, len(jobs)), thread_name_prefix="barenet-member")
         try:
-            futures = [pool.submit(job, *j[1:]) for j in jobs]
+            futures = [pool.submit(job, *j) for j in jobs]
             wait(futures, return_when=FIRST_EXCEPTION)
             for future in futures:  # the first error, raised here, stops the others
                 if future.done() and future.exception() is not None:
@@ -204,9 +203,9 @@ def _jobs(
     a member's inputs [lo, hi). Whole members, `cpus` at a time, while they fill a round; each
     of the r members of a last, short round (K mod cpus of them) cut into cpus / gcd(r, cpus)
     parts of whole batches (`MEMBER_BYTES`; fewer if it has fewer batches), so that the parts
-    fill whole rounds, each part with a copy of the member's model (a layer keeps per-pass
-    state: two threads never share one). Three members on two cores: 1 and 2 side by side,
-    then the two halves of 3; three on four cores: four quarters of each."""
+    fill whole rounds, each part with a network of its own (`_twin`). Three members on two
+    cores: 1 and 2 side by side, then the two halves of 3; three on four cores: four
+    quarters of each."""
     K = len(models)
     jobs = [(m, models[m], 0, N) for m in range(K - K % cpus)]
     last = range(K - K % cpus, K)
@@ -214,10 +213,24 @@ def _jobs(
         B = models[m].inference_batch(MEMBER_BYTES)
         batches = -(-N // B)
         pieces = max(1, min(batches, cpus // math.gcd(len(last), cpus)))
+        try:
+            nets = [models[m]] + [_twin(models[m]) for _ in range(pieces - 1)]
+        except ValueError:  # a layer its config cannot rebuild: the member runs whole
+            nets, pieces = [models[m]], 1
         bounds = [min(N, B * (batches * i // pieces)) for i in range(pieces + 1)]
-        for i, (lo, hi) in enumerate(zip(bounds, bounds[1:], strict=False)):
-            jobs.append((m, models[m] if i == 0 else copy.deepcopy(models[m]), lo, hi))
+        jobs += [(m, net, lo, hi) for net, lo, hi in zip(nets, bounds, bounds[1:], strict=False)]
     return jobs
+
+
+def _twin(model: Sequential) -> Sequential:
+    """A network that computes what `model` does at inference, for another thread: layers of
+    its own (a layer keeps per-pass state, so two threads never share one) around the same
+    weight and running-statistics arrays (only read at inference: not copied)."""
+    twin = Sequential.from_config(model.config())
+    twin.fast = model.fast
+    for new, old in zip(twin.layers, model.layers, strict=True):
+        new.params, new.buffers = old.params, old.buffers
+    return twin
 
 
 class _Stopped(Exception):
