@@ -24,7 +24,7 @@ def _run(path, images):
     return session.run(["probabilities"], {"image": x})[0]
 
 
-@pytest.mark.parametrize("name", ["seed", "cnn", "cnn-ensemble"])
+@pytest.mark.parametrize("name", ["seed", "cnn", "cnn-ensemble", "record"])
 def test_every_shipped_model_runs_in_onnxruntime_as_in_barenet(name, mnist, tmp_path):
     p = run("export", f"models/{name}", str(tmp_path / "m.onnx"))
     assert p.returncode == 0, p.stderr
