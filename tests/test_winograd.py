@@ -68,6 +68,9 @@ def test_winograd_forward_equals_the_direct_convolution(N, H, W, C, F, pool, dty
     assert out.shape == expected.shape and out.dtype == dtype
     scale = np.abs(expected).max()
     np.testing.assert_allclose(out / scale, expected / scale, rtol=0, atol=tol)
+    # the ReLU, taken as the outputs leave their tiles, whole or cut, in either order
+    np.testing.assert_array_equal(winograd_forward(conv, x, pool=pool, relu=True),
+                                  np.maximum(out, 0))  # fmt: skip
 
 
 def test_many_blocks_on_every_lane_give_the_same_outputs_and_the_relu(monkeypatch):

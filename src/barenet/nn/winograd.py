@@ -261,6 +261,7 @@ def winograd_conv(
     out = np.empty((w * w, N, H // w, W_ // w, F), dtype=dtype)
     cover = _Blocks(N, H, W_, C, F, dtype.itemsize)
     th, tw, nb, P = cover.th, cover.tw, cover.nb, cover.P
+    exact = w == 1 and H % 4 == 0 and W_ % 4 == 0  # plain order, no tile beyond a side
 
     def lane(k: int) -> None:
         xpad = scratch("winograd xpad", cover.padded, dtype)
@@ -278,18 +279,24 @@ def winograd_conv(
             cover.tiles(xpad, d)
             both_axes(bt, d.reshape(6, 6, P * C), half_d, V.reshape(6, 6, P * C))  # B^T d B
             np.matmul(V.reshape(36, P, C), U, out=M)  # (36, P, F): 36 products over C
+            if bias is not None:  # at tile position (1, 1): A^T's column 1 is all ones, so
+                M[7] += bias  # A^T M A adds it to each of the tile's 16 outputs, once
             both_axes(at, M.reshape(6, 6, P * F), half_M, Y16.reshape(4, 4, P * F))  # A^T M A
-            for u in range(4):  # output (4t + u, 4s + v) of tile (t, s)
-                for v in range(4):
-                    Y[:, u::4, v::4] = Y16[4 * u + v].reshape(nb, th, tw, F)
-            Yn = Y[:n, :H, :W_]  # (n, H, W, F)
-            Yn = Yn.reshape(n, H // w, w, W_ // w, w, F).transpose(2, 4, 0, 1, 3, 5)
             block = out[:, n0:n1]
-            block.reshape(w, w, n, H // w, W_ // w, F)[...] = Yn
-            if bias is not None:
-                block += bias
-            if relu:  # while the block is in the cache
-                np.maximum(block, 0, out=block)
+            # output (4t + u, 4s + v) of tile (t, s), through the ReLU on the way: straight
+            # into out where the tiles cover the images exactly, else whole tiles into Y
+            Yb = block.reshape(n, H, W_, F) if exact else Y
+            for u in range(4):
+                for v in range(4):
+                    tile = Y16[4 * u + v].reshape(nb, th, tw, F)[: len(Yb)]
+                    if relu:
+                        np.maximum(tile, 0, out=Yb[:, u::4, v::4])
+                    else:
+                        Yb[:, u::4, v::4] = tile
+            if not exact:  # the part of the tiles inside the images, in out's order
+                Yn = Y[:n, :H, :W_]  # (n, H, W, F)
+                Yn = Yn.reshape(n, H // w, w, W_ // w, w, F).transpose(2, 4, 0, 1, 3, 5)
+                block.reshape(w, w, n, H // w, W_ // w, F)[...] = Yn
 
     in_lanes(lane, cover.lanes)
     return out.reshape(N, H, W_, F) if w == 1 else out
