@@ -152,10 +152,18 @@ class _Blocks:
     def tiles(self, xpad: np.ndarray, d: np.ndarray) -> None:
         """The 6x6 input tiles of a block's padded images xpad into d (36, nb, th, tw, C),
         (a, b) = 6 a + b: tile (t, s) holds padded rows 4t + a, columns 4s + b."""
-        th, tw = self.th, self.tw
-        for a in range(6):
-            for b in range(6):
-                d[6 * a + b] = xpad[:, a : a + 4 * th : 4, b : b + 4 * tw : 4]
+        nb, _, _, C = xpad.shape
+        sN, sH, sW, sC = xpad.strides  # all 36 tile positions as one view: one copy
+        shape, strides = (6, 6, nb, self.th, self.tw, C), (sH, sW, sN, 4 * sH, 4 * sW, sC)
+        d.reshape(shape)[...] = np.lib.stride_tricks.as_strided(xpad, shape, strides,
+                                                                 writeable=False)  # fmt: skip
+
+
+def _by_tile_position(Y: np.ndarray) -> np.ndarray:
+    """Y (n, 4 th, 4 tw, F), whole tiles of 4x4 outputs, as the view (4, 4, n, th, tw, F):
+    [u, v, n, t, s] is Y[n, 4t + u, 4s + v]."""
+    n, H4, W4, F = Y.shape
+    return Y.reshape(n, H4 // 4, 4, W4 // 4, 4, F).transpose(2, 4, 0, 1, 3, 5)
 
 
 def winograd_forward(conv: Conv2D, x: np.ndarray, pool: int = 0, relu: bool = False) -> np.ndarray:
@@ -230,9 +238,7 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
             xpad[:n, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
             dpad[:n, :H, :W_] = dout[n0:n1]
             cover.tiles(xpad, d)
-            for u in range(4):
-                for v in range(4):
-                    dy[4 * u + v] = dpad[:, u::4, v::4]
+            dy.reshape(4, 4, nb, th, tw, F)[...] = _by_tile_position(dpad)
             both_axes(bt, d.reshape(6, 6, P * C), half_d, V.reshape(6, 6, P * C))
             both_axes(a, dy.reshape(4, 4, P * F), half_dy, D.reshape(6, 6, P * F))
             np.matmul(V.reshape(36, P, C).transpose(0, 2, 1), D.reshape(36, P, F), out=S)
@@ -261,7 +267,6 @@ def winograd_conv(
     out = np.empty((w * w, N, H // w, W_ // w, F), dtype=dtype)
     cover = _Blocks(N, H, W_, C, F, dtype.itemsize)
     th, tw, nb, P = cover.th, cover.tw, cover.nb, cover.P
-    exact = w == 1 and H % 4 == 0 and W_ % 4 == 0  # plain order, no tile beyond a side
 
     def lane(k: int) -> None:
         xpad = scratch("winograd xpad", cover.padded, dtype)
@@ -282,21 +287,15 @@ def winograd_conv(
             if bias is not None:  # at tile position (1, 1): A^T's column 1 is all ones, so
                 M[7] += bias  # A^T M A adds it to each of the tile's 16 outputs, once
             both_axes(at, M.reshape(6, 6, P * F), half_M, Y16.reshape(4, 4, P * F))  # A^T M A
-            block = out[:, n0:n1]
-            # output (4t + u, 4s + v) of tile (t, s), through the ReLU on the way: straight
-            # into out where the tiles cover the images exactly, else whole tiles into Y
-            Yb = block.reshape(n, H, W_, F) if exact else Y
-            for u in range(4):
-                for v in range(4):
-                    tile = Y16[4 * u + v].reshape(nb, th, tw, F)[: len(Yb)]
-                    if relu:
-                        np.maximum(tile, 0, out=Yb[:, u::4, v::4])
-                    else:
-                        Yb[:, u::4, v::4] = tile
-            if not exact:  # the part of the tiles inside the images, in out's order
-                Yn = Y[:n, :H, :W_]  # (n, H, W, F)
-                Yn = Yn.reshape(n, H // w, w, W_ // w, w, F).transpose(2, 4, 0, 1, 3, 5)
-                block.reshape(w, w, n, H // w, W_ // w, F)[...] = Yn
+            # output (4t + u, 4s + v) of tile (t, s), through the ReLU on the way, into the
+            # whole tiles Y, in one strided copy
+            if relu:
+                np.maximum(Y16.reshape(4, 4, nb, th, tw, F), 0, out=_by_tile_position(Y))
+            else:
+                _by_tile_position(Y)[...] = Y16.reshape(4, 4, nb, th, tw, F)
+            Yn = Y[:n, :H, :W_]  # (n, H, W, F): then the part inside the images, in out's order
+            Yn = Yn.reshape(n, H // w, w, W_ // w, w, F).transpose(2, 4, 0, 1, 3, 5)
+            out[:, n0:n1].reshape(w, w, n, H // w, W_ // w, F)[...] = Yn
 
     in_lanes(lane, cover.lanes)
     return out.reshape(N, H, W_, F) if w == 1 else out
