@@ -37,9 +37,14 @@ from ..backend.arrays import array_module
 from .conv import Conv2D, MaxPool2D
 from .fused import BatchNormMaxPool, ConvBatchNorm, fold_batchnorm
 from .layers import Array, BatchNorm, Dropout, Layer, ReLU, column_sums
+from .winograd import (
+    INFERENCE_BLOCK_BYTES,
+    winograd_forward,
+    winograd_input_gradient,
+    winograd_weight_gradient,
+)
 from .winograd import applies as winograd_applies
 from .winograd import plain as winograd_plain
-from .winograd import winograd_forward, winograd_input_gradient, winograd_weight_gradient
 
 
 class Step(Protocol):
@@ -190,7 +195,7 @@ def inference_conv(conv: Conv2D, x: Array, relu: bool, pool: int) -> Array:
     """conv(x) at inference, relu(conv(x)) with relu: by Winograd's F(4x4, 3x3) where it
     applies, else by `Conv2D.forward`; its output window-major for a pool as there."""
     if winograd_applies(conv):
-        return winograd_forward(conv, x, pool=pool, relu=relu)
+        return winograd_forward(conv, x, pool=pool, relu=relu, block_bytes=INFERENCE_BLOCK_BYTES)
     out = conv.forward(x, pool=pool)
     if relu:
         array_module(out).maximum(out, 0, out=out)

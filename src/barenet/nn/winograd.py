@@ -71,6 +71,9 @@ AT = np.array([[1, 1, 1, 1, 1, 0],
 
 MIN_CHANNELS = 64  # below it the transforms, O(C + F) a tile, eat most of the saving
 BLOCK_BYTES = 1 << 20  # one block's transformed tiles V: about 1 MB, in a core's cache
+# At inference, blocks twice that: half the interpreter's calls a digit, which counts where
+# ensemble members run side by side in threads (docs/speed.md); training keeps 1 MB (faster).
+INFERENCE_BLOCK_BYTES = 2 << 20
 SCRATCH_BYTES = 96 << 20  # the work arrays a thread keeps (`scratch`), at most
 
 _kept = threading.local()  # each thread's work arrays: {'name shape dtype': array}
@@ -137,13 +140,15 @@ def both_axes(T: np.ndarray, t: np.ndarray, half: np.ndarray, out: np.ndarray) -
 class _Blocks:
     """How F(4x4, 3x3) covers images of H x W with C channels in and F out: th x tw tiles of
     4x4 outputs each (the last row and column of tiles may reach beyond the image), nb images a
-    block (their transformed tiles about BLOCK_BYTES), the blocks [n0, n1) of N images, and
+    block (their transformed tiles about block_bytes), the blocks [n0, n1) of N images, and
     the lanes that share them (`blas.in_lanes`; lane k takes blocks k, k + lanes, ...)."""
 
-    def __init__(self, N: int, H: int, W: int, C: int, F: int, itemsize: int) -> None:
+    def __init__(
+        self, N: int, H: int, W: int, C: int, F: int, itemsize: int, block_bytes: int = BLOCK_BYTES
+    ) -> None:
         self.th, self.tw = -(-H // 4), -(-W // 4)
         per_image = 36 * self.th * self.tw * max(C, F) * itemsize
-        self.nb = max(1, min(N, BLOCK_BYTES // per_image))
+        self.nb = max(1, min(N, block_bytes // per_image))
         self.blocks = [(n0, min(N, n0 + self.nb)) for n0 in range(0, N, self.nb)]
         self.lanes = min(LANES, len(self.blocks))
         self.P = self.nb * self.th * self.tw  # tiles a block
@@ -166,14 +171,16 @@ def _by_tile_position(Y: np.ndarray) -> np.ndarray:
     return Y.reshape(n, H4 // 4, 4, W4 // 4, 4, F).transpose(2, 4, 0, 1, 3, 5)
 
 
-def winograd_forward(conv: Conv2D, x: np.ndarray, pool: int = 0, relu: bool = False) -> np.ndarray:
+def winograd_forward(
+    conv: Conv2D, x: np.ndarray, pool: int = 0, relu: bool = False, block_bytes: int = BLOCK_BYTES
+) -> np.ndarray:
     """conv(x) by F(4x4, 3x3), relu(conv(x)) with relu: x (N, H, W, C) -> out (N, H, W, F),
     or window-major (w*w, N, H/w, W/w, F) for pool = w as in `Conv2D.forward`. Nothing is
     kept for a backward pass (`WinogradTrainStep` in plan.py keeps what it needs). conv must
     satisfy `applies`."""
     if x.shape[3] != conv.in_channels:
         raise ValueError(f"Conv2D expects {conv.in_channels} input channels, got {x.shape[3]}")
-    return winograd_conv(x, conv.params["W"], conv.params["b"], pool, relu)
+    return winograd_conv(x, conv.params["W"], conv.params["b"], pool, relu, block_bytes)
 
 
 def winograd_input_gradient(conv: Conv2D, dout: np.ndarray) -> np.ndarray:
@@ -253,11 +260,16 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
 
 
 def winograd_conv(
-    x: np.ndarray, W: np.ndarray, bias: np.ndarray | None, pool: int = 0, relu: bool = False
+    x: np.ndarray,
+    W: np.ndarray,
+    bias: np.ndarray | None,
+    pool: int = 0,
+    relu: bool = False,
+    block_bytes: int = BLOCK_BYTES,
 ) -> np.ndarray:
     """The same-size 3x3 correlation of x (N, H, W, C) with W (3, 3, C, F), plus bias (F,)
     (None: no bias), relu with relu, by F(4x4, 3x3): out (N, H, W, F), or window-major for
-    pool = w (`winograd_forward`)."""
+    pool = w (`winograd_forward`); blocks of about block_bytes of transformed tiles."""
     N, H, W_, C = x.shape
     F, dtype = W.shape[3], W.dtype
     x = x.astype(dtype, copy=False)
@@ -265,7 +277,7 @@ def winograd_conv(
     bt, at = BT.astype(dtype), AT.astype(dtype)
     w = Conv2D._window(H, W_, pool)
     out = np.empty((w * w, N, H // w, W_ // w, F), dtype=dtype)
-    cover = _Blocks(N, H, W_, C, F, dtype.itemsize)
+    cover = _Blocks(N, H, W_, C, F, dtype.itemsize, block_bytes)
     th, tw, nb, P = cover.th, cover.tw, cover.nb, cover.P
 
     def lane(k: int) -> None:
