@@ -269,32 +269,35 @@ def test_train_on_every_image_without_a_validation_split(tmp_path, mnist):
 
 def test_train_an_ensemble_then_evaluate_it(tmp_path, mnist):
     out = tmp_path / "ens"
-    p = run("train", "--epochs", "1", "--batch-size", "512", "--members", "2", "--out", str(out),
+    p = run("train", "--epochs", "1", "--batch-size", "512", "--members", "3", "--out", str(out),
             "--no-progress")  # fmt: skip
     assert p.returncode == 0, p.stderr
-    assert "member 2/2 (seed 1)" in p.stderr and "ensemble of 2 test accuracy" in p.stdout
+    assert "member 3/3 (seed 2)" in p.stderr and "ensemble of 3 test accuracy" in p.stdout
     summary = json.loads((out / "ensemble.json").read_text())
-    assert summary["members"] == ["member-1/model.npz", "member-2/model.npz"]
-    seeds = [json.loads((out / f"member-{k}" / "history.json").read_text()) for k in (1, 2)]
+    assert summary["members"] == [f"member-{k}/model.npz" for k in (1, 2, 3)]
+    seeds = [json.loads((out / f"member-{k}" / "history.json").read_text()) for k in (1, 2, 3)]
     assert all(len(h["epochs"]) == 1 for h in seeds)
     assert not list(out.glob("member-*/checkpoint.npz"))
     e = run("evaluate", str(out))
-    assert e.returncode == 0 and "an ensemble of 2 models" in e.stdout
+    assert e.returncode == 0 and "an ensemble of 3 models" in e.stdout
+    assert "members 1-2 settled the vote on " in e.stdout  # member 3 saw only the rest
     assert f"test accuracy {100 * summary['test_accuracy']:.2f}%" in e.stdout
     # --members: each member alone (its own last validation figure), the first k together
     m = run("evaluate", str(out), "--validation", "--members")
     assert m.returncode == 0, m.stderr
     lines = m.stdout.splitlines()
     start = lines.index("members (validation accuracy alone; the first k together):")
-    rows = [line.split() for line in lines[start + 1 : start + 3]]
+    rows = [line.split() for line in lines[start + 1 : start + 4]]
     vals = [100 * h["epochs"][-1]["val_accuracy"] for h in seeds]
-    assert [row[0] for row in rows] == ["1", "2"] and rows[0][1] == rows[0][2]
+    assert [row[0] for row in rows] == ["1", "2", "3"] and rows[0][1] == rows[0][2]
     assert [row[1] for row in rows] == [f"{v:.2f}%" for v in vals]
-    assert rows[1][3].endswith("member-2/model.npz")
-    assert f"members' mean {np.mean(vals):.2f}% ± {np.std(vals):.2f} (std over 2)" in m.stdout
-    assert f"validation accuracy {rows[1][2]}" in m.stdout  # the ensemble: both together
+    assert rows[2][3].endswith("member-3/model.npz")
+    assert f"members' mean {np.mean(vals):.2f}% ± {np.std(vals):.2f} (std over 3)" in m.stdout
+    assert f"validation accuracy {rows[2][2]}" in m.stdout  # the ensemble: all three together
+    # the vote settled early (train's figure) is the full average's (--members)
+    assert f"{100 * summary['val_accuracy']:.2f}%" == rows[2][2]
     again = run("train", "--resume", str(out), "--no-progress")  # nothing left to do
-    assert again.returncode == 0 and again.stderr.count("already trained") == 2
+    assert again.returncode == 0 and again.stderr.count("already trained") == 3
     # Member k is exactly the single run with seed k - 1: the same weights, bit for bit.
     single = run("train", "--epochs", "1", "--batch-size", "512", "--seed", "1",
                  "--out", str(tmp_path / "seed-1"), "--no-progress")  # fmt: skip
