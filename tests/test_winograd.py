@@ -37,6 +37,10 @@ def test_two_dimensional_identity_and_the_transforms_along_both_axes():
             np.testing.assert_allclose(out[:, :, r], T @ t[:, :, r] @ T.T, atol=1e-12)
     U = transform_filters(g.reshape(3, 3, 1, 1))
     np.testing.assert_allclose(U[:, 0, 0], (G @ g @ G.T).ravel(), atol=1e-15)
+    # the bias: b at tile position (1, 1) of M reaches each of the 16 outputs once
+    E = np.zeros((6, 6))
+    E[1, 1] = 2.5
+    np.testing.assert_array_equal(AT @ E @ AT.T, np.full((4, 4), 2.5))
 
 
 def _conv(C, F, dtype, seed=0):
