@@ -599,7 +599,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from ..train.ensemble import ensemble_classes, load_ensemble
+    from ..train.ensemble import deciding_members, ensemble_classes, load_ensemble
 
     files = [file for path in args.models for file in resolve_all(path)]
     models, metas = load_ensemble(files)
@@ -624,8 +624,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     np.add.at(confusion, (y, predicted), 1)
     what = f", an ensemble of {len(models)} models" if len(models) > 1 else ""
     print(f"{where}: {len(y)} images{what}")
-    if len(models) > 2 and not args.members:
-        k = len(models) // 2 + 1
+    k = deciding_members(len(models))
+    if k < len(models) and not args.members:
         print(
             f"members 1-{k} settled the vote on {len(y) - undecided} images; "
             f"{_member_range(k + 1, len(models))} went through the other {undecided}"

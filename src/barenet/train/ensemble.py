@@ -67,15 +67,27 @@ def average_proba(
     (1/K) sum_m softmax(z_m / T), at temperature T (1: as they predict), summed in the
     members' order (`members_proba`: they run side by side). progress(n) is called after each
     batch of n inputs a member has been through."""
-    probas = members_proba(models, x, temperature, progress)
-    total = probas[0]
-    for proba in probas[1:]:
-        total += proba
+    total = _summed(members_proba(models, x, temperature, progress))
     total /= len(models)
     return total
 
 
+def _summed(probas: list[np.ndarray]) -> np.ndarray:
+    """The members' probabilities added in their order, into the first one's array."""
+    total = probas[0]
+    for proba in probas[1:]:
+        total += proba
+    return total
+
+
 SLACK = 1e-4  # far above the rounding of a sum of a few float32 probabilities (about 1e-6)
+
+
+def deciding_members(K: int) -> int:
+    """How many of K members `ensemble_classes` asks about every input: K // 2 + 1, the fewest
+    whose vote can be settled (a lead of at most k must exceed the K - k still to come); all
+    K below three."""
+    return K if K < 3 else K // 2 + 1
 
 
 def ensemble_classes(
@@ -93,7 +105,7 @@ def ensemble_classes(
     the lead of the top class t over any other c changes by at most K - k:
         sum_m p_m,t - sum_m p_m,c  >=  (S_t - S_c) - (K - k).
     Where S_t - S_c > K - k (plus SLACK, for rounding) for every c, t is the ensemble's class,
-    whatever the others say. k = K // 2 + 1, the fewest for which that can happen (a lead
+    whatever the others say. k = K // 2 + 1 (`deciding_members`), the fewest for which that can happen (a lead
     of at most k must exceed K - k): 3 of 5 members, 3 of 4, 2 of 3. On MNIST nearly every
     image is settled so, and the last members look at the few that are not.
 
@@ -103,18 +115,12 @@ def ensemble_classes(
     round in its own way (differences of about 1e-7). progress(n): after each batch of n
     inputs a member has been through; planned(n): before each of the two stages, with the
     number of (member, input) pairs it will go through."""
-    K, N = len(models), len(x)
-    if K < 3:  # every member must vote: nothing can be settled before the last
-        if planned is not None:
-            planned(K * N)
-        return average_proba(models, x, progress=progress).argmax(axis=1), 0
-    k = K // 2 + 1
+    K, N, k = len(models), len(x), deciding_members(len(models))
     if planned is not None:
         planned(k * N)
-    probas = members_proba(models[:k], x, progress=progress)
-    total = probas[0]
-    for proba in probas[1:]:  # summed in the order `average_proba` sums them
-        total += proba
+    if k == K:  # every member must vote: nothing can be settled before the last
+        return average_proba(models, x, progress=progress).argmax(axis=1), 0
+    total = _summed(members_proba(models[:k], x, progress=progress))  # as `average_proba`
     xp = array_module(total)
     two = -xp.partition(-total, 1, axis=1)[:, :2]  # each row's two largest sums
     undecided = xp.flatnonzero(two[:, 0] - two[:, 1] <= (K - k) + SLACK)
