@@ -152,7 +152,10 @@ def members_proba(
 
     Each member of several works in batches of `MEMBER_BYTES`, on every machine, a part being
     whole batches of those: the probabilities are the same, bit for bit, whether the members
-    run side by side or one after the other, on any number of cores. progress(n) is called
+    run side by side or one after the other, in parts or whole, on any number of cores, every
+    product on one BLAS thread (OpenBLAS splitting one product over its own threads may round
+    it otherwise in the last bit with some kernels: one member alone is not bound to match
+    these bits, only to agree within float32 rounding). progress(n) is called
     after each batch of n inputs a member has been through, from one thread at a time. An
     error in one member (or Ctrl-C) stops the others after their current batch."""
     if len(models) == 1:
