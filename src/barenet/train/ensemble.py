@@ -105,9 +105,10 @@ def ensemble_classes(
     the lead of the top class t over any other c changes by at most K - k:
         sum_m p_m,t - sum_m p_m,c  >=  (S_t - S_c) - (K - k).
     Where S_t - S_c > K - k (plus SLACK, for rounding) for every c, t is the ensemble's class,
-    whatever the others say. k = K // 2 + 1 (`deciding_members`), the fewest for which that can happen (a lead
-    of at most k must exceed K - k): 3 of 5 members, 3 of 4, 2 of 3. On MNIST nearly every
-    image is settled so, and the last members look at the few that are not.
+    whatever the others say. k = K // 2 + 1 (`deciding_members`), the fewest for which that
+    can happen (a lead of at most k must exceed K - k): 3 of 5 members, 3 of 4, 2 of 3. On
+    MNIST nearly every image is settled so (the five `record` members: 9,928 of the 10,000
+    test digits after three), and the last members look at the few that are not.
 
     The classes equal `average_proba(models, x).argmax(1)` except, possibly, for an input on
     which two classes' averages tie to within float32 rounding: an input left open goes through
