@@ -80,12 +80,19 @@ def _watch_threads(monkeypatch) -> list[int]:
     return given
 
 
+def _one_after_the_other(monkeypatch, nets, x):
+    """members_proba with the members one after the other (lanes inside their convolutions),
+    every product on one BLAS thread as members_proba runs them on two cores or more (see
+    test_the_blas_own_threads_may_round_a_product_otherwise); threads() stays 1 afterwards."""
+    monkeypatch.setattr(ensemble, "threads", lambda: 1)
+    with blas.one_blas_thread():
+        return members_proba(nets, x)
+
+
 def test_members_side_by_side_give_what_they_give_one_after_the_other(monkeypatch):
     nets = [_conv_net(s) for s in range(3)]
     x = np.random.default_rng(9).random((9, 784), dtype=np.float32)
-    monkeypatch.setattr(ensemble, "threads", lambda: 1)  # one after the other, lanes inside
-    with blas.one_blas_thread():  # as members_proba runs every product on two cores or more
-        alone = members_proba(nets, x)
+    alone = _one_after_the_other(monkeypatch, nets, x)
     names: set[str] = set()
     monkeypatch.setattr(ensemble, "threads", lambda: 2)  # two side by side
     given = _watch_threads(monkeypatch)
@@ -116,9 +123,7 @@ def test_a_last_short_round_is_cut_into_parts_of_whole_batches(monkeypatch):
     x = np.random.default_rng(9).random((9, 784), dtype=np.float32)
     monkeypatch.setattr(ensemble, "threads", lambda: 2)
     side = members_proba(nets, x)
-    monkeypatch.setattr(ensemble, "threads", lambda: 1)
-    with blas.one_blas_thread():  # see test_the_blas_own_threads_may_round_a_product_otherwise
-        alone = members_proba(nets, x)
+    alone = _one_after_the_other(monkeypatch, nets, x)
     for a, b in zip(alone, side, strict=True):
         np.testing.assert_array_equal(a, b)  # the same batches: the same bits
 
@@ -153,9 +158,7 @@ def test_the_last_member_running_gets_every_core(monkeypatch):
     given = _watch_threads(monkeypatch)
     side = members_proba(nets, x)
     assert given[-1] == 2  # its convolutions' lanes on both cores again
-    monkeypatch.setattr(ensemble, "threads", lambda: 1)
-    with blas.one_blas_thread():
-        alone = members_proba(nets, x)
+    alone = _one_after_the_other(monkeypatch, nets, x)
     for a, b in zip(alone, side, strict=True):
         np.testing.assert_array_equal(a, b)
 
