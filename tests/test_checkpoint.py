@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -200,6 +201,8 @@ def test_sigkill_mid_epoch_then_resume_gives_the_uninterrupted_weights(tmp_path,
     a, _ = load_model(tmp_path / "straight")
     b, meta = load_model(killed_dir)
     assert meta["seed"] == 0
+    whole = f"training time       {meta['train_seconds']:.1f} s over the whole run, "
+    assert whole in resumed.stdout  # the run's epochs, those before the kill too
     for (name, p, _), (_, q, _) in zip(a.parameters(), b.parameters()):
         np.testing.assert_array_equal(p, q, err_msg=name)
 
@@ -236,6 +239,14 @@ def test_sigkill_in_a_later_member_then_resume_gives_the_uninterrupted_ensemble(
     resumed = _barenet("train", "--resume", str(killed_dir), "--no-progress")
     assert resumed.returncode == 0, resumed.stderr
     assert "member 1/2 already trained" in resumed.stderr and "resuming from" in resumed.stderr
+    # the training time printed is the whole run's (the members' model files), this process's
+    # part of it beside: member 1 and member 2's first steps were trained before the kill
+    whole = sum(load_model(killed_dir / m)[1]["train_seconds"] for m in ("member-1", "member-2"))
+    line = re.search(r"^training time +([0-9.]+) s over the whole run, ([0-9.]+) s of it in "
+                     r"this process \(([0-9.]+) s in all\)$", resumed.stdout, re.M)  # fmt: skip
+    assert line is not None, resumed.stdout
+    assert line[1] == f"{whole:.1f}" and 0 < float(line[2]) < whole
+    assert float(line[2]) <= float(line[3])
     for member in ("member-1", "member-2"):
         a, _ = load_model(tmp_path / "straight" / member)
         b, _ = load_model(killed_dir / member)

@@ -353,6 +353,8 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
 
     trained: dict[int, tuple[Any, Path]] = {}  # member index -> (model, model file)
     todo = []
+    train_seconds = 0.0  # training in this process
+    run_seconds = 0.0  # the epochs' time over the whole run, earlier processes' too (a resume)
     for k in range(recipe.members):
         where = out if recipe.members == 1 else out / f"member-{k + 1}"
         if args.resume is not None and (where / "model.npz").exists():
@@ -360,16 +362,17 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
             if not meta.get("stopped_at"):
                 _say(f"member {k + 1}/{recipe.members} already trained: {where / 'model.npz'}")
                 trained[k] = (model, where / "model.npz")
+                run_seconds += float(meta.get("train_seconds") or 0.0)
                 continue
             _say(f"member {k + 1}/{recipe.members} was stopped early: continuing it")
         todo.append(k)
-    train_seconds = 0.0
 
     def save(k: int, result: Any) -> bool:
         """Member k's model, history and events; True when it was stopped early."""
-        nonlocal train_seconds
+        nonlocal train_seconds, run_seconds
         where = out if recipe.members == 1 else out / f"member-{k + 1}"
         train_seconds += result.train_seconds
+        run_seconds += sum(e.seconds for e in result.history.epochs)
         stopped = result.history.stopped_at
         metadata: dict[str, Any] = {
             "barenet_version": __version__,
@@ -461,7 +464,12 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
               f"one with: barenet evaluate {out} --data HELD_OUT)")  # fmt: skip
     else:
         print(f"{what}test accuracy       {100 * test:.2f}%")
-    print(f"training time       {train_seconds:.1f} s ({time.perf_counter() - start:.1f} s in all)")
+    wall = time.perf_counter() - start
+    if args.resume is None:  # all of it in this process
+        print(f"training time       {train_seconds:.1f} s ({wall:.1f} s in all)")
+    else:
+        print(f"training time       {run_seconds:.1f} s over the whole run, {train_seconds:.1f} s "
+              f"of it in this process ({wall:.1f} s in all)")  # fmt: skip
     print(f"model saved to      {saved}")
     return 0
 
