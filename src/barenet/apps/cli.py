@@ -371,8 +371,9 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
         """Member k's model, history and events; True when it was stopped early."""
         nonlocal train_seconds, run_seconds
         where = out if recipe.members == 1 else out / f"member-{k + 1}"
+        member_seconds = sum(e.seconds for e in result.history.epochs)  # over the whole run
         train_seconds += result.train_seconds
-        run_seconds += sum(e.seconds for e in result.history.epochs)
+        run_seconds += member_seconds
         stopped = result.history.stopped_at
         metadata: dict[str, Any] = {
             "barenet_version": __version__,
@@ -381,7 +382,7 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
             "dataset": _dataset_metadata(dataset, source),
             "val_accuracy": result.val_accuracy,
             "test_accuracy": result.test_accuracy,
-            "train_seconds": sum(e.seconds for e in result.history.epochs),
+            "train_seconds": member_seconds,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **({"stopped_at": stopped} if stopped else {}),
         }
