@@ -82,9 +82,15 @@ def test_many_blocks_on_every_lane_give_the_same_outputs_and_the_relu(monkeypatc
     x = np.random.default_rng(3).standard_normal((11, 8, 8, 6))
     whole = winograd_forward(conv, x)
     monkeypatch.setattr(winograd, "BLOCK_BYTES", 1)  # one image a block: 11 blocks, 4 lanes
+    assert len(winograd._Blocks(11, 8, 8, 6, 4, 8).blocks) == 11
     np.testing.assert_array_equal(winograd_forward(conv, x), whole)
     np.testing.assert_allclose(whole, conv.forward(x), rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(winograd_forward(conv, x, relu=True), np.maximum(whole, 0))
+    # one, two (the default: the last group of one block) or four blocks a product
+    for group in (1, 4):
+        monkeypatch.setattr(winograd, "PRODUCT_BLOCKS", group)
+        assert len(winograd._Blocks(11, 8, 8, 6, 4, 8).groups) == -(-11 // group)
+        np.testing.assert_allclose(winograd_forward(conv, x), whole, rtol=1e-12, atol=1e-12)
 
 
 def test_applies_to_wide_same_size_3x3_convolutions_only():
@@ -225,6 +231,11 @@ def test_weight_gradient_equals_the_direct_one(N, H, W, small_blocks, monkeypatc
     conv.backward(dout, need_dx=False)
     dW = winograd.winograd_weight_gradient(x, dout)
     np.testing.assert_allclose(dW, conv.grads["W"], rtol=1e-11, atol=1e-11)
+    if small_blocks:  # one block a product, and all of them in one
+        for group in (1, 6):
+            monkeypatch.setattr(winograd, "PRODUCT_BLOCKS", group)
+            dW = winograd.winograd_weight_gradient(x, dout)
+            np.testing.assert_allclose(dW, conv.grads["W"], rtol=1e-11, atol=1e-11)
 
 
 def test_work_arrays_are_kept_per_thread_and_bounded(monkeypatch):

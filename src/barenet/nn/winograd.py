@@ -24,8 +24,9 @@ of every tile and channel at once, then one across the columns; A^T M A likewise
 2 x 216 multiply-adds a tile and channel for B^T d B, where the 36x36 Kronecker matrix
 B^T kron B^T, which maps a flattened tile in one product, takes 1,296 (the engine used it
 until 2026-12-06: 6% more time at 28x28, 15% at 14x14; docs/speed.md). A block's tiles stay
-in a core's cache, blocks on both cores at once (`blas.in_lanes`), every product on one BLAS
-thread.
+in a core's cache while they are transformed; the 36 products then take the tiles of
+PRODUCT_BLOCKS blocks at once (longer products run nearer the GEMM rate); groups of blocks on
+both cores at once (`blas.in_lanes`), every product on one BLAS thread.
 
 The fast plan (plan.py) runs wide convolutions (`applies`) so: at inference, and while training
 (on images of any size: the last tiles may reach beyond a side), the forward pass, the input
@@ -71,6 +72,10 @@ AT = np.array([[1, 1, 1, 1, 1, 0],
 
 MIN_CHANNELS = 64  # below it the transforms, O(C + F) a tile, eat most of the saving
 BLOCK_BYTES = 1 << 20  # one block's transformed tiles V: about 1 MB, in a core's cache
+# Blocks whose tiles meet in one matrix product: each block transformed on its own (in cache),
+# the 36 products over the tiles of two, twice as long (faster on a CPU where a product of a
+# single image's 49 tiles runs far below the GEMM rate; docs/speed.md)
+PRODUCT_BLOCKS = 2
 # At inference, blocks twice that: half the interpreter's calls a digit, which counts where
 # ensemble members run side by side in threads (docs/speed.md); training keeps 1 MB (faster).
 INFERENCE_BLOCK_BYTES = 2 << 20
@@ -125,32 +130,48 @@ def transform_filters(W: np.ndarray, kept: bool = False) -> np.ndarray:
     return U
 
 
-def both_axes(T: np.ndarray, t: np.ndarray, half: np.ndarray, out: np.ndarray) -> None:
+def both_axes(
+    T: np.ndarray, t: np.ndarray, half: np.ndarray, out: np.ndarray, columns_first: bool = False
+) -> None:
     """A 1-D transform T (m, k) along both axes of every tile: t (k, k, R) holds R tiles' k x k
     values (row a, column b, then tile and channel), out (m, m, R) gets T t T^T of each:
         half[i, b] = sum_a T[i, a] t[a, b]       one product down the rows (m, k) (k, k R)
         out[i, j]  = sum_b T[j, b] half[i, b]    then, for each i, across the columns
-    half (m, k, R) is work space. B^T d B is both_axes(B^T, d), A^T M A both_axes(A^T, M), and
-    A dy A^T both_axes(A, dy)."""
+    half (m, k, R) is contiguous work space. B^T d B is both_axes(B^T, d), A^T M A
+    both_axes(A^T, M), and A dy A^T both_axes(A, dy). t and out may be views of a larger array
+    (R contiguous): out is then written in place. With columns_first, the other way round,
+    for a t that cannot be read as one (k, k R) matrix (out must then be contiguous):
+        half'[a, j] = sum_b T[j, b] t[a, b]      out[i, j] = sum_a T[i, a] half'[a, j]"""
     m, k, R = T.shape[0], t.shape[1], t.shape[2]
-    np.matmul(T, t.reshape(k, k * R), out=half.reshape(m, k * R))
-    np.matmul(T, half, out=out)
+    if not columns_first:
+        np.matmul(T, t.reshape(k, k * R), out=half.reshape(m, k * R))
+        np.matmul(T, half, out=out)
+    else:
+        across = half.reshape(k, m, R)
+        np.matmul(T, t, out=across)
+        np.matmul(T, across.reshape(k, m * R), out=out.reshape(m, m * R))
 
 
 class _Blocks:
     """How F(4x4, 3x3) covers images of H x W with C channels in and F out: th x tw tiles of
     4x4 outputs each (the last row and column of tiles may reach beyond the image), nb images a
-    block (their transformed tiles about block_bytes), the blocks [n0, n1) of N images, and
-    the lanes that share them (`blas.in_lanes`; lane k takes blocks k, k + lanes, ...)."""
+    block (their transformed tiles about block_bytes, default BLOCK_BYTES), the blocks
+    [n0, n1) of N images, g of them a group whose tiles meet in one product (default
+    PRODUCT_BLOCKS), and the lanes that share the groups (`blas.in_lanes`; lane k takes groups
+    k, k + lanes, ...)."""
 
     def __init__(
-        self, N: int, H: int, W: int, C: int, F: int, itemsize: int, block_bytes: int = BLOCK_BYTES
-    ) -> None:
+        self, N: int, H: int, W: int, C: int, F: int, itemsize: int,
+        block_bytes: int | None = None, group: int | None = None,
+    ) -> None:  # fmt: skip
         self.th, self.tw = -(-H // 4), -(-W // 4)
         per_image = 36 * self.th * self.tw * max(C, F) * itemsize
+        block_bytes = BLOCK_BYTES if block_bytes is None else block_bytes
         self.nb = max(1, min(N, block_bytes // per_image))
         self.blocks = [(n0, min(N, n0 + self.nb)) for n0 in range(0, N, self.nb)]
-        self.lanes = min(LANES, len(self.blocks))
+        self.g = max(1, min(len(self.blocks), PRODUCT_BLOCKS if group is None else group))
+        self.groups = [self.blocks[i : i + self.g] for i in range(0, len(self.blocks), self.g)]
+        self.lanes = min(LANES, len(self.groups))
         self.P = self.nb * self.th * self.tw  # tiles a block
         self.padded = (self.nb, 4 * self.th + 2, 4 * self.tw + 2, C)  # a block's padded input
 
@@ -172,7 +193,7 @@ def _by_tile_position(Y: np.ndarray) -> np.ndarray:
 
 
 def winograd_forward(
-    conv: Conv2D, x: np.ndarray, pool: int = 0, relu: bool = False, block_bytes: int = BLOCK_BYTES
+    conv: Conv2D, x: np.ndarray, pool: int = 0, relu: bool = False, block_bytes: int | None = None
 ) -> np.ndarray:
     """conv(x) by F(4x4, 3x3), relu(conv(x)) with relu: x (N, H, W, C) -> out (N, H, W, F),
     or window-major (w*w, N, H/w, W/w, F) for pool = w as in `Conv2D.forward`. Nothing is
@@ -219,7 +240,7 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
     N, H, W_, C = x.shape
     F, dtype = dout.shape[3], x.dtype
     cover = _Blocks(N, H, W_, C, F, dtype.itemsize)
-    th, tw, nb, P = cover.th, cover.tw, cover.nb, cover.P
+    th, tw, nb, P, g = cover.th, cover.tw, cover.nb, cover.P, cover.g
     bt, a = BT.astype(dtype), np.ascontiguousarray(AT.T, dtype=dtype)  # B^T d B, A dy A^T
     # each lane's sums, in the calling thread's work arrays (the lanes may run in others)
     sums = [scratch(f"winograd dW sums {k}", (36, C, F), dtype) for k in range(cover.lanes)]
@@ -230,25 +251,28 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
         dpad = scratch("winograd dpad", (nb, 4 * th, 4 * tw, F), dtype)
         dpad.fill(0)  # zero beyond H, W: no outputs there
         d = scratch("winograd d", (36, nb, th, tw, C), dtype)
-        V = scratch("winograd V", (36, P * C), dtype)
+        V = scratch("winograd V", (36, g, P * C), dtype)  # a group's, block j at [:, j]
         half_d = scratch("winograd half d", (6, 6, P * C), dtype)
         dy = scratch("winograd dy", (16, nb, th, tw, F), dtype)  # tiles' output gradients, 4u + v
-        D = scratch("winograd D", (36, P * F), dtype)
+        D = scratch("winograd D", (36, g, P * F), dtype)
         half_dy = scratch("winograd half dy", (6, 4, P * F), dtype)
-        S = scratch("winograd S", (36, C, F), dtype)  # one block's sums
+        S = scratch("winograd S", (36, C, F), dtype)  # one group's sums
         sums[k].fill(0)
-        for n0, n1 in cover.blocks[k :: cover.lanes]:
-            n = n1 - n0
-            if n < nb:  # the last, shorter block: its spare images add nothing
-                xpad[n:] = 0
-                dpad[n:] = 0
-            xpad[:n, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
-            dpad[:n, :H, :W_] = dout[n0:n1]
-            cover.tiles(xpad, d)
-            dy.reshape(4, 4, nb, th, tw, F)[...] = _by_tile_position(dpad)
-            both_axes(bt, d.reshape(6, 6, P * C), half_d, V.reshape(6, 6, P * C))
-            both_axes(a, dy.reshape(4, 4, P * F), half_dy, D.reshape(6, 6, P * F))
-            np.matmul(V.reshape(36, P, C).transpose(0, 2, 1), D.reshape(36, P, F), out=S)
+        for group in cover.groups[k :: cover.lanes]:
+            for j, (n0, n1) in enumerate(group):  # each block's V and D, into the group's
+                n = n1 - n0
+                if n < nb:  # the last, shorter block: its spare images add nothing
+                    xpad[n:] = 0
+                    dpad[n:] = 0
+                xpad[:n, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
+                dpad[:n, :H, :W_] = dout[n0:n1]
+                cover.tiles(xpad, d)
+                dy.reshape(4, 4, nb, th, tw, F)[...] = _by_tile_position(dpad)
+                both_axes(bt, d.reshape(6, 6, P * C), half_d, V.reshape(6, 6, g, P * C)[:, :, j])
+                both_axes(a, dy.reshape(4, 4, P * F), half_dy, D.reshape(6, 6, g, P * F)[:, :, j])
+            q = len(group) * P  # products over the group's tiles: (C, q) by (q, F)
+            Vq, Dq = V.reshape(36, g * P, C)[:, :q], D.reshape(36, g * P, F)[:, :q]
+            np.matmul(Vq.transpose(0, 2, 1), Dq, out=S)
             sums[k] += S
 
     in_lanes(lane, cover.lanes)
@@ -265,11 +289,12 @@ def winograd_conv(
     bias: np.ndarray | None,
     pool: int = 0,
     relu: bool = False,
-    block_bytes: int = BLOCK_BYTES,
+    block_bytes: int | None = None,
 ) -> np.ndarray:
     """The same-size 3x3 correlation of x (N, H, W, C) with W (3, 3, C, F), plus bias (F,)
     (None: no bias), relu with relu, by F(4x4, 3x3): out (N, H, W, F), or window-major for
-    pool = w (`winograd_forward`); blocks of about block_bytes of transformed tiles."""
+    pool = w (`winograd_forward`); blocks of about block_bytes of transformed tiles (default
+    BLOCK_BYTES), PRODUCT_BLOCKS of them a product."""
     N, H, W_, C = x.shape
     F, dtype = W.shape[3], W.dtype
     x = x.astype(dtype, copy=False)
@@ -278,36 +303,40 @@ def winograd_conv(
     w = Conv2D._window(H, W_, pool)
     out = np.empty((w * w, N, H // w, W_ // w, F), dtype=dtype)
     cover = _Blocks(N, H, W_, C, F, dtype.itemsize, block_bytes)
-    th, tw, nb, P = cover.th, cover.tw, cover.nb, cover.P
+    th, tw, nb, P, g = cover.th, cover.tw, cover.nb, cover.P, cover.g
 
     def lane(k: int) -> None:
         xpad = scratch("winograd xpad", cover.padded, dtype)
         xpad.fill(0)  # zero padding, and beyond H, W to whole tiles
         d = scratch("winograd d", (36, nb, th, tw, C), dtype)  # the tiles, (a, b) = 6 a + b
-        V = scratch("winograd V", (36, P * C), dtype)
+        V = scratch("winograd V", (36, g, P * C), dtype)  # a group's, block j at [:, j]
         half_d = scratch("winograd half d", (6, 6, P * C), dtype)
-        M = scratch("winograd M", (36, P, F), dtype)
+        M = scratch("winograd M", (36, g * P, F), dtype)
         half_M = scratch("winograd half M", (4, 6, P * F), dtype)
         Y16 = scratch("winograd Y16", (16, P * F), dtype)  # the outputs, (u, v) = 4 u + v
         Y = scratch("winograd Y", (nb, 4 * th, 4 * tw, F), dtype)  # the block's, whole tiles
-        for n0, n1 in cover.blocks[k :: cover.lanes]:
-            n = n1 - n0
-            xpad[:n, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
-            cover.tiles(xpad, d)
-            both_axes(bt, d.reshape(6, 6, P * C), half_d, V.reshape(6, 6, P * C))  # B^T d B
-            np.matmul(V.reshape(36, P, C), U, out=M)  # (36, P, F): 36 products over C
+        for group in cover.groups[k :: cover.lanes]:
+            for j, (n0, n1) in enumerate(group):  # B^T d B of each block, into its part of V
+                xpad[: n1 - n0, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
+                cover.tiles(xpad, d)
+                both_axes(bt, d.reshape(6, 6, P * C), half_d, V.reshape(6, 6, g, P * C)[:, :, j])
+            q = len(group) * P  # the group's tiles: 36 products over C, (q, C) by (C, F)
+            np.matmul(V.reshape(36, g * P, C)[:, :q], U, out=M[:, :q])
             if bias is not None:  # at tile position (1, 1): A^T's column 1 is all ones, so
-                M[7] += bias  # A^T M A adds it to each of the tile's 16 outputs, once
-            both_axes(at, M.reshape(6, 6, P * F), half_M, Y16.reshape(4, 4, P * F))  # A^T M A
-            # output (4t + u, 4s + v) of tile (t, s), through the ReLU on the way, into the
-            # whole tiles Y, in one strided copy
-            if relu:
-                np.maximum(Y16.reshape(4, 4, nb, th, tw, F), 0, out=_by_tile_position(Y))
-            else:
-                _by_tile_position(Y)[...] = Y16.reshape(4, 4, nb, th, tw, F)
-            Yn = Y[:n, :H, :W_]  # (n, H, W, F): then the part inside the images, in out's order
-            Yn = Yn.reshape(n, H // w, w, W_ // w, w, F).transpose(2, 4, 0, 1, 3, 5)
-            out[:, n0:n1].reshape(w, w, n, H // w, W_ // w, F)[...] = Yn
+                M[7, :q] += bias  # A^T M A adds it to each of the tile's 16 outputs, once
+            for j, (n0, n1) in enumerate(group):  # A^T M A of each block
+                n = n1 - n0
+                Mj = M.reshape(6, 6, g, P * F)[:, :, j]
+                both_axes(at, Mj, half_M, Y16.reshape(4, 4, P * F), columns_first=True)
+                # output (4t + u, 4s + v) of tile (t, s), through the ReLU on the way, into
+                # the whole tiles Y, in one strided copy
+                if relu:
+                    np.maximum(Y16.reshape(4, 4, nb, th, tw, F), 0, out=_by_tile_position(Y))
+                else:
+                    _by_tile_position(Y)[...] = Y16.reshape(4, 4, nb, th, tw, F)
+                Yn = Y[:n, :H, :W_]  # (n, H, W, F): the part inside the images, in out's order
+                Yn = Yn.reshape(n, H // w, w, W_ // w, w, F).transpose(2, 4, 0, 1, 3, 5)
+                out[:, n0:n1].reshape(w, w, n, H // w, W_ // w, F)[...] = Yn
 
     in_lanes(lane, cover.lanes)
     return out.reshape(N, H, W_, F) if w == 1 else out
