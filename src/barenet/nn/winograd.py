@@ -76,6 +76,9 @@ BLOCK_BYTES = 1 << 20  # one block's transformed tiles V: about 1 MB, in a core'
 # the 36 products over the tiles of two, twice as long (faster on a CPU where a product of a
 # single image's 49 tiles runs far below the GEMM rate; docs/speed.md)
 PRODUCT_BLOCKS = 2
+# The weight gradient's products, (C, P) by (P, F), summed over the tiles: one block each.
+# Longer ones were slower (docs/speed.md: two blocks 14% at 28x28, eight 7%)
+WEIGHT_PRODUCT_BLOCKS = 1
 # At inference, blocks twice that: half the interpreter's calls a digit, which counts where
 # ensemble members run side by side in threads (docs/speed.md); training keeps 1 MB (faster).
 INFERENCE_BLOCK_BYTES = 2 << 20
@@ -156,9 +159,9 @@ class _Blocks:
     """How F(4x4, 3x3) covers images of H x W with C channels in and F out: th x tw tiles of
     4x4 outputs each (the last row and column of tiles may reach beyond the image), nb images a
     block (their transformed tiles about block_bytes, default BLOCK_BYTES), the blocks
-    [n0, n1) of N images, g of them a group whose tiles meet in one product (default
-    PRODUCT_BLOCKS), and the lanes that share the groups (`blas.in_lanes`; lane k takes groups
-    k, k + lanes, ...)."""
+    [n0, n1) of N images, g of them a group whose tiles meet in one product (group, default
+    PRODUCT_BLOCKS, but fewer where the groups would not keep every lane busy), and the lanes
+    that share the groups (`blas.in_lanes`; lane k takes groups k, k + lanes, ...)."""
 
     def __init__(
         self, N: int, H: int, W: int, C: int, F: int, itemsize: int,
@@ -169,7 +172,8 @@ class _Blocks:
         block_bytes = BLOCK_BYTES if block_bytes is None else block_bytes
         self.nb = max(1, min(N, block_bytes // per_image))
         self.blocks = [(n0, min(N, n0 + self.nb)) for n0 in range(0, N, self.nb)]
-        self.g = max(1, min(len(self.blocks), PRODUCT_BLOCKS if group is None else group))
+        group = PRODUCT_BLOCKS if group is None else group  # but a group for every lane
+        self.g = max(1, min(group, -(-len(self.blocks) // LANES)))
         self.groups = [self.blocks[i : i + self.g] for i in range(0, len(self.blocks), self.g)]
         self.lanes = min(LANES, len(self.groups))
         self.P = self.nb * self.th * self.tw  # tiles a block
@@ -239,7 +243,7 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
     block's added onto its lane's sums, the lanes' sums added in a fixed order."""
     N, H, W_, C = x.shape
     F, dtype = dout.shape[3], x.dtype
-    cover = _Blocks(N, H, W_, C, F, dtype.itemsize)
+    cover = _Blocks(N, H, W_, C, F, dtype.itemsize, group=WEIGHT_PRODUCT_BLOCKS)
     th, tw, nb, P, g = cover.th, cover.tw, cover.nb, cover.P, cover.g
     bt, a = BT.astype(dtype), np.ascontiguousarray(AT.T, dtype=dtype)  # B^T d B, A dy A^T
     # each lane's sums, in the calling thread's work arrays (the lanes may run in others)
