@@ -240,7 +240,8 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
     to g is G^T [(A dy A^T) * V] G. Summed over tiles and images, at each tile position xi a
     matrix product over all tiles at once: S[xi] (C, F) = V[xi]^T (C, P) D[xi] (P, F),
     D = A dy A^T; then dW = G^T S G for every (c, f). Products over the long tile axis P, each
-    block's added onto its lane's sums, the lanes' sums added in a fixed order."""
+    group's (WEIGHT_PRODUCT_BLOCKS blocks) added onto its lane's sums, the lanes' sums added in
+    a fixed order."""
     N, H, W_, C = x.shape
     F, dtype = dout.shape[3], x.dtype
     cover = _Blocks(N, H, W_, C, F, dtype.itemsize, group=WEIGHT_PRODUCT_BLOCKS)
