@@ -76,9 +76,6 @@ BLOCK_BYTES = 1 << 20  # one block's transformed tiles V: about 1 MB, in a core'
 # the 36 products over the tiles of two, twice as long (faster on a CPU where a product of a
 # single image's 49 tiles runs far below the GEMM rate; docs/speed.md)
 PRODUCT_BLOCKS = 2
-# The weight gradient's products, (C, P) by (P, F), summed over the tiles: one block each.
-# Longer ones were slower (docs/speed.md: two blocks 14% at 28x28, eight 7%)
-WEIGHT_PRODUCT_BLOCKS = 1
 # At inference, blocks twice that: half the interpreter's calls a digit, which counts where
 # ensemble members run side by side in threads (docs/speed.md); training keeps 1 MB (faster).
 INFERENCE_BLOCK_BYTES = 2 << 20
@@ -240,12 +237,12 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
     to g is G^T [(A dy A^T) * V] G. Summed over tiles and images, at each tile position xi a
     matrix product over all tiles at once: S[xi] (C, F) = V[xi]^T (C, P) D[xi] (P, F),
     D = A dy A^T; then dW = G^T S G for every (c, f). Products over the long tile axis P, each
-    group's (WEIGHT_PRODUCT_BLOCKS blocks) added onto its lane's sums, the lanes' sums added in
-    a fixed order."""
+    block's added onto its lane's sums, the lanes' sums added in a fixed order. One block a
+    product: longer ones, as the forward pass takes them, were slower here (docs/speed.md)."""
     N, H, W_, C = x.shape
     F, dtype = dout.shape[3], x.dtype
-    cover = _Blocks(N, H, W_, C, F, dtype.itemsize, group=WEIGHT_PRODUCT_BLOCKS)
-    th, tw, nb, P, g = cover.th, cover.tw, cover.nb, cover.P, cover.g
+    cover = _Blocks(N, H, W_, C, F, dtype.itemsize, group=1)
+    th, tw, nb, P = cover.th, cover.tw, cover.nb, cover.P
     bt, a = BT.astype(dtype), np.ascontiguousarray(AT.T, dtype=dtype)  # B^T d B, A dy A^T
     # each lane's sums, in the calling thread's work arrays (the lanes may run in others)
     sums = [scratch(f"winograd dW sums {k}", (36, C, F), dtype) for k in range(cover.lanes)]
@@ -256,28 +253,25 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
         dpad = scratch("winograd dpad", (nb, 4 * th, 4 * tw, F), dtype)
         dpad.fill(0)  # zero beyond H, W: no outputs there
         d = scratch("winograd d", (36, nb, th, tw, C), dtype)
-        V = scratch("winograd V", (36, g, P * C), dtype)  # a group's, block j at [:, j]
+        V = scratch("winograd V", (36, P * C), dtype)
         half_d = scratch("winograd half d", (6, 6, P * C), dtype)
         dy = scratch("winograd dy", (16, nb, th, tw, F), dtype)  # tiles' output gradients, 4u + v
-        D = scratch("winograd D", (36, g, P * F), dtype)
+        D = scratch("winograd D", (36, P * F), dtype)
         half_dy = scratch("winograd half dy", (6, 4, P * F), dtype)
-        S = scratch("winograd S", (36, C, F), dtype)  # one group's sums
+        S = scratch("winograd S", (36, C, F), dtype)  # one block's sums
         sums[k].fill(0)
-        for group in cover.groups[k :: cover.lanes]:
-            for j, (n0, n1) in enumerate(group):  # each block's V and D, into the group's
-                n = n1 - n0
-                if n < nb:  # the last, shorter block: its spare images add nothing
-                    xpad[n:] = 0
-                    dpad[n:] = 0
-                xpad[:n, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
-                dpad[:n, :H, :W_] = dout[n0:n1]
-                cover.tiles(xpad, d)
-                dy.reshape(4, 4, nb, th, tw, F)[...] = _by_tile_position(dpad)
-                both_axes(bt, d.reshape(6, 6, P * C), half_d, V.reshape(6, 6, g, P * C)[:, :, j])
-                both_axes(a, dy.reshape(4, 4, P * F), half_dy, D.reshape(6, 6, g, P * F)[:, :, j])
-            q = len(group) * P  # products over the group's tiles: (C, q) by (q, F)
-            Vq, Dq = V.reshape(36, g * P, C)[:, :q], D.reshape(36, g * P, F)[:, :q]
-            np.matmul(Vq.transpose(0, 2, 1), Dq, out=S)
+        for n0, n1 in cover.blocks[k :: cover.lanes]:
+            n = n1 - n0
+            if n < nb:  # the last, shorter block: its spare images add nothing
+                xpad[n:] = 0
+                dpad[n:] = 0
+            xpad[:n, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
+            dpad[:n, :H, :W_] = dout[n0:n1]
+            cover.tiles(xpad, d)
+            dy.reshape(4, 4, nb, th, tw, F)[...] = _by_tile_position(dpad)
+            both_axes(bt, d.reshape(6, 6, P * C), half_d, V.reshape(6, 6, P * C))
+            both_axes(a, dy.reshape(4, 4, P * F), half_dy, D.reshape(6, 6, P * F))
+            np.matmul(V.reshape(36, P, C).transpose(0, 2, 1), D.reshape(36, P, F), out=S)
             sums[k] += S
 
     in_lanes(lane, cover.lanes)
