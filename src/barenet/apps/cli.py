@@ -26,7 +26,7 @@ import numpy as np
 from ..data import datasets
 from ..errors import BarenetError
 from ..files.atomic import atomic_write
-from ..files.modelfile import default_model_path, resolve_all
+from ..files.modelfile import default_model_path, member_folder, resolve_all
 from ..train.recipes import RECIPES, Recipe, get_recipe
 from ..version import __version__
 
@@ -356,7 +356,7 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
     train_seconds = 0.0  # training in this process
     run_seconds = 0.0  # the epochs' time over the whole run, earlier processes' too (a resume)
     for k in range(recipe.members):
-        where = out if recipe.members == 1 else out / f"member-{k + 1}"
+        where = member_folder(out, recipe.members, k)
         if args.resume is not None and (where / "model.npz").exists():
             model, meta = load_model(where / "model.npz")
             if not meta.get("stopped_at"):
@@ -370,7 +370,7 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
     def save(k: int, result: Any) -> bool:
         """Member k's model, history and events; True when it was stopped early."""
         nonlocal train_seconds, run_seconds
-        where = out if recipe.members == 1 else out / f"member-{k + 1}"
+        where = member_folder(out, recipe.members, k)
         member_seconds = sum(e.seconds for e in result.history.epochs)  # over the whole run
         train_seconds += result.train_seconds
         run_seconds += member_seconds
@@ -408,7 +408,7 @@ def _train_members(args: argparse.Namespace, recipe: Recipe, dataset: datasets.D
             if save(k, result) and stopped is None:
                 stopped = (k, result)
     for k in todo if args.ray is None else []:
-        where = out if recipe.members == 1 else out / f"member-{k + 1}"
+        where = member_folder(out, recipe.members, k)
         if recipe.members > 1:
             _say(f"member {k + 1}/{recipe.members} (seed {recipe.seed + k})")
         where.mkdir(parents=True, exist_ok=True)

@@ -28,6 +28,7 @@ from typing import Any
 
 from ..data.datasets import Dataset
 from ..errors import BarenetError
+from ..files.modelfile import member_folder
 from ..train.loop import Result, fit
 from ..train.recipes import Recipe
 
@@ -124,7 +125,7 @@ def train_members_on_ray(
     data = ray.put(dataset)
     pending = {}
     for k in members:
-        where = out if recipe.members == 1 else out / f"member-{k + 1}"
+        where = member_folder(out, recipe.members, k)
         ref = task.remote(recipe.to_dict(), data, k, str(where.resolve()),
                           60 * checkpoint_minutes, threads, queue)  # fmt: skip
         pending[ref] = k

@@ -74,6 +74,12 @@ def resolve_all(path: str | os.PathLike[str]) -> list[Path]:
     return members
 
 
+def member_folder(run: Path, members: int, k: int) -> Path:
+    """Where member k (0-based) of a run of `members` nets keeps its files: the run directory
+    itself for a single net, run/member-(k + 1) in an ensemble (the layout resolve_all reads)."""
+    return run if members == 1 else run / f"member-{k + 1}"
+
+
 def _member_number(name: str) -> int:
     tail = name.rpartition("-")[2]
     return int(tail) if tail.isdigit() else 1 << 30
