@@ -43,6 +43,35 @@ def test_two_dimensional_identity_and_the_transforms_along_both_axes():
     np.testing.assert_array_equal(AT @ E @ AT.T, np.full((4, 4), 2.5))
 
 
+@pytest.mark.parametrize("columns_first", [False, True])
+def test_both_axes_as_one_long_product_or_one_a_row_and_into_views(monkeypatch, columns_first):
+    # `_rows` takes one (m, k) by (k, c R) product up to ONE_PRODUCT_WORK multiply-adds, else
+    # one (m, k) by (k, R) product for each b: the same sums, also where t and out are views
+    # of larger arrays (which the one long product cannot write in place)
+    rng = np.random.default_rng(2)
+    R = 300
+    for T, k in [(BT, 6), (AT, 6), (AT.T.copy(), 4)]:
+        m = len(T)
+        T32 = T.astype(np.float32)
+        wide = rng.standard_normal((k, k, 2, R), dtype=np.float32)
+        expected = np.einsum("ia,abr,jb->ijr", T, wide[:, :, 1].astype(np.float64), T)
+        results = []
+        for work in (0, 1 << 40):
+            for views in (False, True):
+                monkeypatch.setattr(winograd, "ONE_PRODUCT_WORK", work)
+                t = wide[:, :, 1] if views else np.ascontiguousarray(wide[:, :, 1])
+                out_wide = np.full((m, m, 3, R), np.nan, np.float32)
+                out = out_wide[:, :, 2] if views else np.empty((m, m, R), np.float32)
+                half = np.empty((m, k, R), np.float32)
+                winograd.both_axes(T32, t, half, out, columns_first=columns_first)
+                np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-4)
+                if views:  # written in place, nothing else touched
+                    assert np.isnan(out_wide[:, :, :2]).all()
+                results.append(out.copy())
+        for other in results[1:]:
+            np.testing.assert_allclose(other, results[0], rtol=1e-6, atol=1e-6)
+
+
 def _conv(C, F, dtype, seed=0):
     rng = np.random.default_rng(seed)
     conv = Conv2D(C, F, 3, padding=1, rng=rng, dtype=dtype)

@@ -36,8 +36,8 @@ about 1e-5 of the outputs' size in float32, against 1e-6 for the direct product,
 what a step of SGD or Adam moves; in float64 they agree to 1e-11 (tests/test_winograd.py, with
 the plain convolution, `Conv2D`, as the reference). The same maths one tile at a time, to
 read: `reference.winograd_conv_forward` and `winograd_conv_backward`; the derivation in
-docs/backprop.md, section 3k. Timings in docs/speed.md ("Winograd's minimal filtering", and
-"Winograd on a Zen 5").
+docs/backprop.md, section 3k. Timings in docs/speed.md ("Winograd's minimal filtering",
+"Winograd on a Zen 5", and "The tile transforms' long products, split").
 """
 
 from __future__ import annotations
@@ -79,6 +79,9 @@ PRODUCT_BLOCKS = 2
 # At inference, blocks twice that: half the interpreter's calls a digit, which counts where
 # ensemble members run side by side in threads (docs/speed.md); training keeps 1 MB (faster).
 INFERENCE_BLOCK_BYTES = 2 << 20
+# The tile transforms' products with the 6x6 (or 4x6) matrices: one long product up to this
+# many multiply-adds, one a tile row beyond it (`_rows`; docs/speed.md)
+ONE_PRODUCT_WORK = 750_000
 SCRATCH_BYTES = 96 << 20  # the work arrays a thread keeps (`scratch`), at most
 
 _kept = threading.local()  # each thread's work arrays: {'name shape dtype': array}
@@ -135,21 +138,38 @@ def both_axes(
 ) -> None:
     """A 1-D transform T (m, k) along both axes of every tile: t (k, k, R) holds R tiles' k x k
     values (row a, column b, then tile and channel), out (m, m, R) gets T t T^T of each:
-        half[i, b] = sum_a T[i, a] t[a, b]       one product down the rows (m, k) (k, k R)
+        half[i, b] = sum_a T[i, a] t[a, b]       down the rows
         out[i, j]  = sum_b T[j, b] half[i, b]    then, for each i, across the columns
     half (m, k, R) is contiguous work space. B^T d B is both_axes(B^T, d), A^T M A
     both_axes(A^T, M), and A dy A^T both_axes(A, dy). t and out may be views of a larger array
     (R contiguous): out is then written in place. With columns_first, the other way round,
-    for a t that cannot be read as one (k, k R) matrix (out must then be contiguous):
-        half'[a, j] = sum_b T[j, b] t[a, b]      out[i, j] = sum_a T[i, a] half'[a, j]"""
+    for a t that cannot be read as one (k, k R) matrix:
+        half'[a, j] = sum_b T[j, b] t[a, b]      out[i, j] = sum_a T[i, a] half'[a, j]
+    Each step is products with T: one (m, k) by (k, k R) product (`_rows`) where it is small, k
+    products (m, k) by (k, R) otherwise. Both give the same sums, bit for bit."""
     m, k, R = T.shape[0], t.shape[1], t.shape[2]
     if not columns_first:
-        np.matmul(T, t.reshape(k, k * R), out=half.reshape(m, k * R))
+        _rows(T, t, half)
         np.matmul(T, half, out=out)
     else:
         across = half.reshape(k, m, R)
         np.matmul(T, t, out=across)
-        np.matmul(T, across.reshape(k, m * R), out=out.reshape(m, m * R))
+        _rows(T, across, out)
+
+
+def _rows(T: np.ndarray, t: np.ndarray, out: np.ndarray) -> None:
+    """out[i, b] = sum_a T[i, a] t[a, b] for T (m, k), t (k, c, R), out (m, c, R), the last axis
+    of t and out contiguous. Up to ONE_PRODUCT_WORK multiply-adds, with t and out contiguous
+    arrays, as one (m, k) by (k, c R) product; otherwise c products (m, k) by (k, R), one for
+    each b: OpenBLAS ran the one long product at two thirds of their speed beyond that size
+    (docs/speed.md)."""
+    m, k = T.shape
+    c, R = t.shape[1], t.shape[2]
+    one = m * k * c * R <= ONE_PRODUCT_WORK and t.flags.c_contiguous and out.flags.c_contiguous
+    if one:
+        np.matmul(T, t.reshape(k, c * R), out=out.reshape(m, c * R))
+    else:
+        np.matmul(T, t.transpose(1, 0, 2), out=out.transpose(1, 0, 2))
 
 
 class _Blocks:
