@@ -146,7 +146,8 @@ def both_axes(
     for a t that cannot be read as one (k, k R) matrix:
         half'[a, j] = sum_b T[j, b] t[a, b]      out[i, j] = sum_a T[i, a] half'[a, j]
     Each step is products with T: one (m, k) by (k, k R) product (`_rows`) where it is small, k
-    products (m, k) by (k, R) otherwise. Both give the same sums, bit for bit."""
+    products (m, k) by (k, R) otherwise: the same sums (bit for bit with OpenBLAS's SkylakeX
+    and Haswell kernels; docs/speed.md)."""
     m, k, R = T.shape[0], t.shape[1], t.shape[2]
     if not columns_first:
         _rows(T, t, half)
