@@ -72,6 +72,43 @@ def test_both_axes_as_one_long_product_or_one_a_row_and_into_views(monkeypatch, 
             np.testing.assert_allclose(other, results[0], rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "N, H, C, F, block_bytes",
+    [
+        (11, 14, 8, 6, 40_000),  # two digits a block, two blocks a group, a shorter last block
+        (7, 9, 3, 4, 6_000),  # a digit a block, the last group one block short
+        (3, 8, 5, 7, None),  # one block
+    ],
+)
+def test_weight_gradient_from_the_tiles_the_forward_pass_kept(monkeypatch, N, H, C, F, block_bytes):
+    # the tiles kept by the forward pass are the ones the weight gradient makes from x: the
+    # same outputs and the same weight gradient, bit for bit; the slots no block fills
+    # (NaN here) are read by neither
+    if block_bytes is not None:
+        monkeypatch.setattr(winograd, "BLOCK_BYTES", block_bytes)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((N, H, H, C)).astype(np.float32)
+    W = rng.standard_normal((3, 3, C, F)).astype(np.float32)
+    b = rng.standard_normal(F).astype(np.float32)
+    dout = rng.standard_normal((N, H, H, F)).astype(np.float32)
+    tiles = np.full(winograd.kept_tiles_shape(x.shape, F, 4), np.nan, np.float32)
+    out = winograd.winograd_conv(x, W, b, tiles=tiles)
+    np.testing.assert_array_equal(out, winograd.winograd_conv(x, W, b))
+    dW = winograd.winograd_weight_gradient(x, dout, tiles)
+    np.testing.assert_array_equal(dW, winograd.winograd_weight_gradient(x, dout))
+    conv = Conv2D(C, F, 3, padding=1, dtype=np.float32)
+    conv.params["W"][...] = W
+    conv.forward(x, training=True)
+    conv.backward(dout)
+    np.testing.assert_allclose(dW, conv.grads["W"], rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="do not fit"):
+        winograd.winograd_weight_gradient(
+            np.pad(x, [(0, 0), (0, 4), (0, 4), (0, 0)]),
+            np.pad(dout, [(0, 0), (0, 4), (0, 4), (0, 0)]),
+            tiles,
+        )
+
+
 def _conv(C, F, dtype, seed=0):
     rng = np.random.default_rng(seed)
     conv = Conv2D(C, F, 3, padding=1, rng=rng, dtype=dtype)

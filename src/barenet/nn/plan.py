@@ -30,8 +30,11 @@ need_grads).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Protocol
+
+import numpy as np
 
 from ..backend.arrays import array_module
 from .conv import Conv2D, MaxPool2D
@@ -39,6 +42,8 @@ from .fused import BatchNormMaxPool, ConvBatchNorm, fold_batchnorm
 from .layers import Array, BatchNorm, Dropout, Layer, ReLU, column_sums
 from .winograd import (
     INFERENCE_BLOCK_BYTES,
+    KEEP_TILES_BYTES,
+    kept_tiles_shape,
     winograd_forward,
     winograd_input_gradient,
     winograd_weight_gradient,
@@ -142,7 +147,9 @@ class WinogradTrainStep:
     """While training, a wide 3x3 Conv2D (layer `start`; `winograd.applies`): its output and
     both its gradients by Winograd's F(4x4, 3x3), the tiles covering images of any size (the
     last row and column of tiles reaching beyond a side that is not a multiple of 4). The same
-    gradients to float32 rounding (tests/test_winograd.py)."""
+    gradients to float32 rounding (tests/test_winograd.py). The forward pass keeps its
+    input's transformed tiles for the weight gradient (up to `winograd.KEEP_TILES_BYTES`),
+    which then need not make them again."""
 
     def __init__(self, layers: Sequence[Layer], i: int, pool: int = 0) -> None:
         conv = layers[i]
@@ -150,6 +157,7 @@ class WinogradTrainStep:
         self.conv, self.pool, self.start, self.stop = conv, pool, i, i + 1
         self.tiles = False  # whether the last forward pass ran by Winograd
         self._x: Array | None = None  # its input, for the weight gradient
+        self._V: Array | None = None  # and the input's transformed tiles, where kept
 
     def forward(self, x: Array, training: bool) -> Array:
         self.tiles = training
@@ -158,7 +166,11 @@ class WinogradTrainStep:
         # the input in the layer's own array (the layer below may reuse its own in the step)
         self._x = self.conv.work("winograd x", x.shape, x.dtype, array_module(x), keep=True)
         self._x[...] = x
-        return winograd_forward(self.conv, x, pool=self.pool)
+        dtype = self.conv.params["W"].dtype
+        shape = kept_tiles_shape(x.shape, self.conv.out_channels, dtype.itemsize)
+        keep = math.prod(shape) * dtype.itemsize <= KEEP_TILES_BYTES
+        self._V = self.conv.work("winograd V", shape, dtype, np, keep=True) if keep else None
+        return winograd_forward(self.conv, x, pool=self.pool, tiles=self._V)
 
     def backward(self, dout: Array, need_dx: bool, need_grads: bool) -> Array | None:
         if not self.tiles:
@@ -166,7 +178,7 @@ class WinogradTrainStep:
         assert self._x is not None
         dy = winograd_plain(dout)  # (N, H, W, F)
         if need_grads:
-            self.conv.grads["W"][...] = winograd_weight_gradient(self._x, dy)
+            self.conv.grads["W"][...] = winograd_weight_gradient(self._x, dy, self._V)
             self.conv.grads["b"][...] = column_sums(dy.reshape(-1, dy.shape[3]))
         return winograd_input_gradient(self.conv, dy) if need_dx else None
 

@@ -83,6 +83,9 @@ INFERENCE_BLOCK_BYTES = 2 << 20
 # many multiply-adds, one a tile row beyond it (`_rows`; docs/speed.md)
 ONE_PRODUCT_WORK = 750_000
 SCRATCH_BYTES = 96 << 20  # the work arrays a thread keeps (`scratch`), at most
+# While training, a layer's forward pass keeps its input's transformed tiles V for the weight
+# gradient, which then need not transform the input again, where they take at most this much
+KEEP_TILES_BYTES = 64 << 20
 
 _kept = threading.local()  # each thread's work arrays: {'name shape dtype': array}
 
@@ -113,6 +116,15 @@ def applies(conv: Conv2D) -> bool:
         and (conv.kernel_size, conv.stride, conv.padding) == (3, 1, 1)
         and min(conv.in_channels, conv.out_channels) >= MIN_CHANNELS
     )  # fmt: skip
+
+
+def kept_tiles_shape(x_shape: tuple[int, ...], F: int, itemsize: int) -> tuple[int, ...]:
+    """The shape of the array in which `winograd_conv` keeps the transformed tiles V of an
+    input x_shape (N, H, W, C) for F output channels (`tiles`): (groups, 36, g, P C), group i's
+    V as its products read it, block j of the group at [i, :, j]."""
+    N, H, W_, C = x_shape
+    cover = _Blocks(N, H, W_, C, F, itemsize)
+    return (len(cover.groups), 36, cover.g, cover.P * C)
 
 
 def transform_filters(W: np.ndarray, kept: bool = False) -> np.ndarray:
@@ -215,15 +227,20 @@ def _by_tile_position(Y: np.ndarray) -> np.ndarray:
 
 
 def winograd_forward(
-    conv: Conv2D, x: np.ndarray, pool: int = 0, relu: bool = False, block_bytes: int | None = None
+    conv: Conv2D,
+    x: np.ndarray,
+    pool: int = 0,
+    relu: bool = False,
+    block_bytes: int | None = None,
+    tiles: np.ndarray | None = None,
 ) -> np.ndarray:
     """conv(x) by F(4x4, 3x3), relu(conv(x)) with relu: x (N, H, W, C) -> out (N, H, W, F),
-    or window-major (w*w, N, H/w, W/w, F) for pool = w as in `Conv2D.forward`. Nothing is
-    kept for a backward pass (`WinogradTrainStep` in plan.py keeps what it needs). conv must
-    satisfy `applies`."""
+    or window-major (w*w, N, H/w, W/w, F) for pool = w as in `Conv2D.forward`. tiles: an
+    array of `kept_tiles_shape` that gets x's transformed tiles, for the weight gradient
+    (`WinogradTrainStep` in plan.py keeps what it needs). conv must satisfy `applies`."""
     if x.shape[3] != conv.in_channels:
         raise ValueError(f"Conv2D expects {conv.in_channels} input channels, got {x.shape[3]}")
-    return winograd_conv(x, conv.params["W"], conv.params["b"], pool, relu, block_bytes)
+    return winograd_conv(x, conv.params["W"], conv.params["b"], pool, relu, block_bytes, tiles)
 
 
 def winograd_input_gradient(conv: Conv2D, dout: np.ndarray) -> np.ndarray:
@@ -248,7 +265,9 @@ def plain(dout: np.ndarray) -> np.ndarray:
     return dout.reshape(N, PH * w, PW * w, F)
 
 
-def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
+def winograd_weight_gradient(
+    x: np.ndarray, dout: np.ndarray, tiles: np.ndarray | None = None
+) -> np.ndarray:
     """dW (3, 3, C, F) of a same-size 3x3 correlation, from its input x (N, H, W, C) and
     output gradient dout (N, H, W, F): dW[i, j, c, f] = sum_{n, h, w} xpad[n, h + i, w + j, c]
     dout[n, h, w, f], by F(4x4, 3x3) read backwards.
@@ -259,10 +278,15 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
     matrix product over all tiles at once: S[xi] (C, F) = V[xi]^T (C, P) D[xi] (P, F),
     D = A dy A^T; then dW = G^T S G for every (c, f). Products over the long tile axis P, each
     block's added onto its lane's sums, the lanes' sums added in a fixed order. One block a
-    product: longer ones, as the forward pass takes them, were slower here (docs/speed.md)."""
+    product: longer ones, as the forward pass takes them, were slower here (docs/speed.md).
+    tiles: V as the forward pass kept them (`winograd_conv`'s tiles, from this x), which
+    spares transforming x again: the same V, so the same sums."""
     N, H, W_, C = x.shape
     F, dtype = dout.shape[3], x.dtype
     cover = _Blocks(N, H, W_, C, F, dtype.itemsize, group=1)
+    kept_g = _Blocks(N, H, W_, C, F, dtype.itemsize).g  # the forward pass's blocks a group
+    if tiles is not None and tiles.shape != kept_tiles_shape(x.shape, F, dtype.itemsize):
+        raise ValueError(f"kept tiles of shape {tiles.shape} do not fit an input of {x.shape}")
     th, tw, nb, P = cover.th, cover.tw, cover.nb, cover.P
     bt, a = BT.astype(dtype), np.ascontiguousarray(AT.T, dtype=dtype)  # B^T d B, A dy A^T
     # each lane's sums, in the calling thread's work arrays (the lanes may run in others)
@@ -281,18 +305,23 @@ def winograd_weight_gradient(x: np.ndarray, dout: np.ndarray) -> np.ndarray:
         half_dy = scratch("winograd half dy", (6, 4, P * F), dtype)
         S = scratch("winograd S", (36, C, F), dtype)  # one block's sums
         sums[k].fill(0)
-        for n0, n1 in cover.blocks[k :: cover.lanes]:
+        for b in range(k, len(cover.blocks), cover.lanes):
+            n0, n1 = cover.blocks[b]
             n = n1 - n0
             if n < nb:  # the last, shorter block: its spare images add nothing
                 xpad[n:] = 0
                 dpad[n:] = 0
-            xpad[:n, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
             dpad[:n, :H, :W_] = dout[n0:n1]
-            cover.tiles(xpad, d)
+            if tiles is None:
+                xpad[:n, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
+                cover.tiles(xpad, d)
+                both_axes(bt, d.reshape(6, 6, P * C), half_d, V.reshape(6, 6, P * C))
+                Vb = V
+            else:  # block b is block b % g of the forward pass's group b // g
+                Vb = tiles[b // kept_g, :, b % kept_g]
             dy.reshape(4, 4, nb, th, tw, F)[...] = _by_tile_position(dpad)
-            both_axes(bt, d.reshape(6, 6, P * C), half_d, V.reshape(6, 6, P * C))
             both_axes(a, dy.reshape(4, 4, P * F), half_dy, D.reshape(6, 6, P * F))
-            np.matmul(V.reshape(36, P, C).transpose(0, 2, 1), D.reshape(36, P, F), out=S)
+            np.matmul(Vb.reshape(36, P, C).transpose(0, 2, 1), D.reshape(36, P, F), out=S)
             sums[k] += S
 
     in_lanes(lane, cover.lanes)
@@ -310,11 +339,14 @@ def winograd_conv(
     pool: int = 0,
     relu: bool = False,
     block_bytes: int | None = None,
+    tiles: np.ndarray | None = None,
 ) -> np.ndarray:
     """The same-size 3x3 correlation of x (N, H, W, C) with W (3, 3, C, F), plus bias (F,)
     (None: no bias), relu with relu, by F(4x4, 3x3): out (N, H, W, F), or window-major for
     pool = w (`winograd_forward`); blocks of about block_bytes of transformed tiles (default
-    BLOCK_BYTES), PRODUCT_BLOCKS of them a product."""
+    BLOCK_BYTES), PRODUCT_BLOCKS of them a product. tiles (default blocks only): an array of
+    `kept_tiles_shape` in which the transformed tiles V are made and kept (a shorter last
+    block's spare images zero), for `winograd_weight_gradient`."""
     N, H, W_, C = x.shape
     F, dtype = W.shape[3], W.dtype
     x = x.astype(dtype, copy=False)
@@ -324,6 +356,12 @@ def winograd_conv(
     out = np.empty((w * w, N, H // w, W_ // w, F), dtype=dtype)
     cover = _Blocks(N, H, W_, C, F, dtype.itemsize, block_bytes)
     th, tw, nb, P, g = cover.th, cover.tw, cover.nb, cover.P, cover.g
+    if tiles is not None and (
+        block_bytes is not None
+        or tiles.dtype != dtype
+        or tiles.shape != kept_tiles_shape(x.shape, F, dtype.itemsize)
+    ):
+        raise ValueError(f"tiles {tiles.shape} {tiles.dtype} do not fit an input of {x.shape}")
 
     def lane(k: int) -> None:
         xpad = scratch("winograd xpad", cover.padded, dtype)
@@ -335,13 +373,17 @@ def winograd_conv(
         half_M = scratch("winograd half M", (4, 6, P * F), dtype)
         Y16 = scratch("winograd Y16", (16, P * F), dtype)  # the outputs, (u, v) = 4 u + v
         Y = scratch("winograd Y", (nb, 4 * th, 4 * tw, F), dtype)  # the block's, whole tiles
-        for group in cover.groups[k :: cover.lanes]:
+        for i in range(k, len(cover.groups), cover.lanes):
+            group = cover.groups[i]
+            Vg = V if tiles is None else tiles[i]
             for j, (n0, n1) in enumerate(group):  # B^T d B of each block, into its part of V
                 xpad[: n1 - n0, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
+                if tiles is not None and n1 - n0 < nb:  # kept: a shorter block's spare
+                    xpad[n1 - n0 :] = 0  # images zero, as the weight gradient makes its own
                 cover.tiles(xpad, d)
-                both_axes(bt, d.reshape(6, 6, P * C), half_d, V.reshape(6, 6, g, P * C)[:, :, j])
+                both_axes(bt, d.reshape(6, 6, P * C), half_d, Vg.reshape(6, 6, g, P * C)[:, :, j])
             q = len(group) * P  # the group's tiles: 36 products over C, (q, C) by (C, F)
-            np.matmul(V.reshape(36, g * P, C)[:, :q], U, out=M[:, :q])
+            np.matmul(Vg.reshape(36, g * P, C)[:, :q], U, out=M[:, :q])
             if bias is not None:  # at tile position (1, 1): A^T's column 1 is all ones, so
                 M[7, :q] += bias  # A^T M A adds it to each of the tile's 16 outputs, once
             for j, (n0, n1) in enumerate(group):  # A^T M A of each block
