@@ -78,6 +78,7 @@ def test_both_axes_as_one_long_product_or_one_a_row_and_into_views(monkeypatch, 
         (11, 14, 8, 6, 40_000),  # two digits a block, two blocks a group, a shorter last block
         (7, 9, 3, 4, 6_000),  # a digit a block, the last group one block short
         (3, 8, 5, 7, None),  # one block
+        (11, 8, 6, 8, 10_000),  # whole tiles, two digits a block, a shorter last block
     ],
 )
 def test_weight_gradient_from_the_tiles_the_forward_pass_kept(monkeypatch, N, H, C, F, block_bytes):
@@ -96,6 +97,10 @@ def test_weight_gradient_from_the_tiles_the_forward_pass_kept(monkeypatch, N, H,
     np.testing.assert_array_equal(out, winograd.winograd_conv(x, W, b))
     dW = winograd.winograd_weight_gradient(x, dout, tiles)
     np.testing.assert_array_equal(dW, winograd.winograd_weight_gradient(x, dout))
+    # with the tiles, the input's shape is all it needs
+    np.testing.assert_array_equal(dW, winograd.winograd_weight_gradient(x.shape, dout, tiles))
+    with pytest.raises(ValueError, match="needs the input"):
+        winograd.winograd_weight_gradient(x.shape, dout)
     conv = Conv2D(C, F, 3, padding=1, dtype=np.float32)
     conv.params["W"][...] = W
     conv.forward(x, training=True)
@@ -224,22 +229,31 @@ def test_a_float32_net_predicts_as_the_direct_convolutions_do(monkeypatch):
 @pytest.mark.parametrize(
     "H, pool", [(8, 0), (12, 2), (8, 4), (6, 0), (14, 2), (7, 0), (3, 0), (10, 2)]
 )
-def test_training_step_gives_the_direct_gradients(H, pool, monkeypatch):
+@pytest.mark.parametrize("relu", [False, True])
+def test_training_step_gives_the_direct_gradients(H, pool, relu, monkeypatch):
     """WinogradTrainStep: output, weight and input gradients as Conv2D's own passes give
     them, window-major layouts too, on sides that are multiples of 4 (whole tiles) and sides
-    that are not (the last tiles reach beyond the image)."""
+    that are not (the last tiles reach beyond the image); with the ReLU after the convolution,
+    the pair's as the two layers give them."""
     monkeypatch.setattr(winograd, "MIN_CHANNELS", 3)
     rng = np.random.default_rng(7)
     conv, twin = _conv(3, 5, np.float64, seed=1), _conv(3, 5, np.float64, seed=1)
     x = rng.standard_normal((4, H, H, 3))
-    step = WinogradTrainStep([conv], 0, pool)
+    step = WinogradTrainStep([conv, ReLU()] if relu else [conv], 0, pool)
+    assert (step.start, step.stop) == (0, 2 if relu else 1)
     out = step.forward(x, training=True)
     assert step.tiles
     expected = twin.forward(x, training=True, pool=pool)
+    twin_relu = ReLU()
+    if relu:
+        expected = twin_relu.forward(expected, training=True)
+        assert (out == 0).any() and (out > 0).any()
     np.testing.assert_allclose(out, expected, rtol=1e-11, atol=1e-11)
     dout = rng.standard_normal(out.shape)
     dx = step.backward(dout, need_dx=True, need_grads=True)
-    dx_expected = twin.backward(dout, need_dx=True, need_grads=True)
+    dx_expected = twin.backward(
+        twin_relu.backward(dout) if relu else dout, need_dx=True, need_grads=True
+    )
     np.testing.assert_allclose(dx, dx_expected, rtol=1e-11, atol=1e-11)
     for name in ("W", "b"):
         np.testing.assert_allclose(conv.grads[name], twin.grads[name], rtol=1e-11, atol=1e-11)
@@ -267,9 +281,11 @@ def test_a_network_trains_as_on_the_plain_path(monkeypatch):
 
     fast, plain = net(0), net(0)
     plain.fast = False
-    assert [
-        s.start for s in plan(fast.layers, training=True) if isinstance(s, WinogradTrainStep)
-    ] == [3, 7]
+    assert [  # the second with its ReLU
+        (s.start, s.stop)
+        for s in plan(fast.layers, training=True)
+        if isinstance(s, WinogradTrainStep)
+    ] == [(3, 4), (7, 9)]
     rng = np.random.default_rng(8)
     optimizers = [SGD(n.parameters(), momentum=0.9) for n in (fast, plain)]
     for _ in range(3):

@@ -20,8 +20,9 @@ tests/test_reference.py and tests/test_winograd.py compare them with the layers 
     in place on its output (`InferenceConvStep`);
   - a wide 3x3 Conv2D (stride 1, "same" padding) runs by Winograd's F(4x4, 3x3) (`winograd.py`):
     at inference, and while training its forward pass and both gradients
-    (`WinogradTrainStep`): a quarter of the multiplications, the same outputs and gradients to
-    float32 rounding (tests/test_winograd.py compares them with the plain layer).
+    (`WinogradTrainStep`, with the ReLU after it, if any, taken as the outputs leave their
+    tiles): a quarter of the multiplications, the same outputs and gradients to float32
+    rounding (tests/test_winograd.py compares them with the plain layers).
 
 `plan(layers, training, input_grad)` returns the steps of one pass. Every step runs layers
 [start, stop) with the layer interface: forward(x, training) and backward(dout, need_dx,
@@ -144,38 +145,55 @@ class FoldedConvStep:
 
 
 class WinogradTrainStep:
-    """While training, a wide 3x3 Conv2D (layer `start`; `winograd.applies`): its output and
-    both its gradients by Winograd's F(4x4, 3x3), the tiles covering images of any size (the
-    last row and column of tiles reaching beyond a side that is not a multiple of 4). The same
-    gradients to float32 rounding (tests/test_winograd.py). The forward pass keeps its
-    input's transformed tiles for the weight gradient (up to `winograd.KEEP_TILES_BYTES`),
-    which then need not make them again."""
+    """While training, a wide 3x3 Conv2D (layer `start`; `winograd.applies`) and the ReLU after
+    it, if any: its output and both its gradients by Winograd's F(4x4, 3x3), the tiles covering
+    images of any size (the last row and column of tiles reaching beyond a side that is not a
+    multiple of 4); the ReLU taken as the outputs leave their tiles, and its gradient as
+    ReLU.backward takes it, dout * [out > 0], before the convolution's. The same gradients to
+    float32 rounding (tests/test_winograd.py). The forward pass keeps its input's transformed
+    tiles for the weight gradient (up to `winograd.KEEP_TILES_BYTES`), which then need not
+    make them again."""
 
     def __init__(self, layers: Sequence[Layer], i: int, pool: int = 0) -> None:
         conv = layers[i]
         assert isinstance(conv, Conv2D)
-        self.conv, self.pool, self.start, self.stop = conv, pool, i, i + 1
+        relu = layers[i + 1] if i + 1 < len(layers) else None
+        self.relu = relu if isinstance(relu, ReLU) else None
+        self.conv, self.pool, self.start = conv, pool, i
+        self.stop = i + 2 if self.relu else i + 1
         self.tiles = False  # whether the last forward pass ran by Winograd
-        self._x: Array | None = None  # its input, for the weight gradient
-        self._V: Array | None = None  # and the input's transformed tiles, where kept
+        self._x: Array | tuple[int, ...] | None = None  # its input (its shape where V is kept)
+        self._V: Array | None = None  # the input's transformed tiles, where kept
+        self._out: Array | None = None  # the output after the ReLU, for the ReLU's gradient
 
     def forward(self, x: Array, training: bool) -> Array:
         self.tiles = training
         if not self.tiles:
-            return self.conv.forward(x, training, pool=self.pool)
-        # the input in the layer's own array (the layer below may reuse its own in the step)
-        self._x = self.conv.work("winograd x", x.shape, x.dtype, array_module(x), keep=True)
-        self._x[...] = x
+            out = self.conv.forward(x, training, pool=self.pool)
+            return self.relu.forward(out, training) if self.relu else out
         dtype = self.conv.params["W"].dtype
         shape = kept_tiles_shape(x.shape, self.conv.out_channels, dtype.itemsize)
-        keep = math.prod(shape) * dtype.itemsize <= KEEP_TILES_BYTES
-        self._V = self.conv.work("winograd V", shape, dtype, np, keep=True) if keep else None
-        return winograd_forward(self.conv, x, pool=self.pool, tiles=self._V)
+        if math.prod(shape) * dtype.itemsize <= KEEP_TILES_BYTES:
+            self._V = self.conv.work("winograd V", shape, dtype, np, keep=True)
+            self._x = x.shape
+        else:  # the input in the layer's own array (the layer below may reuse its own)
+            self._V = None
+            self._x = self.conv.work("winograd x", x.shape, x.dtype, array_module(x), keep=True)
+            self._x[...] = x
+        out = winograd_forward(self.conv, x, pool=self.pool, relu=bool(self.relu), tiles=self._V)
+        self._out = out if self.relu else None
+        return out
 
     def backward(self, dout: Array, need_dx: bool, need_grads: bool) -> Array | None:
         if not self.tiles:
-            return self.conv.backward(dout, need_dx=need_dx, need_grads=need_grads)
+            through = self.relu.backward(dout) if self.relu else dout
+            assert through is not None
+            return self.conv.backward(through, need_dx=need_dx, need_grads=need_grads)
         assert self._x is not None
+        if self._out is not None:  # the ReLU's gradient dout * [out > 0], as ReLU.backward
+            mask = self._out > 0  # takes it, in an array kept from step to step
+            kept = self.conv.work("relu dout", dout.shape, dout.dtype, array_module(dout), True)
+            dout = np.multiply(dout, mask, out=kept)
         dy = winograd_plain(dout)  # (N, H, W, F)
         if need_grads:
             self.conv.grads["W"][...] = winograd_weight_gradient(self._x, dy, self._V)

@@ -123,8 +123,7 @@ def kept_tiles_shape(x_shape: tuple[int, ...], F: int, itemsize: int) -> tuple[i
     input x_shape (N, H, W, C) for F output channels (`tiles`): (groups, 36, g, P C), group i's
     V as its products read it, block j of the group at [i, :, j]."""
     N, H, W_, C = x_shape
-    cover = _Blocks(N, H, W_, C, F, itemsize)
-    return (len(cover.groups), 36, cover.g, cover.P * C)
+    return _Blocks(N, H, W_, C, F, itemsize).kept_shape
 
 
 def transform_filters(W: np.ndarray, kept: bool = False) -> np.ndarray:
@@ -208,6 +207,8 @@ class _Blocks:
         self.lanes = min(LANES, len(self.groups))
         self.P = self.nb * self.th * self.tw  # tiles a block
         self.padded = (self.nb, 4 * self.th + 2, 4 * self.tw + 2, C)  # a block's padded input
+        self.kept_shape = (len(self.groups), 36, self.g, self.P * C)  # `kept_tiles_shape`
+        self.whole = 4 * self.th == H and 4 * self.tw == W  # the tiles end at the image's sides
 
     def tiles(self, xpad: np.ndarray, d: np.ndarray) -> None:
         """The 6x6 input tiles of a block's padded images xpad into d (36, nb, th, tw, C),
@@ -224,6 +225,16 @@ def _by_tile_position(Y: np.ndarray) -> np.ndarray:
     [u, v, n, t, s] is Y[n, 4t + u, 4s + v]."""
     n, H4, W4, F = Y.shape
     return Y.reshape(n, H4 // 4, 4, W4 // 4, 4, F).transpose(2, 4, 0, 1, 3, 5)
+
+
+def _window_major_by_tile_position(out: np.ndarray, w: int, th: int, tw: int) -> np.ndarray:
+    """out (w*w, n, H/w, W/w, F), window-major outputs of images whose sides H = 4 th and
+    W = 4 tw are whole tiles, w dividing 4, as the view (4/w, w, 4/w, w, n, th, tw, F):
+    [p, a, q, b, n, t, s] is output (n, 4t + w p + a, 4s + w q + b), which out holds at
+    [w a + b, n, (4/w) t + p, (4/w) s + q]. Read (4, 4, n, th, tw, F) as (4/w, w, 4/w, w, n,
+    th, tw, F), tile outputs (u, v) = (w p + a, w q + b) go straight to their places."""
+    n, F, r = out.shape[1], out.shape[4], 4 // w
+    return out.reshape(w, w, n, th, r, tw, r, F).transpose(4, 0, 6, 1, 2, 3, 5, 7)
 
 
 def winograd_forward(
@@ -266,7 +277,7 @@ def plain(dout: np.ndarray) -> np.ndarray:
 
 
 def winograd_weight_gradient(
-    x: np.ndarray, dout: np.ndarray, tiles: np.ndarray | None = None
+    x: np.ndarray | tuple[int, ...], dout: np.ndarray, tiles: np.ndarray | None = None
 ) -> np.ndarray:
     """dW (3, 3, C, F) of a same-size 3x3 correlation, from its input x (N, H, W, C) and
     output gradient dout (N, H, W, F): dW[i, j, c, f] = sum_{n, h, w} xpad[n, h + i, w + j, c]
@@ -280,46 +291,56 @@ def winograd_weight_gradient(
     block's added onto its lane's sums, the lanes' sums added in a fixed order. One block a
     product: longer ones, as the forward pass takes them, were slower here (docs/speed.md).
     tiles: V as the forward pass kept them (`winograd_conv`'s tiles, from this x), which
-    spares transforming x again: the same V, so the same sums."""
-    N, H, W_, C = x.shape
-    F, dtype = dout.shape[3], x.dtype
+    spares transforming x again: the same V, so the same sums; x is then only its shape."""
+    N, H, W_, C = x if isinstance(x, tuple) else x.shape
+    F = dout.shape[3]
+    dtype = tiles.dtype if tiles is not None else np.asarray(x).dtype
     cover = _Blocks(N, H, W_, C, F, dtype.itemsize, group=1)
-    kept_g = _Blocks(N, H, W_, C, F, dtype.itemsize).g  # the forward pass's blocks a group
-    if tiles is not None and tiles.shape != kept_tiles_shape(x.shape, F, dtype.itemsize):
-        raise ValueError(f"kept tiles of shape {tiles.shape} do not fit an input of {x.shape}")
+    kept = _Blocks(N, H, W_, C, F, dtype.itemsize)  # the forward pass's blocks and groups
+    if tiles is not None and tiles.shape != kept.kept_shape:
+        raise ValueError(f"kept tiles of shape {tiles.shape} do not fit an input of {x}")
+    if tiles is None and isinstance(x, tuple):
+        raise ValueError("the weight gradient needs the input x, or the tiles kept from it")
     th, tw, nb, P = cover.th, cover.tw, cover.nb, cover.P
     bt, a = BT.astype(dtype), np.ascontiguousarray(AT.T, dtype=dtype)  # B^T d B, A dy A^T
     # each lane's sums, in the calling thread's work arrays (the lanes may run in others)
     sums = [scratch(f"winograd dW sums {k}", (36, C, F), dtype) for k in range(cover.lanes)]
 
     def lane(k: int) -> None:
-        xpad = scratch("winograd xpad", cover.padded, dtype)
-        xpad.fill(0)  # the padding, and beyond H, W to whole tiles
-        dpad = scratch("winograd dpad", (nb, 4 * th, 4 * tw, F), dtype)
-        dpad.fill(0)  # zero beyond H, W: no outputs there
-        d = scratch("winograd d", (36, nb, th, tw, C), dtype)
-        V = scratch("winograd V", (36, P * C), dtype)
-        half_d = scratch("winograd half d", (6, 6, P * C), dtype)
         dy = scratch("winograd dy", (16, nb, th, tw, F), dtype)  # tiles' output gradients, 4u + v
         D = scratch("winograd D", (36, P * F), dtype)
         half_dy = scratch("winograd half dy", (6, 4, P * F), dtype)
         S = scratch("winograd S", (36, C, F), dtype)  # one block's sums
+        if not cover.whole:  # zero beyond H, W, where no outputs are: dout padded to whole tiles
+            dpad = scratch("winograd dpad", (nb, 4 * th, 4 * tw, F), dtype)
+            dpad.fill(0)
+        if tiles is None:  # x's tiles, transformed block by block
+            assert not isinstance(x, tuple)
+            xpad = scratch("winograd xpad", cover.padded, dtype)
+            xpad.fill(0)  # the padding, and beyond H, W to whole tiles
+            d = scratch("winograd d", (36, nb, th, tw, C), dtype)
+            V = scratch("winograd V", (36, P * C), dtype)
+            half_d = scratch("winograd half d", (6, 6, P * C), dtype)
         sums[k].fill(0)
         for b in range(k, len(cover.blocks), cover.lanes):
             n0, n1 = cover.blocks[b]
             n = n1 - n0
-            if n < nb:  # the last, shorter block: its spare images add nothing
-                xpad[n:] = 0
+            by_tiles = dy.reshape(4, 4, nb, th, tw, F)
+            if cover.whole:  # the tiles end at the images' sides: straight from dout
+                by_tiles[:, :, :n] = _by_tile_position(dout[n0:n1])
+                by_tiles[:, :, n:] = 0  # a shorter last block's spare images add nothing
+            else:
                 dpad[n:] = 0
-            dpad[:n, :H, :W_] = dout[n0:n1]
+                dpad[:n, :H, :W_] = dout[n0:n1]
+                by_tiles[...] = _by_tile_position(dpad)
             if tiles is None:
+                xpad[n:] = 0
                 xpad[:n, 1 : H + 1, 1 : W_ + 1] = x[n0:n1]
                 cover.tiles(xpad, d)
                 both_axes(bt, d.reshape(6, 6, P * C), half_d, V.reshape(6, 6, P * C))
                 Vb = V
             else:  # block b is block b % g of the forward pass's group b // g
-                Vb = tiles[b // kept_g, :, b % kept_g]
-            dy.reshape(4, 4, nb, th, tw, F)[...] = _by_tile_position(dpad)
+                Vb = tiles[b // kept.g, :, b % kept.g]
             both_axes(a, dy.reshape(4, 4, P * F), half_dy, D.reshape(6, 6, P * F))
             np.matmul(Vb.reshape(36, P, C).transpose(0, 2, 1), D.reshape(36, P, F), out=S)
             sums[k] += S
@@ -356,10 +377,9 @@ def winograd_conv(
     out = np.empty((w * w, N, H // w, W_ // w, F), dtype=dtype)
     cover = _Blocks(N, H, W_, C, F, dtype.itemsize, block_bytes)
     th, tw, nb, P, g = cover.th, cover.tw, cover.nb, cover.P, cover.g
+    direct = cover.whole and 4 % w == 0  # the outputs straight from their tiles into out
     if tiles is not None and (
-        block_bytes is not None
-        or tiles.dtype != dtype
-        or tiles.shape != kept_tiles_shape(x.shape, F, dtype.itemsize)
+        block_bytes is not None or tiles.dtype != dtype or tiles.shape != cover.kept_shape
     ):
         raise ValueError(f"tiles {tiles.shape} {tiles.dtype} do not fit an input of {x.shape}")
 
@@ -372,7 +392,8 @@ def winograd_conv(
         M = scratch("winograd M", (36, g * P, F), dtype)
         half_M = scratch("winograd half M", (4, 6, P * F), dtype)
         Y16 = scratch("winograd Y16", (16, P * F), dtype)  # the outputs, (u, v) = 4 u + v
-        Y = scratch("winograd Y", (nb, 4 * th, 4 * tw, F), dtype)  # the block's, whole tiles
+        # the block's outputs, whole tiles, where they cannot go straight into out
+        Y = Y16 if direct else scratch("winograd Y", (nb, 4 * th, 4 * tw, F), dtype)
         for i in range(k, len(cover.groups), cover.lanes):
             group = cover.groups[i]
             Vg = V if tiles is None else tiles[i]
@@ -390,15 +411,23 @@ def winograd_conv(
                 n = n1 - n0
                 Mj = M.reshape(6, 6, g, P * F)[:, :, j]
                 both_axes(at, Mj, half_M, Y16.reshape(4, 4, P * F), columns_first=True)
-                # output (4t + u, 4s + v) of tile (t, s), through the ReLU on the way, into
-                # the whole tiles Y, in one strided copy
-                if relu:
-                    np.maximum(Y16.reshape(4, 4, nb, th, tw, F), 0, out=_by_tile_position(Y))
+                # output (4t + u, 4s + v) of tile (t, s), through the ReLU on the way, in one
+                # strided copy: where the tiles end at the images' sides, straight into out;
+                # otherwise into the whole tiles Y, then the part inside the images into out
+                if direct:
+                    src = Y16.reshape(4 // w, w, 4 // w, w, nb, th, tw, F)[:, :, :, :, :n]
+                    dst = _window_major_by_tile_position(out[:, n0:n1], w, th, tw)
                 else:
-                    _by_tile_position(Y)[...] = Y16.reshape(4, 4, nb, th, tw, F)
-                Yn = Y[:n, :H, :W_]  # (n, H, W, F): the part inside the images, in out's order
-                Yn = Yn.reshape(n, H // w, w, W_ // w, w, F).transpose(2, 4, 0, 1, 3, 5)
-                out[:, n0:n1].reshape(w, w, n, H // w, W_ // w, F)[...] = Yn
+                    src, dst = Y16.reshape(4, 4, nb, th, tw, F), _by_tile_position(Y)
+                if relu:
+                    np.maximum(src, 0, out=dst)
+                else:
+                    dst[...] = src
+                if not direct:  # (n, H, W, F): the part inside the images, in out's order
+                    Yn = Y[:n, :H, :W_].reshape(n, H // w, w, W_ // w, w, F)
+                    out[:, n0:n1].reshape(w, w, n, H // w, W_ // w, F)[...] = Yn.transpose(
+                        2, 4, 0, 1, 3, 5
+                    )
 
     in_lanes(lane, cover.lanes)
     return out.reshape(N, H, W_, F) if w == 1 else out
