@@ -353,3 +353,22 @@ def test_kept_work_arrays_carry_nothing_from_one_size_to_the_next(monkeypatch):
         conv.backward(dout, need_dx=True)
         np.testing.assert_allclose(dW, conv.grads["W"], rtol=1e-11, atol=1e-11)
         np.testing.assert_allclose(dx, conv.backward(dout, need_dx=True), rtol=1e-11, atol=1e-11)
+
+
+def test_weight_gradient_sums_the_same_at_any_number_of_positions_a_product(monkeypatch):
+    # the products' sums added onto the lane's a few tile positions at a time: the same sums
+    # whatever the number, one that does not divide 36 too (the last product shorter)
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((5, 8, 8, 6)).astype(np.float32)
+    dout = rng.standard_normal((5, 8, 8, 7)).astype(np.float32)
+    monkeypatch.setattr(winograd, "BLOCK_BYTES", 36 * 4 * 7 * 4 * 2)  # two images a block
+    dWs = []
+    for positions in (36, 1, 5, 4):
+        monkeypatch.setattr(winograd, "SUM_POSITIONS", positions)
+        dWs.append(winograd.winograd_weight_gradient(x, dout))
+    for dW in dWs[1:]:
+        np.testing.assert_array_equal(dW, dWs[0])
+    conv = _conv(6, 7, np.float64)
+    conv.forward(x.astype(np.float64), training=True)
+    conv.backward(dout.astype(np.float64), need_dx=False)
+    np.testing.assert_allclose(dWs[0], conv.grads["W"], rtol=1e-4, atol=1e-4)

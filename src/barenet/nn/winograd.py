@@ -82,6 +82,9 @@ INFERENCE_BLOCK_BYTES = 2 << 20
 # The tile transforms' products with the 6x6 (or 4x6) matrices: one long product up to this
 # many multiply-adds, one a tile row beyond it (`_rows`; docs/speed.md)
 ONE_PRODUCT_WORK = 750_000
+# The weight gradient's products at this many tile positions at once, each block's sums added
+# onto the lane's while they are in the core's cache (4 x 128 x 128 floats: 256 kB)
+SUM_POSITIONS = 4
 SCRATCH_BYTES = 96 << 20  # the work arrays a thread keeps (`scratch`), at most
 # While training, a layer's forward pass keeps its input's transformed tiles V for the weight
 # gradient, which then need not transform the input again, where they take at most this much
@@ -288,8 +291,9 @@ def winograd_weight_gradient(
     to g is G^T [(A dy A^T) * V] G. Summed over tiles and images, at each tile position xi a
     matrix product over all tiles at once: S[xi] (C, F) = V[xi]^T (C, P) D[xi] (P, F),
     D = A dy A^T; then dW = G^T S G for every (c, f). Products over the long tile axis P, each
-    block's added onto its lane's sums, the lanes' sums added in a fixed order. One block a
-    product: longer ones, as the forward pass takes them, were slower here (docs/speed.md).
+    block's added onto its lane's sums (SUM_POSITIONS tile positions at a time, in cache),
+    the lanes' sums added in a fixed order. One block a product: longer ones, as the forward
+    pass takes them, were slower here (docs/speed.md).
     tiles: V as the forward pass kept them (`winograd_conv`'s tiles, from this x), which
     spares transforming x again: the same V, so the same sums; x is then only its shape."""
     N, H, W_, C = x if isinstance(x, tuple) else x.shape
@@ -310,7 +314,7 @@ def winograd_weight_gradient(
         dy = scratch("winograd dy", (16, nb, th, tw, F), dtype)  # tiles' output gradients, 4u + v
         D = scratch("winograd D", (36, P * F), dtype)
         half_dy = scratch("winograd half dy", (6, 4, P * F), dtype)
-        S = scratch("winograd S", (36, C, F), dtype)  # one block's sums
+        S = scratch("winograd S", (SUM_POSITIONS, C, F), dtype)  # a block's, at some positions
         if not cover.whole:  # zero beyond H, W, where no outputs are: dout padded to whole tiles
             dpad = scratch("winograd dpad", (nb, 4 * th, 4 * tw, F), dtype)
             dpad.fill(0)
@@ -342,8 +346,11 @@ def winograd_weight_gradient(
             else:  # block b is block b % g of the forward pass's group b // g
                 Vb = tiles[b // kept.g, :, b % kept.g]
             both_axes(a, dy.reshape(4, 4, P * F), half_dy, D.reshape(6, 6, P * F))
-            np.matmul(Vb.reshape(36, P, C).transpose(0, 2, 1), D.reshape(36, P, F), out=S)
-            sums[k] += S
+            VT, Db = Vb.reshape(36, P, C).transpose(0, 2, 1), D.reshape(36, P, F)
+            for i in range(0, 36, SUM_POSITIONS):  # added on while in the core's cache
+                j = min(36, i + SUM_POSITIONS)
+                np.matmul(VT[i:j], Db[i:j], out=S[: j - i])
+                sums[k][i:j] += S[: j - i]
 
     in_lanes(lane, cover.lanes)
     total = sums[0]
