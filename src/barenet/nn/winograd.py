@@ -302,7 +302,9 @@ def winograd_weight_gradient(
     cover = _Blocks(N, H, W_, C, F, dtype.itemsize, group=1)
     kept = _Blocks(N, H, W_, C, F, dtype.itemsize)  # the forward pass's blocks and groups
     if tiles is not None and tiles.shape != kept.kept_shape:
-        raise ValueError(f"kept tiles of shape {tiles.shape} do not fit an input of {x}")
+        raise ValueError(
+            f"kept tiles of shape {tiles.shape} do not fit an input of {(N, H, W_, C)}"
+        )
     if tiles is None and isinstance(x, tuple):
         raise ValueError("the weight gradient needs the input x, or the tiles kept from it")
     th, tw, nb, P = cover.th, cover.tw, cover.nb, cover.P
