@@ -1,0 +1,158 @@
+"""Keep the `record` recipe's five 60,000-digit members training, a few at a time, and carry
+their checkpoints across machines in the repository.
+
+    python training/record60/watch.py run [RUNS]     keep them training (RUNS: ~/barenet-runs)
+    python training/record60/watch.py status [RUNS]  where each run stands
+    python training/record60/watch.py save [RUNS]    copy them into training/record60/seed-K
+    python training/record60/watch.py restore [RUNS] copy training/record60/seed-K into RUNS
+
+`save` copies each run's run.json with its last checkpoint (a run in progress) or its model.npz
+and history (a finished one) beside this file, for a commit at a session's end: a new machine
+then continues from there (`restore`, then `run`) instead of from the first step.
+
+Every minute, for seeds 0-4 in order: a run with a checkpoint that is not running is resumed
+(`barenet train --resume RUNS/record60-seed-K`); while fewer than `max` runs are alive, the next
+seed that has not started is started (`barenet train --recipe record --seed K --members 1
+--val-size 0`). A run is finished when its folder holds model.npz and no checkpoint.npz.
+Each run gets one BLAS thread (two runs on two cores train faster than one run on both) and
+both OpenBLAS kernel overrides removed from its environment, checkpoints every 3 minutes, and
+its own log and pid file beside its folder. `RUNS/watch.json` ({"seeds": [0, 1, 2, 3, 4],
+"max": 2}, written when missing) is read every minute, so the plan can change while it runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+RUNS = Path(sys.argv[2] if len(sys.argv) > 2 else Path.home() / "barenet-runs").resolve()
+HERE = Path(__file__).resolve().parent
+BARENET = shutil.which("barenet", path=str(Path(sys.executable).parent)) or "barenet"
+STEPS = 20 * 60_000 // 32  # the recipe's 20 epochs of batch 32
+
+
+def folder(seed: int) -> Path:
+    return RUNS / f"record60-seed-{seed}"
+
+
+def alive(seed: int) -> bool:
+    pid_file = RUNS / f"record60-seed-{seed}.pid"
+    try:
+        pid = int(pid_file.read_text())
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (OSError, ValueError):
+        return False
+
+
+def finished(seed: int) -> bool:
+    return (folder(seed) / "model.npz").exists() and not (folder(seed) / "checkpoint.npz").exists()
+
+
+def launch(seed: int, resume: bool) -> None:
+    where = folder(seed)
+    if resume:
+        args = [BARENET, "train", "--resume", str(where)]
+    else:
+        args = [BARENET, "train", "--recipe", "record", "--seed", str(seed), "--members", "1",
+                "--val-size", "0", "--out", str(where)]  # fmt: skip
+    args += ["--checkpoint-minutes", "3", "--no-progress"]
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+    }
+    env["OPENBLAS_NUM_THREADS"] = "1"
+    with open(RUNS / f"record60-seed-{seed}.log", "a") as log:
+        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env,
+                             start_new_session=True)  # fmt: skip
+    (RUNS / f"record60-seed-{seed}.pid").write_text(str(p.pid))
+    print(time.strftime("%F %T"), "resumed" if resume else "started", f"seed {seed}, pid {p.pid}",
+          flush=True)  # fmt: skip
+
+
+def standing(seed: int) -> str:
+    """'finished', 'not started' or the run's step and epoch at its last checkpoint."""
+    if finished(seed):
+        return "finished"
+    checkpoint = folder(seed) / "checkpoint.npz"
+    if not checkpoint.exists():
+        return "not started"
+    with zipfile.ZipFile(checkpoint) as z:
+        state = json.loads(str(np.load(io.BytesIO(z.read("state.npy")))))
+    step = state["epoch"] * STEPS // 20 + state.get("inside", {}).get("step", 0)
+    when = time.strftime("%F %T", time.localtime(checkpoint.stat().st_mtime))
+    return f"step {step:,} of {STEPS:,} ({step * 20 / STEPS:.2f} epochs), checkpoint {when}"
+
+
+def status() -> None:
+    for s in range(5):
+        print(f"seed {s}: {standing(s)}{' (running)' if alive(s) else ''}")
+
+
+def save() -> None:
+    """Copy each run into HERE/seed-K (temporary name, then rename: never half-written)."""
+    for s in range(5):
+        keep = ["run.json", "checkpoint.npz"] if not finished(s) else None
+        if not folder(s).exists() or standing(s) == "not started":
+            continue
+        names = keep or [p.name for p in folder(s).iterdir() if p.name != "checkpoint.npz"]
+        target = HERE / f"seed-{s}"
+        target.mkdir(exist_ok=True)
+        for name in names:
+            tmp = target / f".{name}.tmp"
+            shutil.copyfile(folder(s) / name, tmp)
+            tmp.replace(target / name)
+        if keep is None:
+            (target / "checkpoint.npz").unlink(missing_ok=True)
+        print(f"seed {s}: {', '.join(names)} -> {target}")
+
+
+def restore() -> None:
+    """Copy HERE/seed-K into RUNS/record60-seed-K where RUNS has no such folder yet."""
+    for s in range(5):
+        source = HERE / f"seed-{s}"
+        if source.exists() and not folder(s).exists():
+            shutil.copytree(source, folder(s))
+            print(f"seed {s}: {source} -> {folder(s)}")
+
+
+def run() -> None:
+    settings = RUNS / "watch.json"
+    if not settings.exists():
+        RUNS.mkdir(parents=True, exist_ok=True)
+        settings.write_text(json.dumps({"seeds": [0, 1, 2, 3, 4], "max": 2}))
+    while True:
+        plan = json.loads(settings.read_text())
+        running = [s for s in plan["seeds"] if alive(s)]
+        for s in plan["seeds"]:
+            if s in running or finished(s):
+                continue
+            if (folder(s) / "checkpoint.npz").exists():
+                launch(s, resume=True)
+                running.append(s)
+            elif len(running) < plan["max"] and not (folder(s) / "model.npz").exists():
+                if folder(s).exists():  # it died before its first checkpoint: start again
+                    shutil.rmtree(folder(s))
+                launch(s, resume=False)
+                running.append(s)
+        try:  # collect the runs that ended
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            pass
+        time.sleep(60)
+
+
+if __name__ == "__main__":
+    commands = {"run": run, "status": status, "save": save, "restore": restore}
+    if len(sys.argv) < 2 or sys.argv[1] not in commands:
+        sys.exit(f"usage: python {sys.argv[0]} {{{','.join(commands)}}} [RUNS]")
+    RUNS.mkdir(parents=True, exist_ok=True)
+    commands[sys.argv[1]]()
