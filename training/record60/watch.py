@@ -22,17 +22,15 @@ its own log and pid file beside its folder. `RUNS/watch.json` ({"seeds": [0, 1, 
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
-import numpy as np
+from barenet.train.checkpoint import load_checkpoint
 
 RUNS = Path(sys.argv[2] if len(sys.argv) > 2 else Path.home() / "barenet-runs").resolve()
 HERE = Path(__file__).resolve().parent
@@ -84,9 +82,8 @@ def standing(seed: int) -> str:
     checkpoint = folder(seed) / "checkpoint.npz"
     if not checkpoint.exists():
         return "not started"
-    with zipfile.ZipFile(checkpoint) as z:
-        state = json.loads(str(np.load(io.BytesIO(z.read("state.npy")))))
-    step = state["epoch"] * STEPS // 20 + state.get("inside", {}).get("step", 0)
+    state = load_checkpoint(checkpoint)
+    step = state.epoch * STEPS // 20 + (state.inside.step if state.inside else 0)
     when = time.strftime("%F %T", time.localtime(checkpoint.stat().st_mtime))
     return f"step {step:,} of {STEPS:,} ({step * 20 / STEPS:.2f} epochs), checkpoint {when}"
 
@@ -126,7 +123,6 @@ def restore() -> None:
 def run() -> None:
     settings = RUNS / "watch.json"
     if not settings.exists():
-        RUNS.mkdir(parents=True, exist_ok=True)
         settings.write_text(json.dumps({"seeds": [0, 1, 2, 3, 4], "max": 2}))
     while True:
         plan = json.loads(settings.read_text())
