@@ -22,6 +22,7 @@ its own log and pid file beside its folder. `RUNS/watch.json` ({"seeds": [0, 1, 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from barenet.train.checkpoint import load_checkpoint
 
-RUNS = Path(sys.argv[2] if len(sys.argv) > 2 else Path.home() / "barenet-runs").resolve()
+RUNS = Path.home() / "barenet-runs"  # or the command line's RUNS
 HERE = Path(__file__).resolve().parent
 BARENET = shutil.which("barenet", path=str(Path(sys.executable).parent)) or "barenet"
 STEPS = 20 * 60_000 // 32  # the recipe's 20 epochs of batch 32
@@ -148,7 +149,14 @@ def run() -> None:
 
 if __name__ == "__main__":
     commands = {"run": run, "status": status, "save": save, "restore": restore}
-    if len(sys.argv) < 2 or sys.argv[1] not in commands:
-        sys.exit(f"usage: python {sys.argv[0]} {{{','.join(commands)}}} [RUNS]")
-    RUNS.mkdir(parents=True, exist_ok=True)
-    commands[sys.argv[1]]()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("command", choices=commands)
+    parser.add_argument("runs", nargs="?", default=RUNS, type=Path, metavar="RUNS",
+                        help=f"the runs' folder (default {RUNS})")  # fmt: skip
+    args = parser.parse_args()
+    RUNS = args.runs.resolve()
+    if args.command in ("run", "restore"):
+        RUNS.mkdir(parents=True, exist_ok=True)
+    elif not RUNS.is_dir():
+        sys.exit(f"watch.py: no runs' folder {RUNS}")
+    commands[args.command]()
