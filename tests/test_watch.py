@@ -1,0 +1,128 @@
+"""training/record60/watch.py, the tool that carries the record's long runs across sessions:
+its command line, its error paths, and `status`, `save` and `restore` on a folder of runs.
+
+`run` (a loop that launches trainings for hours) is not run here. `save` writes beside the
+script, so the tests run a copy of it in a temporary folder and never touch the repository.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from barenet.nn.layers import Dense
+from barenet.nn.model import Sequential
+from barenet.train.checkpoint import EpochSoFar, save_checkpoint
+
+WATCH = Path(__file__).resolve().parents[1] / "training" / "record60" / "watch.py"
+
+
+def watch(script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+
+
+@pytest.fixture
+def tool(tmp_path: Path) -> Path:
+    """A copy of watch.py in a folder of its own: its `seed-K` folders land there."""
+    (tmp_path / "tool").mkdir()
+    return Path(shutil.copy(WATCH, tmp_path / "tool" / "watch.py"))
+
+
+def finished_run(runs: Path, seed: int) -> Path:
+    """A run folder as a finished training leaves it: model, history, run.json, no checkpoint."""
+    where = runs / f"record60-seed-{seed}"
+    where.mkdir(parents=True)
+    for name, text in [("model.npz", "weights"), ("history.json", "[]"), ("run.json", "{}")]:
+        (where / name).write_text(f"{name}: {text}")
+    return where
+
+
+def test_help_prints_the_usage(tool):
+    p = watch(tool, "--help")
+    assert p.returncode == 0, p.stderr
+    assert "usage:" in p.stdout and "{run,status,save,restore}" in p.stdout
+
+
+def test_an_unknown_command_is_refused_with_the_usage(tool, tmp_path):
+    p = watch(tool, "stats", str(tmp_path / "runs"))
+    assert p.returncode == 2
+    assert "invalid choice: 'stats'" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["status", "save"])
+def test_a_missing_runs_folder_is_one_line_and_is_not_created(tool, tmp_path, command):
+    missing = tmp_path / "no-such-runs"
+    p = watch(tool, command, str(missing))
+    assert p.returncode == 1
+    assert p.stderr.strip().splitlines() == [f"watch.py: no runs' folder {missing}"]
+    assert not missing.exists()
+
+
+def test_status_names_each_seed(tool, tmp_path):
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    finished_run(runs, 3)
+    p = watch(tool, "status", str(runs))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines() == [
+        "seed 0: not started",
+        "seed 1: not started",
+        "seed 2: not started",
+        "seed 3: finished",
+        "seed 4: not started",
+    ]
+
+
+def test_save_then_restore_carries_a_finished_run_without_its_checkpoint(tool, tmp_path):
+    runs = tmp_path / "runs"
+    made = finished_run(runs, 2)
+    stale = tool.parent / "seed-2"  # a checkpoint saved while it still trained
+    stale.mkdir()
+    (stale / "checkpoint.npz").write_text("old")
+    p = watch(tool, "save", str(runs))
+    assert p.returncode == 0, p.stderr
+    assert sorted(q.name for q in stale.iterdir()) == ["history.json", "model.npz", "run.json"]
+    assert not list(tool.parent.glob("seed-2/.*.tmp"))
+    assert [q.name for q in tool.parent.glob("seed-*")] == ["seed-2"]
+
+    elsewhere = tmp_path / "new-machine"
+    p = watch(tool, "restore", str(elsewhere))
+    assert p.returncode == 0, p.stderr
+    back = elsewhere / "record60-seed-2"
+    for name in ("model.npz", "history.json", "run.json"):
+        assert (back / name).read_text() == (made / name).read_text()
+    assert watch(tool, "status", str(elsewhere)).stdout.splitlines()[2] == "seed 2: finished"
+
+
+def test_restore_leaves_a_run_already_there(tool, tmp_path):
+    saved = tool.parent / "seed-0"
+    saved.mkdir()
+    (saved / "run.json").write_text("saved")
+    runs = tmp_path / "runs"
+    here = finished_run(runs, 0)
+    p = watch(tool, "restore", str(runs))
+    assert p.returncode == 0, p.stderr
+    assert p.stdout == ""
+    assert (here / "run.json").read_text() == "run.json: {}"
+
+
+def test_status_reads_a_checkpoint_taken_inside_an_epoch(tool, tmp_path):
+    """A checkpoint written by barenet itself, after 4 epochs and 100 steps into the fifth:
+    4 x 1,875 + 100 = 7,600 of the recipe's 20 x 1,875 steps."""
+    where = tmp_path / "runs" / "record60-seed-1"
+    where.mkdir(parents=True)
+    model = Sequential([Dense(4, 2, rng=np.random.default_rng(0))])
+    order = np.arange(60_000, dtype=np.int64)
+    save_checkpoint(where / "checkpoint.npz", epoch=4, recipe={}, rngs={}, history={},
+                    model=model, optimizer_state={}, inside=EpochSoFar(order=order, step=100))  # fmt: skip
+    p = watch(tool, "status", str(tmp_path / "runs"))
+    assert p.returncode == 0, p.stderr
+    line = p.stdout.splitlines()[1]
+    assert line.startswith("seed 1: step 7,600 of 37,500 (4.05 epochs), checkpoint 20"), line
