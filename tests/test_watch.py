@@ -126,3 +126,14 @@ def test_status_reads_a_checkpoint_taken_inside_an_epoch(tool, tmp_path):
     assert p.returncode == 0, p.stderr
     line = p.stdout.splitlines()[1]
     assert line.startswith("seed 1: step 7,600 of 37,500 (4.05 epochs), checkpoint 20"), line
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(tool, tmp_path):
+    """`watch.py status | head -1`: the pipe closes before the lines are written."""
+    p = subprocess.Popen([sys.executable, str(tool), "status", str(tmp_path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert p.stdout is not None
+    p.stdout.close()
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1
+    assert err == ""

@@ -159,4 +159,9 @@ if __name__ == "__main__":
         RUNS.mkdir(parents=True, exist_ok=True)
     elif not RUNS.is_dir():
         sys.exit(f"watch.py: no runs' folder {RUNS}")
-    commands[args.command]()
+    try:
+        commands[args.command]()
+        sys.stdout.flush()
+    except BrokenPipeError:  # `watch.py status | head -2`: the reader has gone, nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(1)
