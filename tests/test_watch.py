@@ -35,10 +35,17 @@ def tool(tmp_path: Path) -> Path:
 
 
 def finished_run(runs: Path, seed: int) -> Path:
-    """A run folder as a finished training leaves it: model, history, run.json, no checkpoint."""
+    """A run folder as a finished training leaves it: model, history, run.json, the live page's
+    log of every step (watch.json), no checkpoint."""
     where = runs / f"record60-seed-{seed}"
     where.mkdir(parents=True)
-    for name, text in [("model.npz", "weights"), ("history.json", "[]"), ("run.json", "{}")]:
+    made = [
+        ("model.npz", "weights"),
+        ("history.json", "[]"),
+        ("run.json", "{}"),
+        ("watch.json", "{}"),
+    ]
+    for name, text in made:
         (where / name).write_text(f"{name}: {text}")
     return where
 
@@ -80,7 +87,9 @@ def test_status_names_each_seed(tool, tmp_path):
     ]
 
 
-def test_save_then_restore_carries_a_finished_run_without_its_checkpoint(tool, tmp_path):
+def test_save_then_restore_carries_a_finished_run_without_its_checkpoint_or_step_log(
+    tool, tmp_path
+):
     runs = tmp_path / "runs"
     made = finished_run(runs, 2)
     stale = tool.parent / "seed-2"  # a checkpoint saved while it still trained

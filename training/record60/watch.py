@@ -7,8 +7,9 @@ their checkpoints across machines in the repository.
     python training/record60/watch.py restore [RUNS] copy training/record60/seed-K into RUNS
 
 `save` copies each run's run.json with its last checkpoint (a run in progress) or its model.npz
-and history (a finished one) beside this file, for a commit at a session's end: a new machine
-then continues from there (`restore`, then `run`) instead of from the first step.
+and history (a finished one; not watch.json, the live page's log of every step) beside this
+file, for a commit at a session's end: a new machine then continues from there (`restore`,
+then `run`) instead of from the first step.
 
 Every minute, for seeds 0-4 in order: a run with a checkpoint that is not running is resumed
 (`barenet train --resume RUNS/record60-seed-K`); while fewer than `max` runs are alive, the next
@@ -37,6 +38,8 @@ RUNS = Path.home() / "barenet-runs"  # or the command line's RUNS
 HERE = Path(__file__).resolve().parent
 BARENET = shutil.which("barenet", path=str(Path(sys.executable).parent)) or "barenet"
 STEPS = 20 * 60_000 // 32  # the recipe's 20 epochs of batch 32
+# Not carried from a finished run: its last checkpoint, and the live page's log of every step.
+LEFT = {"checkpoint.npz", "watch.json"}
 
 
 def folder(seed: int) -> Path:
@@ -100,7 +103,7 @@ def save() -> None:
         keep = ["run.json", "checkpoint.npz"] if not finished(s) else None
         if not folder(s).exists() or standing(s) == "not started":
             continue
-        names = keep or [p.name for p in folder(s).iterdir() if p.name != "checkpoint.npz"]
+        names = keep or [p.name for p in folder(s).iterdir() if p.name not in LEFT]
         target = HERE / f"seed-{s}"
         target.mkdir(exist_ok=True)
         for name in names:
