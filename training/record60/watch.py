@@ -101,8 +101,8 @@ def save() -> None:
     """Copy each run into HERE/seed-K (temporary name, then rename: never half-written)."""
     for s in range(5):
         keep = ["run.json", "checkpoint.npz"] if not finished(s) else None
-        if not folder(s).exists() or standing(s) == "not started":
-            continue
+        if keep and not (folder(s) / "checkpoint.npz").exists():
+            continue  # not started, or started but not checkpointed yet
         names = keep or [p.name for p in folder(s).iterdir() if p.name not in LEFT]
         target = HERE / f"seed-{s}"
         target.mkdir(exist_ok=True)
