@@ -1,5 +1,6 @@
 """training/record60/watch.py, the tool that carries the record's long runs across sessions:
-its command line, its error paths, and `status`, `save` and `restore` on a folder of runs.
+its command line, its error paths, `status`, `save` and `restore` on a folder of runs, and
+the 100 ms time slices it gives each run (`long_slice`).
 
 `run` (a loop that launches trainings for hours) is not run here. `save` writes beside the
 script, so the tests run a copy of it in a temporary folder and never touch the repository.
@@ -7,9 +8,15 @@ script, so the tests run a copy of it in a temporary folder and never touch the 
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
+import os
+import platform
 import shutil
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +153,36 @@ def test_a_reader_that_stops_early_gets_no_traceback(tool, tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 1
     assert err == ""
+
+
+def slice_of(tid: int) -> int:
+    """A thread's time slice, as sched_getattr(2) (x86-64 number 315) reads it back."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    attr = ctypes.create_string_buffer(56)
+    assert libc.syscall(315, tid, attr, 56, 0) == 0, os.strerror(ctypes.get_errno())
+    return struct.unpack("IIQiIQQQII", attr.raw)[5]
+
+
+@pytest.mark.skipif(
+    platform.machine() != "x86_64" or tuple(map(int, platform.release().split(".")[:2])) < (6, 12),
+    reason="a time slice of one's own is Linux 6.12's, on x86-64 by this system call number",
+)
+def test_long_slice_gives_every_thread_of_a_run_100_ms(tool):
+    spec = importlib.util.spec_from_file_location("watch_copy", tool)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    code = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start()"
+    child = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        time.sleep(0.5)  # its second thread started
+        tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+        assert len(tids) == 2
+        assert all(slice_of(t) != module.SLICE_NS for t in tids)  # the kernel's own, a few ms
+        assert module.long_slice(child.pid)
+        assert [slice_of(t) for t in tids] == [module.SLICE_NS] * 2
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == os.nice(0)  # its nice value kept
+    finally:
+        child.kill()
+        child.wait()
+    assert not module.long_slice(child.pid)  # gone: nothing to set
