@@ -1,6 +1,6 @@
 """training/record60/watch.py, the tool that carries the record's long runs across sessions:
 its command line, its error paths, `status`, `save` and `restore` on a folder of runs, and
-the 100 ms time slices it gives each run (`long_slice`).
+the 100 ms time slices it gives each run (`time_slice`).
 
 `run` (a loop that launches trainings for hours) is not run here. `save` writes beside the
 script, so the tests run a copy of it in a temporary folder and never touch the repository.
@@ -167,7 +167,7 @@ def slice_of(tid: int) -> int:
     platform.machine() != "x86_64" or tuple(map(int, platform.release().split(".")[:2])) < (6, 12),
     reason="a time slice of one's own is Linux 6.12's, on x86-64 by this system call number",
 )
-def test_long_slice_gives_every_thread_of_a_run_100_ms(tool):
+def test_time_slice_gives_every_thread_of_a_run_100_ms_and_takes_it_back(tool):
     spec = importlib.util.spec_from_file_location("watch_copy", tool)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
@@ -178,11 +178,14 @@ def test_long_slice_gives_every_thread_of_a_run_100_ms(tool):
         time.sleep(0.5)  # its second thread started
         tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
         assert len(tids) == 2
-        assert all(slice_of(t) != module.SLICE_NS for t in tids)  # the kernel's own, a few ms
-        assert module.long_slice(child.pid)
+        own = [slice_of(t) for t in tids]  # the kernel's, a few ms
+        assert all(0 < ns < module.SLICE_NS for ns in own)
+        assert module.time_slice(child.pid)
         assert [slice_of(t) for t in tids] == [module.SLICE_NS] * 2
         assert os.getpriority(os.PRIO_PROCESS, child.pid) == os.nice(0)  # its nice value kept
+        assert module.time_slice(child.pid, 0)
+        assert [slice_of(t) for t in tids] == own
     finally:
         child.kill()
         child.wait()
-    assert not module.long_slice(child.pid)  # gone: nothing to set
+    assert not module.time_slice(child.pid)  # gone: nothing to set

@@ -17,9 +17,10 @@ seed that has not started is started (`barenet train --recipe record --seed K --
 --val-size 0`). A run is finished when its folder holds model.npz and no checkpoint.npz.
 Each run gets one BLAS thread (two runs on two cores train faster than one run on both),
 both OpenBLAS kernel overrides removed from its environment, checkpoints every 3 minutes, its
-own log and pid file beside its folder, and 100 ms time slices (`long_slice`, set each minute).
-`RUNS/watch.json` ({"seeds": [0, 1, 2, 3, 4], "max": 2}, written when missing) is read every
-minute, so the plan can change while it runs.
+own log and pid file beside its folder, and 100 ms time slices (`time_slice`, set each minute).
+`RUNS/watch.json` ({"seeds": [0, 1, 2, 3, 4], "max": 2}, written when missing; optionally
+"slice_ms", 100 unless given, 0 for the kernel's own) is read every minute, so the plan can
+change while it runs.
 """
 
 from __future__ import annotations
@@ -67,15 +68,16 @@ def alive(seed: int) -> bool:
 SLICE_NS = 100_000_000  # 100 ms, the longest time slice Linux (6.12 on) gives a normal thread
 
 
-def long_slice(pid: int) -> bool:
-    """Give each thread of `pid` a 100 ms time slice (docs/scale.md, "More runs than cores").
+def time_slice(pid: int, ns: int = SLICE_NS) -> bool:
+    """Give each thread of `pid` a time slice of `ns` nanoseconds (0: the kernel's own again).
 
-    Three runs on two cores share each core in the kernel's slices of a few ms, about 100
+    More runs than cores share each core in the kernel's slices of about 1.4 ms, some 100
     switches a second a run, each leaving the next run a cache full of another's arrays; with
-    100 ms slices they switch about 25 times a second and train 7-11% faster, on the same
-    arithmetic. sched_setattr(2) by its x86-64 number, 314: the 56-byte struct sched_attr,
-    policy SCHED_OTHER (0), the thread's nice value kept, sched_runtime (byte 24) the slice.
-    False where that is not possible (another architecture, a thread gone, a refusal).
+    100 ms slices they switch about 25 times a second, on the same arithmetic (docs/scale.md,
+    "More runs than cores": 8-11% off the CPU time of a step on an Ice Lake). sched_setattr(2)
+    by its x86-64 number, 314: the 56-byte struct sched_attr, policy SCHED_OTHER (0), the
+    thread's nice value kept, sched_runtime (byte 24) the slice. False where that is not
+    possible (another architecture, a thread gone, a refusal).
     """
     if platform.machine() != "x86_64" or not Path(f"/proc/{pid}/task").is_dir():
         return False
@@ -83,7 +85,7 @@ def long_slice(pid: int) -> bool:
     try:
         for tid in map(int, os.listdir(f"/proc/{pid}/task")):
             nice = os.getpriority(os.PRIO_PROCESS, tid)
-            attr = struct.pack("IIQiIQQQII", 56, 0, 0, nice, 0, SLICE_NS, 0, 0, 0, 0)
+            attr = struct.pack("IIQiIQQQII", 56, 0, 0, nice, 0, ns, 0, 0, 0, 0)
             if libc.syscall(314, tid, ctypes.create_string_buffer(attr, 56), 0) != 0:
                 return False
     except OSError:
@@ -164,7 +166,7 @@ def run() -> None:
     settings = RUNS / "watch.json"
     if not settings.exists():
         settings.write_text(json.dumps({"seeds": [0, 1, 2, 3, 4], "max": 2}))
-    sliced: set[int] = set()
+    sliced: dict[int, int] = {}  # pid: the slice it was given
     while True:
         plan = json.loads(settings.read_text())
         running = [s for s in plan["seeds"] if alive(s)]
@@ -179,11 +181,13 @@ def run() -> None:
                     shutil.rmtree(folder(s))
                 launch(s, resume=False)
                 running.append(s)
+        ns = int(plan.get("slice_ms", 100) * 1_000_000)
         for s in running:  # each minute: a run's threads may have changed
             pid = pid_of(s)
-            if pid is not None and long_slice(pid) and pid not in sliced:
-                sliced.add(pid)
-                print(time.strftime("%F %T"), f"seed {s}: 100 ms time slices", flush=True)
+            if pid is not None and time_slice(pid, ns) and sliced.get(pid) != ns:
+                sliced[pid] = ns
+                what = f"{ns / 1e6:g} ms time slices" if ns else "the kernel's time slices"
+                print(time.strftime("%F %T"), f"seed {s}: {what}", flush=True)
         try:  # collect the runs that ended
             while os.waitpid(-1, os.WNOHANG)[0]:
                 pass
