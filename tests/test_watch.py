@@ -175,8 +175,11 @@ def test_time_slice_gives_every_thread_of_a_run_100_ms_and_takes_it_back(tool):
     code = "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start()"
     child = subprocess.Popen([sys.executable, "-c", code])
     try:
-        time.sleep(0.5)  # its second thread started
-        tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+        for _ in range(200):  # until its second thread has started (10 s at most)
+            tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+            if len(tids) == 2:
+                break
+            time.sleep(0.05)
         assert len(tids) == 2
         own = [slice_of(t) for t in tids]  # the kernel's, a few ms
         assert all(0 < ns < module.SLICE_NS for ns in own)
