@@ -181,7 +181,7 @@ def run() -> None:
                     shutil.rmtree(folder(s))
                 launch(s, resume=False)
                 running.append(s)
-        ns = int(plan.get("slice_ms", 100) * 1_000_000)
+        ns = int(plan["slice_ms"] * 1_000_000) if "slice_ms" in plan else SLICE_NS
         for s in running:  # each minute: a run's threads may have changed
             pid = pid_of(s)
             if pid is not None and time_slice(pid, ns) and sliced.get(pid) != ns:
